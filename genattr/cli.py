@@ -1,0 +1,146 @@
+"""The ``genattr`` command.
+
+User mistakes (unknown names, bad options, missing paths) print one line to stderr and exit with status 2; no
+traceback. Plugins add subcommands through the ``register_commands(cli)`` hook (the built-in ``run``,
+``leaderboard`` and ``attribute`` commands come that way too).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .harness.errors import UserError, did_you_mean
+from .harness.registry import KINDS
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> None:
+    """Raise a user error (one line, exit 2)."""
+    raise UserError(message)
+
+
+class GenattrGroup(click.Group):
+    def main(self, args=None, prog_name=None, **kwargs):  # noqa: D102
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "genattr", standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as e:
+            return e.exit_code
+        except click.UsageError as e:
+            msg = e.format_message().strip().replace("\n", " ")
+            cmd = e.ctx.command_path if e.ctx is not None else "genattr"
+            click.echo(f"{cmd}: error: {msg}", err=True)
+            return EXIT_USAGE
+        except UserError as e:
+            click.echo(f"genattr: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                       err=True)
+            return EXIT_USAGE
+        except click.Abort:
+            click.echo("genattr: aborted", err=True)
+            return 130
+        except KeyboardInterrupt:
+            click.echo("genattr: interrupted; finished work is kept, re-run the same command to resume", err=True)
+            return 130
+        except click.ClickException as e:
+            click.echo(f"genattr: error: {e.format_message()}", err=True)
+            return e.exit_code
+        return rv if isinstance(rv, int) else 0
+
+
+@click.group(cls=GenattrGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="genattr", message="%(prog)s %(version)s")
+def cli():
+    """genattr: benchmark data-attribution methods for text-to-image diffusion models."""
+
+
+@cli.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "include_builtin", is_flag=True, help="Include built-in plugins.")
+def plugins_command(as_json: bool, include_builtin: bool):
+    """List installed plugins: name, version, hooks, and what each registered."""
+    from .harness.plugins import all_plugins, registry
+
+    registered: dict[str, dict[str, list[str]]] = {}
+    for kind in KINDS:
+        for entry in registry(kind):
+            registered.setdefault(entry.plugin, {}).setdefault(kind, []).append(entry.name)
+    rows = []
+    for p in all_plugins(include_builtin):
+        rows.append({
+            "name": p.name,
+            "distribution": p.distribution,
+            "version": p.version,
+            "builtin": p.builtin,
+            "hooks": p.hooks,
+            "registered": registered.get(p.name, {}),
+            "error": p.error,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed (use --all to include built-ins)")
+        return
+    for r in rows:
+        head = f"{r['name']} {r['version'] or ''}".strip()
+        if r["distribution"] and r["distribution"] != r["name"]:
+            head += f" ({r['distribution']})"
+        click.echo(head + ("  [skipped: " + r["error"].splitlines()[0] + "]" if r["error"] else ""))
+        if r["hooks"]:
+            click.echo("  hooks: " + ", ".join(r["hooks"]))
+        for kind, names in r["registered"].items():
+            click.echo(f"  {kind}: " + ", ".join(names))
+
+
+@cli.command(name="list")
+@click.argument("kind")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_command(kind: str, as_json: bool):
+    """List registered components of KIND (methods, models, metrics, datasets, benchmarks, executors)."""
+    if kind not in KINDS:
+        fail(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; choose from {', '.join(KINDS)}")
+    from .harness.plugins import registry
+
+    rows = [e.to_json() for e in registry(kind)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no {kind} registered")
+        return
+    from tabulate import tabulate
+
+    table = [[r["name"], r["version"], r["plugin"], r["description"]] for r in rows]
+    click.echo(tabulate(table, headers=["name", "version", "plugin", "description"], tablefmt="simple",
+                        maxcolwidths=[None, None, None, 70]))
+
+
+_commands_added = False
+
+
+def _add_plugin_commands() -> None:
+    global _commands_added
+    if _commands_added:
+        return
+    _commands_added = True
+    from .harness.plugins import load_plugins, pm
+
+    load_plugins()
+    pm.hook.register_commands(cli=cli)
+
+
+def main(argv=None) -> int:
+    try:
+        _add_plugin_commands()
+    except UserError as e:  # strict mode and a broken plugin
+        click.echo(f"genattr: error: {e}", err=True)
+        return EXIT_USAGE
+    return cli.main(args=argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The host: hookspecs, plugin manager, registry, component protocols, cache, runner, results, leaderboard."""

@@ -1,0 +1,195 @@
+"""The plugin manager: one pluggy ``PluginManager("genattr")``, loaded once and lazily.
+
+Installed plugins come from the entry-point group ``genattr``; ``GENATTR_LOAD_PLUGINS=a,b`` loads only those
+(entry-point or distribution names; set but empty: none). Built-in plugins are ordinary plugin modules listed in
+:data:`DEFAULT_PLUGINS`. A plugin that fails to import, implements a hook that does not exist, or raises while
+registering is reported (a warning, and ``genattr plugins``) and skipped — or aborts with
+``GENATTR_STRICT_PLUGINS=1``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import KINDS, Entry, Registry
+
+ENTRY_POINT_GROUP = "genattr"
+
+#: Built-in plugin modules, registered exactly as third-party plugins are.
+DEFAULT_PLUGINS = (
+    "genattr.datasets",
+    "genattr.plugins.models",
+    "genattr.plugins.methods",
+    "genattr.plugins.metrics",
+    "genattr.benchmarks",
+    "genattr.plugins.executors",
+    "genattr.plugins.commands",
+)
+
+pm = pluggy.PluginManager("genattr")
+pm.add_hookspecs(hookspecs)
+
+_lock = threading.RLock()
+_loaded = False
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    builtin: bool
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None  # set when the plugin was skipped
+    hooks: list[str] = field(default_factory=list)
+
+
+#: Every plugin seen by :func:`load_plugins`, loaded or skipped, by name.
+plugin_info: dict[str, PluginInfo] = {}
+
+
+def strict() -> bool:
+    return os.environ.get("GENATTR_STRICT_PLUGINS", "").strip() not in ("", "0", "false", "no")
+
+
+def _genattr_version() -> str:
+    from genattr import __version__
+
+    return __version__
+
+
+def _report(name: str, message: str, exc: BaseException | None = None) -> None:
+    info = plugin_info.setdefault(name, PluginInfo(name=name, builtin=False))
+    info.error = message
+    if strict():
+        raise PluginError(f"plugin {name!r} failed: {message}") from exc
+    warnings.warn(f"genattr: skipping plugin {name!r}: {message}", RuntimeWarning, stacklevel=3)
+
+
+def _validate(name: str, plugin) -> str | None:
+    """Why ``plugin`` must be rejected (a hookimpl matching no hookspec), or None."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        if not caller.has_spec():
+            return f"implements unknown hook {caller.name!r} (no such hookspec)"
+    return None
+
+
+def register_plugin(plugin, name: str, *, builtin: bool = False, distribution: str | None = None,
+                    version: str | None = None) -> bool:
+    """Register a plugin object or module under ``name``; returns False (after reporting) when rejected."""
+    with _lock:
+        pm.register(plugin, name=name)
+        problem = _validate(name, plugin)
+        if problem:
+            pm.unregister(name=name)
+            plugin_info[name] = PluginInfo(name, builtin, distribution, version)
+            _report(name, problem)
+            return False
+        hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+        plugin_info[name] = PluginInfo(name, builtin, distribution, version, hooks=hooks)
+        return True
+
+
+def unregister_plugin(name: str) -> None:
+    with _lock:
+        if pm.get_plugin(name) is not None:
+            pm.unregister(name=name)
+        plugin_info.pop(name, None)
+
+
+def _selected(env: str | None, ep: metadata.EntryPoint) -> bool:
+    if env is None:
+        return True
+    wanted = {s.strip() for s in env.split(",") if s.strip()}
+    dist = ep.dist.name if ep.dist is not None else None
+    return ep.name in wanted or (dist is not None and dist in wanted)
+
+
+def load_plugins() -> None:
+    """Load built-in and installed plugins, once."""
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        _loaded = True
+        env = os.environ.get("GENATTR_LOAD_PLUGINS")
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if not _selected(env, ep) or pm.get_plugin(ep.name) is not None:
+                continue
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+                plugin_info[ep.name] = PluginInfo(ep.name, False, dist, version)
+                _report(ep.name, f"import failed: {type(exc).__name__}: {exc}", exc)
+                continue
+            register_plugin(module, ep.name, distribution=dist, version=version)
+        for modname in DEFAULT_PLUGINS:
+            if pm.get_plugin(modname) is not None:
+                continue
+            try:
+                module = importlib.import_module(modname)
+            except Exception as exc:  # noqa: BLE001
+                plugin_info[modname] = PluginInfo(modname, True, "genattr", _genattr_version())
+                _report(modname, f"import failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", exc)
+                continue
+            register_plugin(module, modname, builtin=True, distribution="genattr", version=_genattr_version())
+
+
+# -- registries --------------------------------------------------------------------------------------------------
+_registries: dict[tuple, Registry] = {}
+
+
+def _state() -> tuple:
+    return tuple(sorted(name for name, _ in pm.list_name_plugin()))
+
+
+def registry(kind: str) -> Registry:
+    """The registry of ``kind`` (one of :data:`~genattr.harness.registry.KINDS`), rebuilt when plugins change."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown registry kind {kind!r}")
+    load_plugins()
+    with _lock:
+        key = (kind, _state())
+        reg = _registries.get(key)
+        if reg is not None:
+            return reg
+        reg = Registry(kind)
+        caller = getattr(pm.hook, f"register_{kind}")
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            info = plugin_info.get(impl.plugin_name) or PluginInfo(impl.plugin_name, False)
+
+            def register(name, factory, description: str = "", _info=info, **meta):
+                if not description:
+                    doc = (getattr(factory, "__doc__", None) or "").strip()
+                    description = doc.splitlines()[0] if doc else ""
+                reg.add(Entry(kind, name, factory, _info.name, _info.distribution, _info.version,
+                              description, meta))
+
+            kwargs = {a: register for a in impl.argnames if a == "register"}
+            try:
+                impl.function(**kwargs)
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                _report(impl.plugin_name, f"register_{kind} raised {type(exc).__name__}: {exc}", exc)
+        if len(_registries) > 64:
+            _registries.clear()
+        _registries[key] = reg
+        return reg
+
+
+def all_plugins(include_builtin: bool = False) -> list[PluginInfo]:
+    load_plugins()
+    return [p for p in sorted(plugin_info.values(), key=lambda p: (p.builtin, p.name))
+            if include_builtin or not p.builtin]
