@@ -257,8 +257,8 @@ class Benchmark(Protocol):
     ``config`` is the resolved configuration (scale included). ``setup(env)`` builds or loads (from the cache)
     datasets, models and queries and returns provenance (``{"datasets": {name: fingerprint}, "models": {...}}``);
     ``cells(methods)`` enumerates the cells; ``run_cell(cell, method, env)`` runs one and returns its metrics
-    ``{metric name: float}`` (plus optional ``"extra"`` JSON); ``metrics`` names the reported metrics with their
-    ``higher_is_better``. Benchmarks must be reconstructible from ``(name, config)`` in another process (executors
+    ``{metric name: float}`` (plus optional ``"extra"`` JSON); ``metrics`` maps each reported metric column name to
+    its ``higher_is_better`` bool (for example ``{"recall@10": True, "ap": True}``). Benchmarks must be reconstructible from ``(name, config)`` in another process (executors
     send cells to workers)."""
 
     name: str

@@ -1,0 +1,237 @@
+"""The results store of a run directory: ``DIR/results.jsonl`` (one JSON line per finished cell) and ``DIR/run.json``
+(the provenance of everything that wrote into ``DIR``).
+
+Appends are atomic at the line level: each row is one ``os.write`` of one complete line on a descriptor opened with
+``O_APPEND``, followed by ``fsync``. A process killed mid-write can at worst leave a truncated last line; readers
+skip it and the next writer cuts it off before appending, so a killed run never breaks reading or resuming.
+``run.json`` is replaced atomically (written to a temporary file, fsync'd, renamed).
+
+Nothing here imports torch: the leaderboard reads results without models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypedDict
+
+from .cache import hash_json
+from .errors import UserError
+
+#: Version of the row and run.json layouts below; bump on any incompatible change.
+SCHEMA_VERSION = 1
+
+RESULTS_FILE = "results.jsonl"
+RUN_FILE = "run.json"
+
+
+class ResultRow(TypedDict, total=False):
+    """One line of ``results.jsonl``: one finished benchmark cell.
+
+    Every field but ``extra`` is always present.
+    """
+
+    # Layout version of this row (SCHEMA_VERSION).
+    schema_version: int
+    # Registered benchmark name and its version, e.g. "leave-k-out", "1".
+    benchmark: str
+    benchmark_version: str
+    # sha256 of the canonical JSON of {benchmark, benchmark_version, benchmark config, seed}.
+    benchmark_config_hash: str
+    # Registered method name, its version and its resolved configuration (``method.config``).
+    method: str
+    method_version: str
+    method_config: dict
+    # sha256 of {benchmark_config_hash, method, method_version, method_config}: the resume key is
+    # (config_hash, cell_id); rows with another config_hash are never counted as the same cell.
+    config_hash: str
+    # The cell: a stable id unique within the benchmark, its JSON parameters, and the leaderboard's group keys
+    # (e.g. {"K": 8} or {"split": "artist-style"}).
+    cell_id: str
+    params: dict
+    group: dict
+    # {metric column: float or null (NaN/inf are stored as null)} as returned by Benchmark.run_cell.
+    metrics: dict
+    # {metric column: higher_is_better} (Benchmark.metrics), so the leaderboard marks the best from rows alone.
+    higher_is_better: dict
+    # Optional JSON the benchmark attached to the cell ("extra" of run_cell), e.g. the top-K ids.
+    extra: Any
+    # The run seed and the scale the cell ran at.
+    seed: int
+    scale: str
+    # Wall seconds: {"cell_s": running the cell, "setup_s": benchmark setup paid by this cell's worker (0 when
+    # the benchmark was already set up in that process)}.
+    timings: dict
+    # Where it ran: {"executor": "local" | "ray" | ..., "host": hostname, "pid": worker pid, "device": "cpu" | ...}.
+    worker: dict
+    # UTC ISO-8601 time the row was written by the worker.
+    finished_at: str
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def clean_json(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by None, numpy scalars/arrays as plain Python, tuples as lists."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    tolist = getattr(obj, "tolist", None)  # numpy / torch scalars and arrays
+    if callable(tolist):
+        return clean_json(tolist())
+    return str(obj)
+
+
+def benchmark_config_hash(benchmark: str, version: str, config: dict, seed: int) -> str:
+    return hash_json({"benchmark": benchmark, "version": str(version), "config": config, "seed": int(seed)})
+
+
+def config_hash(bench_hash: str, method: str, version: str, config: dict) -> str:
+    return hash_json({"benchmark": bench_hash, "method": method, "version": str(version), "config": config})
+
+
+# -- results.jsonl --------------------------------------------------------------------------------------------------
+def _repair_tail(path: Path) -> None:
+    """Cut a truncated last line (no trailing newline) left by a killed writer."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # find the last newline
+        pos, chunk = size, 1 << 16
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            buf = f.read(pos - start)
+            i = buf.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            pos = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class ResultsWriter:
+    """Appends rows to ``DIR/results.jsonl``, one complete line per ``write`` + ``fsync``."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / RESULTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_tail(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, row: dict) -> None:
+        line = (json.dumps(clean_json(row), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
+        view = memoryview(line)
+        while view:  # os.write on a regular file writes everything in one go; loop only for safety
+            n = os.write(self._fd, view)
+            view = view[n:]
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_rows(directory: str | os.PathLike) -> Iterator[dict]:
+    """The rows of ``DIR/results.jsonl``; a truncated or unreadable line is skipped (a warning unless it is the
+    unterminated last line a killed run leaves)."""
+    path = Path(directory) / RESULTS_FILE
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        last_unterminated = i == len(lines) - 1  # no newline after it
+        try:
+            row = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if not last_unterminated:
+                warnings.warn(f"{path}: skipping unreadable line {i + 1}", RuntimeWarning, stacklevel=2)
+            continue
+        if last_unterminated:
+            continue  # complete JSON but never terminated: the write did not finish (no fsync'd newline)
+        if isinstance(row, dict):
+            yield row
+
+
+def read_rows(directory: str | os.PathLike) -> list[dict]:
+    return list(iter_rows(directory))
+
+
+def done_keys(rows: Iterable[dict]) -> set[tuple[str, str]]:
+    """The resume keys ``(config_hash, cell_id)`` of finished rows."""
+    return {(r.get("config_hash"), r.get("cell_id")) for r in rows}
+
+
+# -- run.json ------------------------------------------------------------------------------------------------------
+def read_run(directory: str | os.PathLike) -> dict | None:
+    path = Path(directory) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}); move it away to start a new run there") from None
+    return data if isinstance(data, dict) else None
+
+
+def write_run(directory: str | os.PathLike, run: dict) -> None:
+    """Replace ``DIR/run.json`` atomically."""
+    directory = Path(directory)
+    fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(clean_json(run), f, indent=2, sort_keys=False, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / RUN_FILE)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def check_writable(directory: str | os.PathLike, what: str = "--out") -> Path:
+    """Create ``directory`` if needed and prove it is writable, or raise a one-line :class:`UserError`."""
+    directory = Path(directory).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot write to {what} {str(directory)!r}: {reason}") from None
+    return directory
