@@ -142,7 +142,7 @@ class ResultsWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, row: dict) -> None:
-        line = (json.dumps(clean_json(row), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
+        line = (json.dumps(clean_json(row), ensure_ascii=False, allow_nan=False) + "\n").encode()
         view = memoryview(line)
         while view:  # os.write on a regular file writes everything in one go; loop only for safety
             n = os.write(self._fd, view)

@@ -8,4 +8,9 @@ M = "genattr.plugins.models"
 
 @hookimpl
 def register_models(register):
-    pass
+    register("tiny-t2i", lazy(f"{M}.tiny_t2i:TinyT2I"), version="1",
+             description="Tiny pixel-space text-to-image DDPM: diffusers UNet2DConditionModel with cross-attention, "
+                         "a small CLIPTextModel and a word-level tokenizer built from the captions")
+    register("diffusers", lazy(f"{M}.diffusers_adapter:DiffusersT2I"), version="1",
+             description="Any diffusers text-to-image pipeline (SD v1.x/v2.x layout) from a directory or hub id: "
+                         "VAE latents × scaling_factor, CLIP text encoder, UNet, DDPM scheduler")

@@ -1,0 +1,485 @@
+"""TRAK, D-TRAK and JourneyTRAK: projected-gradient kernel attribution for diffusion models.
+
+All three score a query ẑ against every training item z_i with
+
+    τ(ẑ, z_i) = φ(ẑ)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z_i),        Φ = [φ(z_1); …; φ(z_N)] ∈ R^{N×k},
+
+where φ(z) = Pᵀ ∇θ f(z) is a randomly projected per-sample gradient over a parameter selection (see
+``_gradients.py``: pure-torch Rademacher/Gaussian projector, not ``traker``'s). Higher = more influential. They
+differ in the output function f, in the timesteps the gradient is taken at, and in the query features:
+
+* **TRAK** (Park et al., ICML 2023; the diffusion variant of Georgiev et al. 2023): f = the DDPM loss
+  ``‖ε − ε_θ(x_t, t, c)‖²`` (mean over latent elements); φ(z_i) = the mean over ``num_timesteps`` random timesteps
+  (drawn without replacement) of the projected gradients. The query feature is computed the same way from the query
+  image and its prompt (and mask, when given). Draws (``draws``): ``"shared"`` (default) — the same random
+  timesteps and noise for every item and query (common random numbers, seeded by the run seed; batch-independent);
+  ``"per-item"`` — seeded by each item's id. Captions (``captions``): draw j uses caption j mod n (``"cycle"``,
+  default), a seeded random one or the first. Ensembles: with
+  several model checkpoints the per-model scores are averaged (TRAK's ensemble, without its per-model Q term,
+  which is 1 for a loss output).
+* **D-TRAK** (Zheng et al., ICLR 2024): f = ``‖ε_θ(x_t, t, c)‖²/d`` (the adapter's ``target="eps-sq-norm"``),
+  gradients averaged over K uniformly strided timesteps t = 0, T/K, 2T/K, … (K = 10 → 0, 100, …, 900), one seeded
+  noise per timestep (the same for every item: ``draws="shared"``), then projected (projection is linear: projecting each draw and averaging is the same up to
+  rounding). Same for queries. Single model (``ensemble`` off by default).
+* **JourneyTRAK** (Georgiev et al., 2023): training features are the DDPM-loss gradients *summed* over
+  ``num_timesteps`` random timesteps, projected. Query features are taken along the query's sampling trajectory:
+  at each sampling step t the model's prediction x̂0⁽ᵗ⁾ of the clean latent is re-noised to t with
+  ``resamplings`` fresh seeded noises and the DDPM-loss gradient there is averaged over the resamplings and
+  projected, giving one feature — and so one score vector — per step. The trajectory is regenerated from the
+  prompt and ``query.meta["seed"]`` (and ``query.meta["steps"]``, else ``sampling_steps``) when present — through
+  the model's ``trajectory(prompt, seed, steps)`` when the adapter offers one, else by re-running the built-in
+  adapters' ``generate`` protocol (seeded initial noise, ``DDPMScheduler.step``, classifier-free guidance) and
+  keeping the scheduler's x̂0 at each step; without a seed it is approximated from the query image by noising it to
+  each step with seeded noise. **Aggregation: the mean of
+  the per-step scores** (``aggregate="mean"``; ``"max"`` is offered too). ``feature_steps`` evenly spaced steps of
+  the trajectory get features (all steps at ``paper``).
+
+Kernel: ``(ΦᵀΦ + λI)⁻¹`` by an eigendecomposition of the k×k Gram matrix in float64; λ is absolute
+(``lambda_mode="absolute"``) or relative to the mean eigenvalue trace(ΦᵀΦ)/k (``"relative"``). With λ = 0 a
+pseudo-inverse is used. With the identity projection (or any projection of dimension ≥ the parameter count, λ = 0
+and a full-rank Gram matrix) the score equals the unprojected formula exactly.
+
+Presets (``scale``): ``paper`` uses the papers' values — TRAK: full UNet, k = 4096, 10 random timesteps, λ = 0;
+D-TRAK: full UNet, k = 32768, K = 10, λ = 500; JourneyTRAK: full UNet, k = 2048, 20 timesteps, 1000 sampling
+steps, 20 resamplings. ``tiny``/``small`` are scaled for the built-in models (a deviation from the papers):
+cross-attention K/V weights, k = 256/1024, fewer timesteps, and a relative λ (0.1 × mean eigenvalue; 0.01 for
+D-TRAK), because with N ≲ k an unregularised kernel is the hat matrix (every training item scores 1 on itself, 0
+elsewhere) and the papers' absolute λ depends on their gradient scale. The draw and caption defaults and D-TRAK's
+0.01 were chosen by training-image self-retrieval on the tiny digits model (docs/methods/trak.md).
+
+Caching: training features Φ per model checkpoint in ``ctx.cache`` (namespace ``methods/<name>/features``) keyed on
+the method name and version, the feature configuration, the model and dataset fingerprints and the run seed; the
+kernel-applied features Φ(ΦᵀΦ+λI)⁻¹ are cached on top, keyed with λ (so sweeping λ reuses the gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from genattr.harness.errors import UserError
+
+# keys that change the training features (the cache key of Φ)
+_FEATURE_KEYS = ("selection", "include", "proj_dim", "projection", "num_timesteps", "draws", "captions")
+
+
+class _KernelMethod:
+    """Shared machinery of the TRAK family. Subclasses set ``name``, ``PRESETS``, ``target``, ``reduce`` and how
+    draws and query features are made."""
+
+    name = "trak"
+    version = "1"
+    needs_model = True
+    target = "loss"
+    reduce = "mean"
+    timesteps = "random"
+    PRESETS: dict = {}
+    COMMON = {
+        "include": None,  # name substrings narrowing the selection (None: all of it)
+        "projection": "rademacher",
+        "lambda_mode": "relative",
+        "batch_size": 32,
+        "grad_mode": "vmap",
+        "checkpoints": [],  # saved-model paths of an ensemble (loaded with type(ctx.model).load)
+        "max_projector_bytes": 1 << 29,
+        "draws": "per-item",  # or "shared": the same timesteps and noise for every item and query
+        "captions": "cycle",  # caption of draw j: j mod n ("cycle"), "random" or "first"
+    }
+
+    def __init__(self, scale: str | None = None, **overrides):
+        self._explicit_scale = scale is not None
+        self._overrides = dict(overrides)
+        allowed = set(self.COMMON) | {k for p in self.PRESETS.values() for k in p}
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise UserError(f"unknown {self.name} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        self._memo: dict = {}
+        self.config = self._resolve(scale or "tiny")
+
+    # -- configuration ------------------------------------------------------------------------------------------
+    def _resolve(self, scale: str) -> dict:
+        if scale not in self.PRESETS:
+            raise UserError(f"unknown scale {scale!r} for {self.name}; choose one of {', '.join(self.PRESETS)}")
+        cfg = {**self.COMMON, **self.PRESETS[scale], **self._overrides, "scale": scale}
+        if cfg["projection"] == "identity":
+            cfg["proj_dim"] = None
+        if cfg["include"] is not None:
+            cfg["include"] = list(cfg["include"])
+        cfg["checkpoints"] = [str(p) for p in cfg.get("checkpoints") or []]
+        if cfg["draws"] not in ("per-item", "shared"):
+            raise UserError(f"draws must be 'per-item' or 'shared', got {cfg['draws']!r}")
+        if cfg["lambda_mode"] not in ("absolute", "relative"):
+            raise UserError(f"lambda_mode must be 'absolute' or 'relative', got {cfg['lambda_mode']!r}")
+        return cfg
+
+    def _config_for(self, ctx) -> dict:
+        if not self._explicit_scale and ctx.scale != self.config["scale"]:
+            self.config = self._resolve(ctx.scale)
+        return self.config
+
+    # -- models -------------------------------------------------------------------------------------------------
+    def _models(self, ctx) -> list:
+        cfg = self._config_for(ctx)
+        if ctx.model is None:
+            raise UserError(f"{self.name} needs a model (no model in the attribution context)")
+        if not cfg.get("ensemble", False):
+            return [ctx.model]
+        extra = list(ctx.extra.get("checkpoints") or [])
+        if extra:
+            return extra
+        if cfg["checkpoints"]:
+            loader = getattr(type(ctx.model), "load", None)
+            if loader is None:
+                raise UserError(f"{self.name}: the model adapter cannot load checkpoints (no load classmethod)")
+            key = ("ckpts", tuple(cfg["checkpoints"]))
+            if key not in self._memo:
+                self._memo[key] = [loader(p) for p in cfg["checkpoints"]]
+            return self._memo[key]
+        return [ctx.model]
+
+    # -- features -----------------------------------------------------------------------------------------------
+    def _tools(self, model, ctx):
+        """(PerSampleGrad, Projector or None) for ``model``."""
+        from ._gradients import PerSampleGrad, Projector, select_parameters
+
+        cfg = self.config
+        key = ("tools", id(model), cfg["selection"], tuple(cfg["include"] or ()), cfg["proj_dim"], cfg["projection"],
+               ctx.seed, self.target, cfg["grad_mode"])
+        if key not in self._memo:
+            params = select_parameters(model, cfg["selection"], cfg["include"])
+            gf = PerSampleGrad(model, params, target=self.target, mode=cfg["grad_mode"])
+            proj = None
+            if cfg["projection"] != "identity":
+                proj = Projector(gf.layout.dim, int(cfg["proj_dim"]), seed=ctx.seed, kind=cfg["projection"],
+                                 device=ctx.device, max_cached_bytes=int(cfg["max_projector_bytes"]))
+            self._memo[key] = (gf, proj)
+        return self._memo[key]
+
+    def _draw_fn(self, ctx, model, role: str):
+        from ._gradients import random_draws, strided_draws
+
+        n, T = int(self.config["num_timesteps"]), int(model.num_train_timesteps)
+        shared = self.config["draws"] == "shared"
+        caps = self.config["captions"]
+        ns = self.name if shared else f"{self.name}/{role}"
+        if self.timesteps == "strided":
+            return lambda item: strided_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
+        return lambda item: random_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
+
+    def _train_draws(self, ctx, model):
+        return self._draw_fn(ctx, model, "train")
+
+    def _query_draws(self, ctx, model):
+        return self._draw_fn(ctx, model, "query")
+
+    def _feature_key(self, ctx, model) -> str:
+        cfg = self.config
+        return ctx.cache.key(
+            self.name, self.version, {k: cfg.get(k) for k in self._feature_keys()}, model.fingerprint,
+            ctx.train_set.fingerprint, int(ctx.seed),
+        )
+
+    def _feature_keys(self):
+        return _FEATURE_KEYS
+
+    def train_features(self, ctx, model):
+        """Φ (``N×k`` float32 tensor) of ``model`` over ``ctx.train_set`` (cached)."""
+        from ._gradients import dataset_items, gradient_features
+
+        key = self._feature_key(ctx, model)
+        mk = ("phi", key)
+        if mk in self._memo:
+            return self._memo[mk]
+
+        def compute():
+            gf, proj = self._tools(model, ctx)
+            load = dataset_items(ctx.train_set)
+            phi = gradient_features(
+                model, load, len(ctx.train_set), self._train_draws(ctx, model), gf, proj, reduce=self.reduce,
+                batch_size=int(self.config["batch_size"]), seed=ctx.seed, device=ctx.device, progress=ctx.progress,
+                desc=f"{self.name} train features",
+            )
+            return {"phi": phi}
+
+        phi = ctx.cache.tensors(f"methods/{self.name}/features", key, compute,
+                                meta={"method": self.name, "config": self.config})["phi"]
+        self._memo[mk] = phi
+        return phi
+
+    def _lambda(self, phi) -> float:
+        lam = float(self.config["lambda_reg"])
+        if self.config["lambda_mode"] == "relative":
+            k = phi.shape[1]
+            lam *= float((phi.double() ** 2).sum()) / k
+        return lam
+
+    def kernel_features(self, ctx, model):
+        """Φ(ΦᵀΦ + λI)⁻¹ (``N×k`` float32, cached)."""
+        from ._gradients import kernel_solve
+
+        fkey = self._feature_key(ctx, model)
+        key = ctx.cache.key(fkey, self.config["lambda_reg"], self.config["lambda_mode"], "kernel")
+        mk = ("kphi", key)
+        if mk in self._memo:
+            return self._memo[mk]
+
+        def compute():
+            import torch
+
+            phi = self.train_features(ctx, model)
+            dev = ctx.device if str(ctx.device).startswith("cuda") else "cpu"
+            return {"kphi": kernel_solve(phi.to(dev), self._lambda(phi)).to("cpu", torch.float32)}
+
+        kphi = ctx.cache.tensors(f"methods/{self.name}/kernel", key, compute)["kphi"]
+        self._memo[mk] = kphi
+        return kphi
+
+    def query_features(self, ctx, model, queries) -> "list":
+        """One ``S×k`` tensor per query (``S`` = 1 except for JourneyTRAK's per-step features)."""
+        from ._gradients import GradItem, gradient_features
+
+        items = [GradItem(f"query:{q.id}", q.image, (q.prompt,), q.mask) for q in queries]
+        gf, proj = self._tools(model, ctx)
+        feats = gradient_features(
+            model, lambda r: items[r], len(items), self._query_draws(ctx, model), gf, proj, reduce=self.reduce,
+            batch_size=int(self.config["batch_size"]), seed=ctx.seed, device=ctx.device, progress=False,
+        )
+        return [feats[i:i + 1] for i in range(len(items))]
+
+    def _aggregate(self, per_step: np.ndarray) -> np.ndarray:
+        return per_step.mean(axis=0)
+
+    # -- protocol -----------------------------------------------------------------------------------------------
+    def prepare(self, ctx) -> None:
+        self._config_for(ctx)
+        for model in self._models(ctx):
+            self.kernel_features(ctx, model)
+
+    def attribute(self, ctx, queries: Sequence, candidates: Sequence[int] | None = None) -> np.ndarray:
+        import torch
+
+        self._config_for(ctx)
+        queries = list(queries)
+        n = len(ctx.train_set)
+        idx = None
+        if candidates is not None:
+            idx = np.asarray(list(candidates), dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise UserError(f"candidate indices must be in 0..{n - 1}")
+        width = n if idx is None else len(idx)
+        total = np.zeros((len(queries), width), dtype=np.float64)
+        models = self._models(ctx)
+        for model in models:
+            kphi = self.kernel_features(ctx, model)
+            if idx is not None:
+                kphi = kphi[torch.as_tensor(idx)]
+            kphi = kphi.double()
+            feats = self.query_features(ctx, model, queries) if queries else []
+            for qi, f in enumerate(feats):
+                per_step = (f.double() @ kphi.T).numpy()  # S × width
+                total[qi] += self._aggregate(per_step)
+        return total / len(models)
+
+
+class TrakMethod(_KernelMethod):
+    """TRAK for diffusion models (Park et al. 2023; Georgiev et al. 2023): DDPM-loss gradients at random timesteps,
+    projected, kernel (ΦᵀΦ + λI)⁻¹, averaged over checkpoints when several are given. See the module docstring."""
+
+    name = "trak"
+    version = "1"
+    target = "loss"
+    reduce = "mean"
+    PRESETS = {
+        "tiny": {"selection": "cross-attn-kv", "proj_dim": 256, "num_timesteps": 8, "lambda_reg": 0.1,
+                 "lambda_mode": "relative", "ensemble": True, "draws": "shared"},
+        "small": {"selection": "cross-attn-kv", "proj_dim": 1024, "num_timesteps": 10, "lambda_reg": 0.1,
+                  "lambda_mode": "relative", "ensemble": True, "draws": "shared"},
+        "paper": {"selection": "full", "proj_dim": 4096, "num_timesteps": 10, "lambda_reg": 0.0,
+                  "lambda_mode": "absolute", "ensemble": True, "draws": "shared"},
+    }
+
+
+class DTrakMethod(_KernelMethod):
+    """D-TRAK (Zheng et al. 2024): gradients of ‖ε_θ(x_t, t, c)‖²/d averaged over K uniformly strided timesteps
+    (one seeded noise each), projected; kernel (ΦᵀΦ + λI)⁻¹; λ = 500 at paper scale. See the module docstring."""
+
+    name = "dtrak"
+    version = "1"
+    target = "eps-sq-norm"
+    reduce = "mean"
+    timesteps = "strided"
+    PRESETS = {
+        "tiny": {"selection": "cross-attn-kv", "proj_dim": 256, "num_timesteps": 10, "lambda_reg": 0.01,
+                 "lambda_mode": "relative", "ensemble": False, "draws": "shared"},
+        "small": {"selection": "cross-attn-kv", "proj_dim": 1024, "num_timesteps": 10, "lambda_reg": 0.01,
+                  "lambda_mode": "relative", "ensemble": False, "draws": "shared"},
+        "paper": {"selection": "full", "proj_dim": 32768, "num_timesteps": 10, "lambda_reg": 500.0,
+                  "lambda_mode": "absolute", "ensemble": False, "draws": "shared"},
+    }
+
+
+class JourneyTrakMethod(_KernelMethod):
+    """JourneyTRAK (Georgiev et al. 2023): training features = DDPM-loss gradients summed over random timesteps,
+    projected; query features per sampling step from the predicted x̂0 along the query's trajectory re-noised to
+    that step; one score vector per step, aggregated by the mean over steps. See the module docstring."""
+
+    name = "journeytrak"
+    version = "1"
+    target = "loss"
+    reduce = "sum"
+    PRESETS = {
+        "tiny": {"selection": "cross-attn-kv", "proj_dim": 256, "num_timesteps": 4, "lambda_reg": 0.1,
+                 "lambda_mode": "relative", "ensemble": True, "sampling_steps": 20, "feature_steps": 5,
+                 "resamplings": 2, "aggregate": "mean"},
+        "small": {"selection": "cross-attn-kv", "proj_dim": 1024, "num_timesteps": 10, "lambda_reg": 0.1,
+                  "lambda_mode": "relative", "ensemble": True, "sampling_steps": 50, "feature_steps": 10,
+                  "resamplings": 4, "aggregate": "mean"},
+        "paper": {"selection": "full", "proj_dim": 2048, "num_timesteps": 20, "lambda_reg": 0.0,
+                  "lambda_mode": "absolute", "ensemble": True, "sampling_steps": 1000, "feature_steps": None,
+                  "resamplings": 20, "aggregate": "mean"},
+    }
+
+    def _resolve(self, scale):
+        cfg = super()._resolve(scale)
+        if cfg["aggregate"] not in ("mean", "max"):
+            raise UserError(f"journeytrak aggregate must be 'mean' or 'max', got {cfg['aggregate']!r}")
+        return cfg
+
+    def _aggregate(self, per_step):
+        return per_step.max(axis=0) if self.config["aggregate"] == "max" else per_step.mean(axis=0)
+
+    # -- the query's trajectory ---------------------------------------------------------------------------------
+    def trajectory(self, ctx, model, query) -> list:
+        """``[(t, x̂0⁽ᵗ⁾ latent)]`` for the selected sampling steps of ``query`` (see the module docstring)."""
+        import torch
+
+        from genattr.harness.seeding import generator
+
+        cfg = self.config
+        steps = int(query.meta.get("steps", cfg["sampling_steps"])) if query.meta else int(cfg["sampling_steps"])
+        T = int(model.num_train_timesteps)
+        steps = max(1, min(steps, T))
+        seed = (query.meta or {}).get("seed")
+        dev = ctx.device
+        with torch.no_grad():
+            if seed is not None and hasattr(model, "trajectory"):
+                traj = [(int(t), x0) for t, x0 in model.trajectory(query.prompt, int(seed), steps)]
+            elif seed is not None:
+                traj = _sample_trajectory(model, query.prompt, int(seed), steps, dev)
+            else:
+                z0 = model.latents(query.image.unsqueeze(0).to(dev, torch.float32))[0]
+                emb = model.text_embeddings([query.prompt]).to(dev)
+                sched = _scheduler_copy(model)
+                sched.set_timesteps(steps)
+                traj = []
+                for t in sched.timesteps.tolist():
+                    g = generator(ctx.seed, "journeytrak/query-noise", query.id, int(t))
+                    eps = torch.randn(tuple(z0.shape), generator=g).to(dev)
+                    xt = _add_noise(model, z0, eps, int(t))
+                    eps_hat = _eps(model, xt.unsqueeze(0), int(t), emb)[0]
+                    traj.append((int(t), _x0_from_eps(model, xt, eps_hat, int(t))))
+        fs = cfg["feature_steps"]
+        if fs is not None and int(fs) < len(traj):
+            pick = np.unique(np.linspace(0, len(traj) - 1, int(fs)).round().astype(int))
+            traj = [traj[i] for i in pick]
+        return traj
+
+    def query_features(self, ctx, model, queries):
+        from ._gradients import Draw, GradItem, gradient_features
+
+        gf, proj = self._tools(model, ctx)
+        R = int(self.config["resamplings"])
+        out = []
+        for q in queries:
+            traj = self.trajectory(ctx, model, q)
+            items = [GradItem(f"query:{q.id}/t{t}", x0.detach().cpu(), (q.prompt,), q.mask, is_latent=True)
+                     for t, x0 in traj]
+            ts = [t for t, _ in traj]
+
+            def draws(item, _ts=dict(zip((i.id for i in items), ts))):
+                t = _ts[item.id]
+                return [Draw(t, 0, f"{item.id}/r{r}") for r in range(R)]
+
+            feats = gradient_features(
+                model, lambda r: items[r], len(items), draws, gf, proj, reduce="mean",
+                batch_size=int(self.config["batch_size"]), seed=ctx.seed, device=ctx.device,
+            )
+            out.append(feats)
+        return out
+
+    def _feature_keys(self):
+        return _FEATURE_KEYS
+
+
+# -- sampling helpers (JourneyTRAK) ------------------------------------------------------------------------------------
+def _scheduler_copy(model):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(model.scheduler.config)
+
+
+def _alpha_bar(model, t: int) -> float:
+    return float(model.scheduler.alphas_cumprod[int(t)])
+
+
+def _add_noise(model, z0, eps, t: int):
+    a = _alpha_bar(model, t)
+    return math.sqrt(a) * z0 + math.sqrt(1 - a) * eps
+
+
+def _x0_from_eps(model, xt, eps_hat, t: int):
+    a = _alpha_bar(model, t)
+    return (xt - math.sqrt(1 - a) * eps_hat) / math.sqrt(a)
+
+
+def _eps(model, x, t: int, emb):
+    """ε_θ(x, t, c) for a batch: the adapter's ``unet_forward`` when it has one, else ``model.unet``."""
+    import torch
+
+    ts = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+    if hasattr(model, "unet_forward"):
+        return model.unet_forward(x, ts, emb)
+    return model.unet(x, ts, encoder_hidden_states=emb, return_dict=False)[0]
+
+
+def _sample_trajectory(model, prompt: str, seed: int, steps: int, device) -> list:
+    """The sampling trajectory ``[(t, x̂0⁽ᵗ⁾)]`` of ``model.generate([prompt], [seed], steps)``, recomputed with the
+    built-in adapters' sampling protocol: initial noise ``randn(latent_shape)`` from ``seeding.generator(seed,
+    "generate")`` (× ``init_noise_sigma``), ancestral ``DDPMScheduler.step`` with that same generator, classifier-free
+    guidance with the empty prompt when ``model.guidance_scale`` ≠ 1; x̂0 is the scheduler's
+    ``pred_original_sample`` (clipped as the scheduler clips it)."""
+    traj, _ = _run_sampler(model, prompt, seed, steps, device)
+    return traj
+
+
+def _run_sampler(model, prompt: str, seed: int, steps: int, device):
+    """``(trajectory, final latent)`` of the sampling protocol of :func:`_sample_trajectory`."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from genattr.harness.seeding import generator
+
+    sched = DDPMScheduler.from_config(model.scheduler.config)
+    sched.set_timesteps(int(steps))
+    g = generator(seed, "generate")
+    if hasattr(model, "latent_shape"):
+        shape = tuple(model.latent_shape())
+    else:
+        shape = tuple(model.latents(torch.zeros(1, model.channels, model.resolution, model.resolution,
+                                                device=device)).shape[1:])
+    x = torch.randn(shape, generator=g)[None].to(device) * sched.init_noise_sigma
+    cond = model.text_embeddings([prompt]).to(device)
+    gs = float(getattr(model, "guidance_scale", 1.0) or 1.0)
+    uncond = model.text_embeddings([""]).to(device) if gs != 1.0 else None
+    traj = []
+    for t in sched.timesteps:
+        eps = _eps(model, x, int(t), cond)
+        if uncond is not None:
+            e_u = _eps(model, x, int(t), uncond)
+            eps = e_u + gs * (eps - e_u)
+        out = sched.step(eps, t, x, generator=g)
+        traj.append((int(t), out.pred_original_sample[0]))
+        x = out.prev_sample
+    return traj, x

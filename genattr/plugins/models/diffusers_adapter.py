@@ -1,0 +1,172 @@
+"""``diffusers``: the model adapter over a diffusers text-to-image pipeline (Stable Diffusion v1.x / v2.x layout).
+
+``DiffusersT2I(path, ...)`` loads the ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler``
+subfolders of a pipeline directory or hub id (the hub is only contacted when a hub id is given and the files are not
+cached; tests build tiny pipelines locally). Diffusion runs in the VAE's latent space: ``latents(images)`` is the
+VAE posterior mean × ``scaling_factor`` (the deterministic mean, so losses do not depend on a VAE sample);
+``decode`` inverts it. The scheduler is a ``DDPMScheduler`` built from the pipeline's scheduler config (its
+``prediction_type`` — ``epsilon`` or ``v_prediction`` — is respected). Every operation (loss, generate,
+parameters, train, customize, save/load, deltas) is the shared logic of :mod:`genattr.plugins.models.common`;
+training fine-tunes the UNet only (VAE and text encoder frozen, as in Stable Diffusion training).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from genattr.harness.errors import UserError
+
+from .common import DDPMAdapter
+
+
+class DiffusersT2I(DDPMAdapter):
+    """Adapter over a diffusers text-to-image pipeline directory or hub id.
+
+    ``path``: directory or hub id; ``revision``, ``variant``: passed to ``from_pretrained``; ``torch_dtype``:
+    ``"float32"`` (default) / ``"float16"`` / ``"bfloat16"``; ``device``: where to put the modules;
+    ``resolution``: pixel resolution (default: UNet sample size × VAE downsampling factor); ``guidance_scale``:
+    default classifier-free guidance of :meth:`generate` (7.5 as the paper's sampling); ``local_files_only``:
+    never contact the hub."""
+
+    name = "diffusers"
+    version = "1"
+    train_text_encoder_default = False
+
+    def __init__(self, path: str, revision: str | None = None, variant: str | None = None,
+                 torch_dtype: str = "float32", device: str = "cpu", resolution: int | None = None,
+                 guidance_scale: float = 7.5, local_files_only: bool = False):
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(torch_dtype)
+        if dtype is None:
+            raise UserError(f"torch_dtype must be float32, float16 or bfloat16, got {torch_dtype!r}")
+        kw = {"revision": revision, "local_files_only": local_files_only}
+        self.source = {"path": str(path), "revision": revision, "variant": variant, "torch_dtype": torch_dtype}
+        try:
+            self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=variant,
+                                                             torch_dtype=dtype, **kw)
+            self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=variant, torch_dtype=dtype, **kw)
+            self.text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", variant=variant,
+                                                              torch_dtype=dtype, **kw)
+            self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
+            self.scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load a diffusers text-to-image pipeline from {path!r}: "
+                            f"{str(e).splitlines()[0]}") from e
+        self._setup(device, resolution, guidance_scale)
+
+    def _setup(self, device, resolution, guidance_scale) -> None:
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        self.channels = int(self.vae.config.in_channels)
+        self.resolution = int(resolution or self.unet.config.sample_size * self.vae_scale_factor)
+        if self.resolution % self.vae_scale_factor:
+            raise UserError(f"resolution {self.resolution} is not a multiple of the VAE factor {self.vae_scale_factor}")
+        self.guidance_scale = float(guidance_scale)
+        self._init_common()
+        self.to(device)
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}
+
+    def config(self) -> dict:
+        """What defines the model besides its weights (the source path is not part of it: the same weights
+        loaded from a hub id or a saved copy have the same fingerprint)."""
+        return {"torch_dtype": self.source.get("torch_dtype"), "resolution": self.resolution,
+                "unet": _public(self.unet.config), "vae": _public(self.vae.config),
+                "scheduler": _public(self.scheduler.config)}
+
+    def tokenizer_state(self) -> Any:
+        return {"size": len(self.tokenizer), "added": list(self.added_tokens),
+                "max_length": int(self.tokenizer.model_max_length)}
+
+    # -- parts --------------------------------------------------------------------------------------------------
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(captions), padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
+    def token_ids(self, word: str) -> list[int]:
+        return list(self.tokenizer(word, add_special_tokens=False).input_ids)
+
+    def _add_token_to_tokenizer(self, token: str) -> int:
+        if self.tokenizer.add_tokens(token) == 0 and token not in self.added_tokens:
+            raise UserError(f"token {token!r} already exists in the tokenizer; choose a new one")
+        return int(self.tokenizer.convert_tokens_to_ids(token))
+
+    def default_init_word(self) -> str:
+        return "object"
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        s = self.resolution // self.vae_scale_factor
+        return (int(self.unet.config.in_channels), s, s)
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        dist = self.vae.encode(images.to(self.device, dtype)).latent_dist
+        return dist.mean * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode(latents.to(dtype) / self.scaling_factor).sample
+
+    # -- persistence --------------------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """A Stable-Diffusion-layout pipeline directory (``model_index.json`` + component subfolders, safetensors)
+        that diffusers' ``StableDiffusionPipeline.from_pretrained`` can also read, plus ``genattr_model.json``."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(p / "unet", safe_serialization=True)
+        self.vae.save_pretrained(p / "vae", safe_serialization=True)
+        self.text_encoder.save_pretrained(p / "text_encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(p / "tokenizer")
+        self.scheduler.save_pretrained(p / "scheduler")
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers_version(),
+                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                 "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                 "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
+                 "feature_extractor": [None, None], "requires_safety_checker": False}
+        (p / "model_index.json").write_text(json.dumps(index, indent=1))
+        meta = {"model": self.name, "version": self.version, "source": self.source, "resolution": self.resolution,
+                "guidance_scale": self.guidance_scale, "added_tokens": list(self.added_tokens),
+                "base_fingerprint": self.base_fingerprint, "delta_names": list(self.delta_names),
+                "history": self.history}
+        (p / "genattr_model.json").write_text(json.dumps(meta, indent=1, default=str))
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> "DiffusersT2I":
+        """Load a directory written by :meth:`save` (or any pipeline directory)."""
+        p = Path(path)
+        meta = json.loads((p / "genattr_model.json").read_text()) if (p / "genattr_model.json").is_file() else {}
+        src = meta.get("source", {})
+        self = cls(str(p), torch_dtype=src.get("torch_dtype", "float32"), device=device,
+                   resolution=meta.get("resolution"), guidance_scale=meta.get("guidance_scale", 7.5),
+                   local_files_only=True)
+        if src:
+            self.source = dict(src)
+        self.added_tokens = list(meta.get("added_tokens", []))
+        self.base_fingerprint = meta.get("base_fingerprint")
+        self.delta_names = list(meta.get("delta_names", []))
+        self.history = list(meta.get("history", []))
+        self._invalidate()
+        return self
+
+    def __repr__(self) -> str:
+        return f"<DiffusersT2I {self.source['path']} {self.channels}×{self.resolution}px>"
+
+
+def _public(config) -> dict:
+    """A diffusers config without its bookkeeping keys (``_name_or_path``, ``_diffusers_version``, …)."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
