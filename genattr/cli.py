@@ -39,10 +39,7 @@ class GenattrGroup(click.Group):
             click.echo(f"genattr: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
                        err=True)
             return EXIT_USAGE
-        except click.Abort:
-            click.echo("genattr: aborted", err=True)
-            return 130
-        except KeyboardInterrupt:
+        except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
             click.echo("genattr: interrupted; finished work is kept, re-run the same command to resume", err=True)
             return 130
         except click.ClickException as e:

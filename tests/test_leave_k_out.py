@@ -149,7 +149,8 @@ def _perturbed(model, scale=0.05):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in m.unet.parameters():
-            p.add_(scale * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
+            if p.numel() > 1:
+                p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
     m._invalidate()
     return m
 

@@ -201,8 +201,9 @@ class LeaveKOutBenchmark:
         for key, value in overrides.items():
             if key == "dataset_config" and isinstance(value, dict) and "dataset" not in overrides:
                 cfg[key] = {**(cfg[key] or {}), **value}
-            elif key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict):
-                cfg[key] = {**cfg[key], **value}
+            elif (key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict)
+                  and overrides.get("model", cfg["model"]) == SCALES[scale]["model"]):
+                cfg[key] = {**cfg[key], **value}  # adjust the preset's recipe (another model: replace it)
             else:
                 cfg[key] = value
         if isinstance(cfg["k"], (int, float)):

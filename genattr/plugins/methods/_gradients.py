@@ -27,8 +27,9 @@ Feature extraction
     :func:`gradient_features` computes, for each item, the gradients of several *draws* (timestep, caption index,
     noise key) and reduces them per item (mean or sum) *after* projecting each draw — by linearity this equals
     projecting the reduced gradient (D-TRAK's "average then project"), up to float rounding. The noise of a draw is
-    ``seeding.item_noise(seed, noise_key, caption, t, latent_shape)``: it depends on the item's id, never on batch
-    positions, so features do not depend on the batch size.
+    ``seeding.item_noise(seed, noise_key, index, t, latent_shape)`` with the item's id as key (per-item draws) or a
+    key shared by every item and query (shared draws, common random numbers) — never batch positions, so features
+    do not depend on the batch size.
 """
 
 from __future__ import annotations
