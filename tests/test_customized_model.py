@@ -192,7 +192,9 @@ def _available(name):
         return False
 
 
-@pytest.mark.parametrize("method_name", ["random", "pixel", "unlearning"])
+@pytest.mark.parametrize("method_name", [
+    "random", "pixel", pytest.param("unlearning", marks=pytest.mark.slow),  # ≈ 1 min on 2 shared cores
+])
 def test_tiny_end_to_end_rows(tiny, method_name):
     if not _available(method_name):
         pytest.skip(f"method {method_name} is not importable yet")
@@ -215,6 +217,7 @@ def test_tiny_end_to_end_rows(tiny, method_name):
     assert summary[method_name]["artist-style"]["recall@10"]["n"] == bench.config["n_style"] * per_concept
 
 
+@pytest.mark.slow  # customizes the training concepts too
 def test_training_concepts_are_lazy_and_disjoint_from_test(tiny):
     bench, env, prov = tiny
     method = genattr.get_method("random")

@@ -369,3 +369,13 @@ def test_mscoco_needs_root():
     b = LeaveKOutBenchmark("paper")
     with pytest.raises(UserError, match="root"):
         b._datasets(0)
+
+
+def test_shapes_queries_come_from_held_out_scenes(session_cache):
+    b = LeaveKOutBenchmark("tiny", dataset="shapes", **FAST)
+    env = RunEnv(cache=session_cache, seed=0, scale="tiny")
+    st = b._setup(env)
+    assert len(st.train) == FAST["n"] and st.train.channels == 3
+    n = FAST["n"]
+    assert [q.meta["source_id"] for q in st.queries] == [f"shapes-{n + j:05d}" for j in range(FAST["num_queries"])]
+    assert all(q.meta["source_id"] not in set(st.train.ids) for q in st.queries)

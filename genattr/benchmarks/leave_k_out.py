@@ -96,7 +96,7 @@ SCALES: dict[str, dict] = {
         "model": "tiny-t2i",
         "recipe": "small",
         "model_config": None,
-        "train_config": None,
+        "train_config": {"steps": 400},
         "k": [0.034],
         "num_queries": 5,
         "query_steps": 50,
@@ -218,6 +218,7 @@ class LeaveKOutBenchmark:
         self._state: _State | None = None
         self._state_key = None
         self._metric_objs: dict | None = None
+        self._method_cfgs: dict = {}
 
     # -- datasets ---------------------------------------------------------------------------------------------------
     def _datasets(self, seed: int):
@@ -437,8 +438,13 @@ class LeaveKOutBenchmark:
         from genattr.harness.api import AttributionContext
 
         st = self._setup(env)
-        key = env.cache.key(NAME, VERSION, "scores", getattr(method, "name", type(method).__name__),
-                            getattr(method, "version", "0"), getattr(method, "config", {}), self.scale,
+        mname = getattr(method, "name", type(method).__name__)
+        # the method's configuration as the run declared it (a method may fill in defaults in ``config`` once it
+        # is prepared; keying on the declared one keeps the cache hit for every K)
+        mcfg = (env.method_configs or {}).get(mname)
+        if mcfg is None:
+            mcfg = self._method_cfgs.setdefault(id(method), copy.deepcopy(getattr(method, "config", {})))
+        key = env.cache.key(NAME, VERSION, "scores", mname, getattr(method, "version", "0"), mcfg, self.scale,
                             st.base.fingerprint,
                             st.train.fingerprint, query.id, query.prompt, query.meta.get("seed"),
                             query.meta.get("steps"), int(env.seed))

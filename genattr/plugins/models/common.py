@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from genattr.harness.api import PARAMETER_SELECTIONS, Example
+from genattr.harness.api import PARAMETER_SELECTIONS
 from genattr.harness.cache import canonical_json
 from genattr.harness.errors import UserError
 from genattr.harness.seeding import generator
@@ -117,6 +117,15 @@ def examples_fingerprint(data) -> str:
         h.update(str(i).encode() + b"\x00" + "\x1e".join(cs).encode() + b"\x00")
     h.update(images.contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def own_memory(*modules: torch.nn.Module) -> None:
+    """Give every parameter and buffer its own memory. ``from_pretrained`` may memory-map safetensors files, so
+    a loaded model would otherwise change when its file on disk changes (a cache entry being rewritten)."""
+    with torch.no_grad():
+        for module in modules:
+            for t in list(module.parameters()) + list(module.buffers()):
+                t.data = t.data.clone()
 
 
 def _lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:

@@ -20,7 +20,7 @@ import torch
 
 from genattr.harness.errors import UserError
 
-from .common import DDPMAdapter
+from .common import DDPMAdapter, own_memory
 
 
 class DiffusersT2I(DDPMAdapter):
@@ -61,6 +61,7 @@ class DiffusersT2I(DDPMAdapter):
         self._setup(device, resolution, guidance_scale)
 
     def _setup(self, device, resolution, guidance_scale) -> None:
+        own_memory(self.unet, self.vae, self.text_encoder)
         self.vae.requires_grad_(False)
         self.vae.eval()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)

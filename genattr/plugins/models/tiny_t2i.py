@@ -22,7 +22,7 @@ import torch
 
 from genattr.harness.errors import UserError
 
-from .common import DDPMAdapter
+from .common import DDPMAdapter, own_memory
 
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 PAD, UNK, BOS, EOS = range(4)
@@ -224,6 +224,7 @@ class TinyT2I(DDPMAdapter):
         self.unet = UNet2DConditionModel.from_pretrained(p / "unet")
         self.text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder")
         self.scheduler = DDPMScheduler.from_pretrained(p / "scheduler")
+        own_memory(self.unet, self.text_encoder)
         self.guidance_scale = float(meta.get("guidance_scale", 1.0))
         self._init_common()
         self.added_tokens = list(meta.get("added_tokens", []))
