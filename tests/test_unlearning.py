@@ -230,7 +230,7 @@ def test_candidates_score_only_those(tmp_path):
     calls = model.calls
     sub = m.attribute(ctx, _queries(), candidates=[7, 2, 4])
     np.testing.assert_allclose(sub, full[:, [7, 2, 4]], rtol=1e-9, atol=1e-12)
-    rows_per_item = 5 * 1 * 2  # T × captions × flips
+    rows_per_item = m.config["timesteps"] * 1 * (1 if m.config["flip"] == "none" else 2)  # T × captions × flips
     unlearning_draws = 3 * m.config["steps"] * m.config["batch"] * m.config["accumulation"]
     assert model.calls - calls == unlearning_draws + 3 * 3 * rows_per_item  # only the candidates were scored
     with pytest.raises(UserError):
