@@ -40,3 +40,10 @@ def clean_env(monkeypatch):
 @pytest.fixture
 def python():
     return sys.executable
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's temporary cache."""
+    import shutil
+
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

@@ -29,6 +29,23 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+
+def _quiet_library_logging() -> None:
+    """diffusers and transformers print progress bars and installation advice on every save and load of a model;
+    genattr draws its own progress bars (and ``--quiet`` must mean quiet), so only their errors are shown."""
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            import importlib
+
+            log = importlib.import_module(module)
+            log.set_verbosity_error()
+            log.disable_progress_bar()
+        except (ImportError, AttributeError):  # pragma: no cover - older library versions
+            pass
+
+
+_quiet_library_logging()
+
 from genattr.harness.api import PARAMETER_SELECTIONS
 from genattr.harness.cache import canonical_json
 from genattr.harness.errors import UserError
