@@ -323,3 +323,12 @@ def test_registered():
     m = genattr.get_method("unlearning", preset="tiny", steps=3)
     assert isinstance(m, U.Unlearning) and m.config["steps"] == 3 and m.needs_model
     assert m.name == "unlearning" and m.version == "1"
+
+
+def test_listing_names_every_preset():
+    """`genattr list methods` shows the presets; keep the registration in step with PRESETS."""
+    from genattr.harness.plugins import registry
+
+    description = registry("methods").get("unlearning").description
+    listed = {p.strip() for p in description.split("presets:")[1].split(",")}
+    assert listed == set(U.PRESETS)

@@ -9,7 +9,7 @@ M = "genattr.plugins.methods"
 METHODS = [
     ("unlearning", "unlearning:Unlearning", "1", True,
      "Attribution by unlearning the synthesized image: Fisher-preconditioned Newton steps on cross-attention K/V; "
-     "score = training-loss increase (Wang et al. 2024)"),
+     "score = training-loss increase (Wang et al. 2024); presets: tiny, small, coco, customized"),
     ("random", "baselines:RandomMethod", "1", False, "Uniform random scores, seeded (the chance baseline)"),
     ("pixel", "baselines:PixelMethod", "1", False, "Cosine similarity of flattened pixels (max over horizontal flips)"),
     ("features", "features:BuiltinFeatureMethod", "1", False,
