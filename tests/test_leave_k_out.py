@@ -189,35 +189,49 @@ def test_query_noise_differs_per_query(bench, env):
 
 
 # -- removal and retraining -------------------------------------------------------------------------------------
-def test_removal_excludes_exactly_the_top_k(bench, env, monkeypatch):
-    st = bench._setup(env)
+@pytest.fixture(scope="module")
+def bench_independent(env):
+    b = LeaveKOutBenchmark("tiny", retrain="independent", **FAST)
+    b.setup(env)
+    return b
+
+
+@pytest.mark.parametrize("mode", ["coupled", "independent"])
+def test_removal_excludes_exactly_the_top_k(mode, bench, bench_independent, env, monkeypatch):
+    b = bench if mode == "coupled" else bench_independent
+    assert b.config["retrain"] == mode
+    st = b._setup(env)
     n = len(st.train)
     scores = np.linspace(0, 1, n)[::-1].copy()
     scores[[5, 17, 20]] = 10.0 + np.arange(3)  # the top 3
     method = FixedScores(scores)
     cell = Cell(id="fixed/K3/q000", method="fixed", params={"K": 3, "K_frac": 3 / n, "query": 0},
                 group={"K": 3})
-    (removal,) = bench.removal_for(cell, method, env)
+    (removal,) = b.removal_for(cell, method, env)
     assert removal == [5, 17, 20]
     trained_on = []
-    real = bench._train
+    real = b._train
 
-    def spy(dataset, e, state):
-        trained_on.append(list(dataset.ids))
-        return real(dataset, e, state)
+    def spy(dataset, e, state, exclude=None):
+        trained_on.append((list(dataset.ids), sorted(exclude or [])))
+        return real(dataset, e, state, exclude)
 
-    monkeypatch.setattr(bench, "_train", spy)
-    out = bench.run_cell(cell, method, env)
+    monkeypatch.setattr(b, "_train", spy)
+    out = b.run_cell(cell, method, env)
     assert trained_on, "the retrain must go through _train"
     removed = {st.train.ids[i] for i in (5, 17, 20)}
-    assert trained_on[-1] == [i for i in st.train.ids if i not in removed]  # only those, order kept
+    ids, excluded = trained_on[-1]
+    if mode == "coupled":  # the full set's batch sequence, the removed items weighted 0
+        assert ids == list(st.train.ids) and excluded == sorted(removed)
+    else:  # a smaller training set: only those removed, order kept
+        assert ids == [i for i in st.train.ids if i not in removed] and excluded == []
     assert set(out["extra"]["removed_ids"]) == removed
     for m in ("delta-loss", "delta-gen-mse", "delta-gen-sim"):
         assert np.isfinite(out[m])
     # scores were computed once and are served from the cache for another K
     calls = method.calls
-    bench.removal_for(Cell(id="fixed/K5/q000", method="fixed", params={"K": 5, "K_frac": 5 / n, "query": 0}),
-                      method, env)
+    b.removal_for(Cell(id="fixed/K5/q000", method="fixed", params={"K": 5, "K_frac": 5 / n, "query": 0}),
+                  method, env)
     assert method.calls == calls
 
 
@@ -231,7 +245,7 @@ def test_retrain_cache_hit_on_same_removal_set(bench, env, monkeypatch):
     real_train = DDPMAdapter.train
 
     def counting(self, dataset, config=None):
-        trainings.append(len(dataset))
+        trainings.append((len(dataset), sorted((config or {}).get("exclude") or [])))
         return real_train(self, dataset, config)
 
     monkeypatch.setattr(DDPMAdapter, "train", counting)
@@ -239,9 +253,25 @@ def test_retrain_cache_hit_on_same_removal_set(bench, env, monkeypatch):
     v = bench.evaluate_removal([3, 2, 1], st.queries[1], env)
     assert trainings == []
     assert v["retrain_key"] == bench.evaluate_removal(removal, st.queries[0], env)["retrain_key"]
-    # a different removal set does train
+    # a different removal set does train (coupled: on the full set with those three excluded)
     bench.evaluate_removal([1, 2, 4], st.queries[0], env)
-    assert trainings == [len(st.train) - 3]
+    assert trainings == [(len(st.train), sorted(st.train.ids[i] for i in (1, 2, 4)))]
+
+
+def test_coupled_retrain_moves_less_than_independent(bench, env):
+    """Coupling check: the coupled retrain differs from θ0 only through the removed items, so removing an item
+    moves the query loss far less than an independent retrain on the reduced set (which reshuffles every batch)."""
+    from genattr.plugins.metrics.counterfactual import query_loss
+
+    st = bench._setup(env)
+    q = st.queries[0]
+    base = query_loss(st.base, q, seed=0, stride=50)
+    coupled = bench._train(st.train, env, st, exclude=[st.train.ids[7]])
+    reduced = st.train.subset([i for k, i in enumerate(st.train.ids) if k != 7])
+    independent = bench._train(reduced, env, st)
+    d_coupled = float(np.abs(query_loss(coupled, q, seed=0, stride=50) - base).mean())
+    d_indep = float(np.abs(query_loss(independent, q, seed=0, stride=50) - base).mean())
+    assert 0 < d_coupled < d_indep
 
 
 def test_random_draws_shared_across_queries(bench, env):

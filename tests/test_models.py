@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from genattr.harness.data import InMemoryDataset  # noqa: E402
+from genattr.harness.errors import UserError  # noqa: E402
 from genattr.plugins.models.recipes import TINY_ARCH, recipe, recipe_customize  # noqa: E402
 from genattr.plugins.models.tiny_t2i import TinyT2I  # noqa: E402
 
@@ -59,6 +60,32 @@ def test_same_seed_same_weights_and_losses(data, trained):
     assert r3["losses"] != r1["losses"]
     assert not same_state(state(m1), state(m3))
     assert m3.fingerprint != m1.fingerprint
+
+
+def test_exclude_trains_without_the_items_on_the_same_batches(data, trained):
+    """Coupled retraining: excluded items contribute nothing (their pixels and captions can be anything), every
+    other random draw is the full set's, and excluding something changes the weights."""
+    m_full, _ = trained
+    gone = ["img3", "img10"]
+    a = TinyT2I.for_dataset(data, **TINY_ARCH)
+    a.train(data, {**TRAIN, "exclude": gone})
+    # the same set with the excluded items' content replaced: identical training
+    images = data.images(list(range(len(data)))).clone()
+    caps = [tuple(data.captions(i)) for i in range(len(data))]
+    for k in (3, 10):
+        images[k] = -images[k]
+        caps[k] = ("digit zero",)
+    other = InMemoryDataset("synthetic", "1", list(data.ids), images, caps)
+    b = TinyT2I.for_dataset(data, **TINY_ARCH)
+    b.train(other, {**TRAIN, "exclude": gone})
+    sa, sb = state(a), state(b)
+    assert all(torch.allclose(sa[k], sb[k], rtol=0, atol=1e-7) for k in sa)
+    assert not same_state(sa, state(m_full))
+    c = TinyT2I.for_dataset(data, **TINY_ARCH)
+    c.train(data, {**TRAIN, "exclude": []})
+    assert same_state(state(c), state(m_full))
+    with pytest.raises(UserError, match="not in the training set"):
+        TinyT2I.for_dataset(data, **TINY_ARCH).train(data, {**TRAIN, "exclude": ["nope"]})
 
 
 def test_training_reduces_loss(data):

@@ -7,7 +7,8 @@ Protocol
    per query, each with a fixed seed derived from ``(run seed, "leave-k-out/query", query index)``.
 3. Cells are ``method × K × query``. A cell asks the method for its scores on the query (computed once per
    (method, method config, θ0, query) and cached: the same scores serve every K), removes the top-K training items,
-   retrains from scratch with the *same* recipe and seed — the removed items are the only difference — and measures
+   retrains from scratch with the *same* recipe and seed — the removed items are the only difference; ``coupled``
+   retraining (the default of the built-in scales, :data:`RETRAIN_MODES`) also keeps θ0's batch sequence — and measures
    ``delta-loss``, ``delta-gen-mse`` and ``delta-gen-sim`` (:mod:`genattr.plugins.metrics.counterfactual`).
    Retrained models go through the content-addressed model cache, keyed on the fingerprint of the remaining
    training set, hence on the removed-id set: the same removal is never trained twice (across methods, queries,
@@ -27,7 +28,7 @@ adapter name for the model cache: ``tiny-t2i`` or ``diffusers``), ``recipe`` (ti
 (default: the run seed), ``k`` (list of counts ≥ 1 or fractions of N in (0, 1); a fraction becomes
 ``max(1, round(f·N))``), ``num_queries``, ``query_steps`` (sampling steps for queries and regenerations),
 ``random_draws``, ``random_method`` (the method name treated as the random baseline, default ``random``),
-``loss_stride`` (5), ``encoder`` (ΔG-similarity encoder spec; default ``builtin:<dataset>`` for built-in data,
+``loss_stride`` (5), ``retrain`` (``coupled`` | ``independent``, :data:`RETRAIN_MODES`), ``encoder`` (ΔG-similarity encoder spec; default ``builtin:<dataset>`` for built-in data,
 ``clip:openai/clip-vit-base-patch32`` for mscoco).
 """
 
@@ -123,7 +124,20 @@ SCALES: dict[str, dict] = {
     },
 }
 
-COMMON = {"train_seed": None, "random_method": "random", "guidance_scale": None}
+COMMON = {"train_seed": None, "random_method": "random", "guidance_scale": None, "retrain": None}
+
+#: How a removal is retrained (config key ``retrain``; default ``coupled`` for the built-in scales, ``independent``
+#: for ``paper``, as the paper did):
+#:
+#: * ``independent`` — train from scratch on the remaining N − K items with the same recipe and seed. The batch
+#:   sequence is a permutation of the smaller set, so every batch differs from θ0's: the retrain carries the full
+#:   reshuffling noise of SGD on top of the removal's effect (the paper's Random row, ΔL 3.5·10⁻³, is mostly this
+#:   noise floor).
+#: * ``coupled`` — train from scratch on the full set's batch sequence (same permutation, noise, timesteps,
+#:   captions) with the K removed items' loss terms weighted 0 (``exclude`` of ``DDPMAdapter.train``). The removed
+#:   items are then literally the only difference between θ0 and θ₋K, which lowers the noise floor by a large factor
+#:   and lets a handful of queries separate methods on a small model (common random numbers).
+RETRAIN_MODES = ("coupled", "independent")
 
 #: Dataset keyword arguments that set the training-set size (the benchmark sets it from ``n``).
 _SIZE_KEYS = ("limit", "n")
@@ -210,6 +224,11 @@ class LeaveKOutBenchmark:
             cfg["k"] = [cfg["k"]]
         if cfg["dataset"] not in ("digits", "shapes", "mscoco"):
             raise UserError(f"leave-k-out: unknown dataset {cfg['dataset']!r}; choose from digits, shapes, mscoco")
+        if cfg["retrain"] is None:
+            cfg["retrain"] = "independent" if scale == "paper" else "coupled"
+        if cfg["retrain"] not in RETRAIN_MODES:
+            raise UserError(f"leave-k-out: unknown retrain mode {cfg['retrain']!r}; choose from "
+                            f"{', '.join(RETRAIN_MODES)}")
         if int(cfg["num_queries"]) < 1 or int(cfg["random_draws"]) < 1:
             raise UserError("leave-k-out: num_queries and random_draws must be at least 1")
         cfg["scale"] = scale
@@ -311,19 +330,23 @@ class LeaveKOutBenchmark:
             model_config["max_length"] = max(8, longest + 4)
         return model_config, train_config
 
-    def _train(self, dataset, env, state: _State):
-        """``load_or_train`` with the benchmark's recipe and seed (θ0 and every retrain go through here). On an
-        accelerator (``env.device`` not ``cpu``) a missing model is trained there and stored under the very key
-        ``load_or_train`` uses, and the loaded model is moved to the device."""
+    def _train(self, dataset, env, state: _State, exclude: Sequence[str] | None = None):
+        """``load_or_train`` with the benchmark's recipe and seed (θ0 and every retrain go through here);
+        ``exclude`` (item ids) is the coupled retrain's removal. On an accelerator (``env.device`` not ``cpu``) a
+        missing model is trained there and stored under the very key ``load_or_train`` uses, and the loaded model is
+        moved to the device."""
         from genattr.plugins.models import cache as model_cache
 
         model = self.config["model"]
         device = str(env.device or "cpu")
+        train_config = dict(state.train_config)
+        if exclude:
+            train_config["exclude"] = sorted(str(i) for i in exclude)
         if device != "cpu":
-            key = model_cache.train_key(dataset, state.model_config, state.train_config, state.train_seed, model)
+            key = model_cache.train_key(dataset, state.model_config, train_config, state.train_seed, model)
             if env.cache.lookup(model_cache.NS_TRAINED, key) is None:
                 cls = model_cache._model_class(model)
-                tc = {**state.train_config, "seed": state.train_seed, "progress": env.progress}
+                tc = {**train_config, "seed": state.train_seed, "progress": env.progress}
 
                 def create(tmp):
                     build = getattr(cls, "for_dataset", None)
@@ -336,14 +359,18 @@ class LeaveKOutBenchmark:
 
                 env.cache.get_or_create(model_cache.NS_TRAINED, key, create,
                                         {"model": model, "dataset": dataset.fingerprint, "seed": state.train_seed})
-        m = model_cache.load_or_train(env.cache, dataset, state.model_config, state.train_config,
+        m = model_cache.load_or_train(env.cache, dataset, state.model_config, train_config,
                                       seed=state.train_seed, model=model, progress=env.progress)
         return m.to(device) if device != "cpu" and hasattr(m, "to") else m
 
-    def retrain_key(self, dataset, state: _State) -> str:
-        """The identity of the model trained on ``dataset`` with the benchmark's recipe and seed."""
-        return _sha(["leave-k-out/retrain", self.config["model"], state.model_config, state.train_config,
-                     state.train_seed, dataset.fingerprint])
+    def retrain_key(self, dataset, state: _State, exclude: Sequence[str] | None = None) -> str:
+        """The identity of the model trained on ``dataset`` (without the ids ``exclude``, coupled mode) with the
+        benchmark's recipe and seed."""
+        parts = ["leave-k-out/retrain", self.config["model"], state.model_config, state.train_config,
+                 state.train_seed, dataset.fingerprint]
+        if exclude:
+            parts.append(["coupled", sorted(str(i) for i in exclude)])
+        return _sha(parts)
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def setup(self, env) -> dict:
@@ -393,6 +420,7 @@ class LeaveKOutBenchmark:
                         for qq in st.queries],
             "recipe": {"model": cfg["model"], "model_config": st.model_config, "train_config": st.train_config,
                        "seed": st.train_seed},
+            "retrain": cfg["retrain"],
         }
         self._state, self._state_key = st, key
         return st
@@ -500,9 +528,13 @@ class LeaveKOutBenchmark:
         st = self._setup(env)
         removed = sorted(int(i) for i in removed)
         rset = set(removed)
-        keep = [i for k, i in enumerate(st.train.ids) if k not in rset]
-        subset = st.train.subset(keep)
-        rkey = self.retrain_key(subset, st)
+        if self.config["retrain"] == "coupled":
+            exclude = [st.train.ids[i] for i in removed]
+            subset = st.train
+        else:
+            exclude = None
+            subset = st.train.subset([i for k, i in enumerate(st.train.ids) if k not in rset])
+        rkey = self.retrain_key(subset, st, exclude)
         mobjs = self._metrics()
         enc_spec = self.config["encoder"] or mobjs["delta-gen-sim"].default_spec(self.config["dataset"])
         vkey = env.cache.key(NAME, VERSION, "removal-metrics", rkey, st.base.fingerprint, query.id, query.prompt,
@@ -513,7 +545,7 @@ class LeaveKOutBenchmark:
             return got
         from genattr.plugins.metrics.counterfactual import query_loss, regenerate
 
-        retrained = self._train(subset, env, st)
+        retrained = self._train(subset, env, st, exclude)
         base = self._base_side(query, env, st)
         stride = int(self.config["loss_stride"])
         r_losses = query_loss(retrained, query, seed=int(env.seed), stride=stride)

@@ -66,6 +66,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "ema": 0.0,  # exponential moving average of the trained weights (0: off)
     "train_text_encoder": None,  # None: the adapter's default
     "guidance_scale": None,  # the model's default guidance scale after training with caption dropout
+    "exclude": None,  # ids of items left out by zero loss weight in the full set's batch sequence (coupled retrain)
     "progress": False,
 }
 
@@ -406,17 +407,35 @@ class DDPMAdapter:
         Config (defaults in :data:`TRAIN_DEFAULTS`): ``steps``, ``batch_size``, ``lr`` (AdamW), ``seed``,
         ``caption_dropout`` (probability of the empty caption, enabling classifier-free guidance),
         ``flip`` (random horizontal flips, as in the paper), ``warmup``, ``lr_schedule``, ``grad_clip``, ``ema``,
-        ``train_text_encoder``, ``progress``. Batches walk through seeded per-epoch permutations; captions,
-        timesteps, noise, flips and caption dropout come from ``generator(seed, "train", step)``, so the same seed
-        and data give the same weights on the same machine."""
+        ``train_text_encoder``, ``exclude``, ``progress``. Batches walk through seeded per-epoch permutations;
+        captions, timesteps, noise, flips and caption dropout come from ``generator(seed, "train", step)``, so the
+        same seed and data give the same weights on the same machine.
+
+        ``exclude`` (a list of item ids of ``dataset``) trains *without* those items while keeping every other
+        random draw of training on the full set: the batches, noise, timesteps, captions and flips are exactly the
+        full set's, and an excluded item's loss term gets weight 0 (the batch loss stays a sum over ``batch_size``,
+        so every remaining item's gradient weight is unchanged). The result differs from training on the full set
+        only by the excluded items' gradient contributions — the coupled retraining of the leave-K-out benchmark,
+        which removes the reshuffling noise of training on a smaller set (see docs/benchmarks/leave-k-out.md)."""
         cfg = {**TRAIN_DEFAULTS, **dict(config or {})}
         unknown = set(cfg) - set(TRAIN_DEFAULTS)
         if unknown:
             raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        images, captions, _ = _images_and_captions(dataset)
+        images, captions, ids = _images_and_captions(dataset)
         if tuple(images.shape[1:]) != (self.channels, self.resolution, self.resolution):
             raise UserError(f"{self.name}: images are {tuple(images.shape[1:])}, the model takes "
                             f"{(self.channels, self.resolution, self.resolution)}")
+        weight = None
+        if cfg["exclude"]:
+            pos = {str(i): k for k, i in enumerate(ids)}
+            missing = [str(i) for i in cfg["exclude"] if str(i) not in pos]
+            if missing:
+                raise UserError(f"training option exclude names {len(missing)} id(s) not in the training set, "
+                                f"e.g. {missing[0]!r}")
+            weight = torch.ones(len(ids))
+            weight[[pos[str(i)] for i in cfg["exclude"]]] = 0.0
+            if not bool(weight.any()):
+                raise UserError("training option exclude leaves no training item")
         train_te = self.train_text_encoder_default if cfg["train_text_encoder"] is None else cfg["train_text_encoder"]
         params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if train_te else [])
         opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -460,7 +479,11 @@ class DDPMAdapter:
                 else:
                     with torch.no_grad():
                         emb = self.text_embeddings(caps)
-                loss = self.denoise_loss(lat, emb, t.to(self.device), noise.to(self.device)).mean()
+                per = self.denoise_loss(lat, emb, t.to(self.device), noise.to(self.device))
+                if weight is None:
+                    loss = per.mean()
+                else:
+                    loss = (per * weight[idx].to(per.device)).sum() / bs
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg["grad_clip"]:

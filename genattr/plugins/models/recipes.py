@@ -71,7 +71,7 @@ _RECIPES = {
     },
     ("shapes", "small"): {
         "model": {**SMALL_ARCH, "guidance_scale": 2.0},
-        "train": {"steps": 600, "batch_size": 64, "lr": 2e-3, "flip": False, "caption_dropout": 0.1,
+        "train": {"steps": 1500, "batch_size": 64, "lr": 2e-3, "flip": False, "caption_dropout": 0.1,
                   "guidance_scale": 2.0},
         "dataset": {"n": 2000, "resolution": 16},
     },
