@@ -8,10 +8,10 @@ Protocol
 3. Cells are ``method × K × query``. A cell asks the method for its scores on the query (computed once per
    (method, method config, θ0, query) and cached: the same scores serve every K), removes the top-K training items,
    retrains from scratch with the *same* recipe and seed — the removed items are the only difference; ``coupled``
-   retraining (the default of the built-in scales, :data:`RETRAIN_MODES`) also keeps θ0's batch sequence — and measures
-   ``delta-loss``, ``delta-gen-mse`` and ``delta-gen-sim`` (:mod:`genattr.plugins.metrics.counterfactual`).
-   Retrained models go through the content-addressed model cache, keyed on the fingerprint of the remaining
-   training set, hence on the removed-id set: the same removal is never trained twice (across methods, queries,
+   retraining (the default of the built-in scales, :data:`RETRAIN_MODES`) also keeps θ0's batch sequence — and
+   measures ``delta-loss``, ``delta-gen-mse`` and ``delta-gen-sim`` (:mod:`genattr.plugins.metrics.counterfactual`).
+   Retrained models go through the content-addressed model cache, keyed on the training set's fingerprint and the
+   removed-id set: the same removal is never trained twice (across methods, queries,
    runs). The metric values of a (removal set, query) pair are cached too, so a re-run is fast.
 4. The random baseline (method ``random``) does not rank per query: for every K it draws ``random_draws`` (R)
    removal sets from ``(run seed, K, draw)`` — the same R sets for every query, so R retrains per K rather than
@@ -28,8 +28,9 @@ adapter name for the model cache: ``tiny-t2i`` or ``diffusers``), ``recipe`` (ti
 (default: the run seed), ``k`` (list of counts ≥ 1 or fractions of N in (0, 1); a fraction becomes
 ``max(1, round(f·N))``), ``num_queries``, ``query_steps`` (sampling steps for queries and regenerations),
 ``random_draws``, ``random_method`` (the method name treated as the random baseline, default ``random``),
-``loss_stride`` (5), ``retrain`` (``coupled`` | ``independent``, :data:`RETRAIN_MODES`), ``encoder`` (ΔG-similarity encoder spec; default ``builtin:<dataset>`` for built-in data,
-``clip:openai/clip-vit-base-patch32`` for mscoco).
+``loss_stride`` (5), ``retrain`` (``coupled`` | ``independent``, :data:`RETRAIN_MODES`), ``encoder``
+(ΔG-similarity encoder spec; default ``builtin:<dataset>`` for built-in data, ``clip:openai/clip-vit-base-patch32``
+for mscoco).
 """
 
 from __future__ import annotations
@@ -527,12 +528,12 @@ class LeaveKOutBenchmark:
         ``retrain_key``. The values are cached per (removal set, query, metric options)."""
         st = self._setup(env)
         removed = sorted(int(i) for i in removed)
-        rset = set(removed)
         if self.config["retrain"] == "coupled":
             exclude = [st.train.ids[i] for i in removed]
             subset = st.train
         else:
             exclude = None
+            rset = set(removed)
             subset = st.train.subset([i for k, i in enumerate(st.train.ids) if k not in rset])
         rkey = self.retrain_key(subset, st, exclude)
         mobjs = self._metrics()

@@ -436,6 +436,7 @@ class DDPMAdapter:
             weight[[pos[str(i)] for i in cfg["exclude"]]] = 0.0
             if not bool(weight.any()):
                 raise UserError("training option exclude leaves no training item")
+            weight = weight.to(self.device)  # once, not per step
         train_te = self.train_text_encoder_default if cfg["train_text_encoder"] is None else cfg["train_text_encoder"]
         params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if train_te else [])
         opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -483,7 +484,7 @@ class DDPMAdapter:
                 if weight is None:
                     loss = per.mean()
                 else:
-                    loss = (per * weight[idx].to(per.device)).sum() / bs
+                    loss = (per * weight[idx]).sum() / bs
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg["grad_clip"]:
