@@ -234,3 +234,34 @@ def test_training_concepts_are_lazy_and_disjoint_from_test(tiny):
         assert t["exemplars"].ndim == 4 and t["synthesized"].ndim == 4
         assert t["synthesized"].shape[0] == bench.config["train_queries_per_concept"]
         assert float(t["synthesized"].abs().max()) <= 1.0
+
+
+def test_unlearning_gets_the_benchmark_preset(tiny):
+    """The paper used other unlearning values for its Customized Model protocol than for MSCOCO; the benchmark
+    makes the method pick its own preset (an explicit preset still wins)."""
+    bench, env, prov = tiny
+    m = genattr.get_method("unlearning")
+    ctx = bench.context(prov["concepts"][0]["id"], m, env)
+    assert ctx.extra["benchmark"] == "customized-model"
+    assert m.resolve(ctx)["preset"] == "customized-tiny"
+    assert genattr.get_method("unlearning", preset="tiny").resolve(ctx)["preset"] == "tiny"
+
+
+@pytest.mark.slow  # customizes the training concepts
+def test_calibrate_on_a_pool_sample_equals_direct_scoring(tiny):
+    from genattr.benchmarks.customized_model import _calibration_rng, calibrate
+    from genattr.plugins.metrics.retrieval import average_precision
+
+    bench, env, _ = tiny
+    res = calibrate(bench, env, "pixel", [{}], pool_sample=15, queries_per_concept=1)
+    state = bench._load(env, "train")
+    base = np.sort(_calibration_rng(env.seed).choice(state.n_base, 15, replace=False))
+    method = genattr.get_method("pixel")
+    expected = []
+    for case in state.cases.values():
+        full = np.asarray(method.attribute(bench.context(case.id, method, env, "train"), [case.queries[0]]))[0]
+        idx = np.concatenate([base, case.own_idx])
+        expected.append(average_precision(full[idx], np.arange(15, idx.size)))
+    got = [v for vs in res["table"][0]["values"].values() for v in vs]
+    assert sorted(got) == pytest.approx(sorted(expected))
+    assert res["table"][0]["mean"] == pytest.approx(float(np.mean(expected)))

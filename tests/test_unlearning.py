@@ -303,6 +303,17 @@ def test_config_resolution():
     for scale, preset in (("tiny", "tiny"), ("small", "small"), ("paper", "coco")):
         cfg = m.resolve(AttributionContext(model=None, train_set=None, cache=cache, scale=scale))
         assert cfg["preset"] == preset and m.config is cfg
+    for scale, preset in (("tiny", "customized-tiny"), ("small", "customized-small"), ("paper", "customized")):
+        ctx = AttributionContext(model=None, train_set=None, cache=cache, scale=scale,
+                                 extra={"benchmark": "customized-model"})
+        assert m.resolve(ctx)["preset"] == preset
+    ctx = AttributionContext(model=None, train_set=None, cache=cache, scale="small", extra={"benchmark": "leave-k-out"})
+    assert m.resolve(ctx)["preset"] == "small"
+    assert U.Unlearning(preset="coco").resolve(
+        AttributionContext(model=None, train_set=None, cache=cache, scale="small",
+                           extra={"benchmark": "customized-model"}))["preset"] == "coco"  # an explicit preset wins
+    with pytest.raises(UserError, match="no preset for scale 'huge'"):
+        m.resolve(AttributionContext(model=None, train_set=None, cache=cache, scale="huge"))
     coco = U.Unlearning(preset="coco").config
     assert (coco["steps"], coco["alpha"], coco["batch"] * coco["accumulation"], coco["timesteps"]) == (1, 0.01, 50_000, 20)
     cust = U.Unlearning(preset="customized").config
@@ -322,7 +333,7 @@ def test_registered():
     genattr.load_plugins()
     m = genattr.get_method("unlearning", preset="tiny", steps=3)
     assert isinstance(m, U.Unlearning) and m.config["steps"] == 3 and m.needs_model
-    assert m.name == "unlearning" and m.version == "1"
+    assert m.name == "unlearning" and m.version == "2"
 
 
 def test_listing_names_every_preset():
