@@ -32,13 +32,18 @@ Presets (option ``preset``; default: the context's scale, ``paper`` → ``coco``
 * ``customized`` — the paper's Customized-Model values: 100 steps, α = 0.1, 16 × 10 draws, T = 10, Fisher over
   1,000,000 samples and N = 400,000,000 in the step (the paper used LAION-400M's size, not the pool's).
 * ``tiny`` / ``small`` — **scaled deviations** for the built-in models of a few hundred thousand parameters
-  trained on ≈ 2 k images: the paper's α = 0.01 with N ≈ 1.8 k and a Fisher from a tiny, briefly trained model
-  overshoots (rankings at chance, DESIGN.md), so the step is several small Newton steps (5 steps, α = 1e-4,
-  calibrated on training data of the built-in digits/shapes models, never on test concepts); fewer query draws
-  (128 / 512 instead of 50,000), fewer scoring timesteps (5) and one caption per item; no flips (``flip="none"``,
-  no flipped Fisher samples) because the built-in recipes train without random flips (their captions are not
-  flip-invariant) — so a query's scoring pass costs N × 5 UNet evaluations; Fisher over 256 / 1024 samples. Every
-  value can be overridden (benchmarks calibrate ``alpha`` and ``steps`` on their training concepts).
+  trained on ≈ 2 k images: several small Newton steps (5; α = 1e-4 for ``tiny``, which tests plumbing; α = 3e-3 for
+  ``small``, calibrated on calibration queries of the leave-K-out digits model, never the benchmark's — at 1e-4 the
+  step did not raise the query's own loss); fewer query draws (128 / 512 instead of 50,000), fewer scoring
+  timesteps (5) and one caption per item; no flips (``flip="none"``, no flipped Fisher samples) because the built-in
+  recipes train without random flips (their captions are not flip-invariant) — so a query's scoring pass costs
+  N × 5 UNet evaluations; Fisher over 256 / 1024 samples.
+* ``customized-tiny`` / ``customized-small`` — the same for the built-in Customized Model miniature, whose
+  fine-tuned (near-memorised) models need α = 1e-2 (calibrated on its training concepts, never the test concepts),
+  with 256 draws per step. The customized-model benchmark selects them (``BENCHMARK_PRESET``), as the paper used
+  other values for that protocol.
+
+Every value can be overridden (calibrate ``alpha`` and ``steps`` on training concepts or calibration queries).
 
 Cost in UNet evaluations: Fisher — ``fisher_samples`` per-sample gradients, once; θ0 — N × T × captions × (2 with
 flips) forward passes, once; per query — ``steps × batch × accumulation`` gradient evaluations plus the same
