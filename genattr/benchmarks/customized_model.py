@@ -489,6 +489,10 @@ def calibrate(bench: "CustomizedModelBenchmark", env: RunEnv, method_name: str, 
     import genattr
 
     state = bench._load(env, "train")
+    base = None  # the base-item sample: the same for every configuration, concept and query
+    if pool_sample is not None:
+        base = np.sort(_calibration_rng(env.seed).choice(state.n_base, min(int(pool_sample), state.n_base),
+                                                          replace=False))
     table = []
     for g in grid:
         cfg = {**dict(base_config or {}), **dict(g)}
@@ -497,15 +501,14 @@ def calibrate(bench: "CustomizedModelBenchmark", env: RunEnv, method_name: str, 
         for case in state.cases.values():
             nq = len(case.queries) if queries_per_concept is None else min(int(queries_per_concept),
                                                                               len(case.queries))
+            if base is not None:
+                idx = np.concatenate([base, np.asarray(case.own_idx, dtype=np.int64)])
+                ctx = bench.context(case.id, method, env, "train")
+                method.prepare(ctx)
             for qi in range(nq):
-                if pool_sample is None:
+                if base is None:
                     r = bench.evaluate(case.id, qi, method, env, split="train")
                 else:
-                    base = np.sort(_calibration_rng(env.seed).choice(
-                        state.n_base, min(int(pool_sample), state.n_base), replace=False))
-                    idx = np.concatenate([base, np.asarray(case.own_idx, dtype=np.int64)])
-                    ctx = bench.context(case.id, method, env, "train")
-                    method.prepare(ctx)
                     s = np.asarray(method.attribute(ctx, [case.queries[qi]], candidates=idx.tolist()),
                                    dtype=np.float64)[0]
                     r, _ = score_pools(s, base.size, np.arange(base.size, idx.size), ["own"])

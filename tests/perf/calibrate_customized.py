@@ -39,7 +39,6 @@ def main(argv=None):
     bench._load(env, "train")
     print(f"training concepts ready in {time.time() - t:.0f} s", flush=True)
     report = {"pool_sample": args.pool_sample, "queries_per_concept": args.queries, "scale": args.scale}
-    t = time.time()
     pixel = calibrate(bench, env, "pixel", [{}], pool_sample=args.pool_sample, queries_per_concept=args.queries)
     report["pixel"] = pixel["table"][0]
     print("pixel", json.dumps({k: pixel["table"][0][k] for k in ("mean", "by_split")}), flush=True)
