@@ -16,7 +16,7 @@ from genattr.harness.errors import UserError
 def test_registered_and_columns():
     b = genattr.get_benchmark("customized-model", scale="tiny")
     assert isinstance(b, CustomizedModelBenchmark)
-    assert b.name == "customized-model" and b.version == "1"
+    assert b.name == "customized-model" and b.version == "2"
     assert b.metrics == {c: True for c in metric_columns(["own", "all"])}
     assert {"recall@10", "recall@5", "recall@100", "ap", "recall@10/all", "ap/all"} <= set(b.metrics)
     only_own = CustomizedModelBenchmark(scale="tiny", pools=["own"])
@@ -168,6 +168,15 @@ def test_tiny_setup_provenance(tiny):
         # exemplars sit in the pool with their customization captions (token included)
         for i in case.own_idx:
             assert all(case.token in c for c in state.pool.captions(i))
+
+
+def test_pool_carries_its_base_name_so_features_picks_the_builtin_encoder(tiny):
+    bench, env, _ = tiny
+    state = bench._load(env)
+    assert state.pool.name == "shapes+customized-model-pool"
+    method = genattr.get_method("features")
+    ctx = bench.context(next(iter(state.cases)), method, env)
+    assert method.encoder_spec(ctx) == "builtin:shapes"
 
 
 def test_tiny_queries_are_cached_and_deterministic(tiny):

@@ -263,6 +263,36 @@ def test_styles_change_pixels_glyphs_differ():
     assert torch.allclose(inverted, 1 - (plain + 1) / 2, atol=1e-6)
 
 
+def test_low_frequency_styles_do_what_they_say():
+    from genattr.datasets.shapes import _NIGHT, _SEPIA, _SHADOW, _SUNSET
+
+    spec = {"objects": [{"shape": "square", "colour": "red", "size": "large", "position": "left"}]}
+    plain = (render_scene(spec) + 1) / 2
+    corner = (slice(None), slice(0, 2), slice(-2, None))  # top right: background in every style
+    night = (render_scene(spec, style="night") + 1) / 2
+    assert torch.allclose(night[corner], torch.tensor(_NIGHT)[:, None, None].expand(3, 2, 2), atol=1e-6)
+    sunset = (render_scene(spec, style="sunset") + 1) / 2
+    col = sunset[:, :, -1]  # right-most column: background only, top → bottom
+    assert torch.all(col[0, 1:] >= col[0, :-1]) and torch.allclose(col[:, 0], torch.tensor(_SUNSET[0]), atol=0.05)
+    assert torch.allclose(col[:, -1], torch.tensor(_SUNSET[1]), atol=0.05)
+    sepia = (render_scene(spec, style="sepia") + 1) / 2
+    assert torch.allclose(sepia[corner], torch.tensor(_SEPIA[0])[:, None, None].expand(3, 2, 2), atol=1e-6)
+    # shadow: grey where the object's fill lands two pixels down-right and the object itself is absent
+    shadow = (render_scene(spec, style="shadow") + 1) / 2
+    fill, touched = plain.amax(dim=0) > 0.94, plain.amax(dim=0) > 1e-6  # fully covered / any coverage
+    moved = torch.zeros_like(fill)
+    moved[2:, 2:] = fill[:-2, :-2]
+    only = moved & ~touched
+    assert only.sum() > 4 and torch.allclose(shadow[:, only], torch.full_like(shadow[:, only], _SHADOW), atol=0.05)
+    assert torch.equal(shadow[:, fill], plain[:, fill])
+    # glow: red light next to the object, none far away, the object unchanged
+    glow = (render_scene(spec, style="glow") + 1) / 2
+    ring = (torch.nn.functional.max_pool2d(touched[None, None].float(), 3, 1, 1)[0, 0] > 0) & ~touched
+    assert glow[0][ring].mean() > 0.1 and glow[1:][:, ring].abs().max() < 0.1
+    assert glow[:, :, -3:].abs().max() < 1e-6
+    assert torch.allclose(glow[:, fill], plain[:, fill], atol=0.02)
+
+
 def test_render_concept_scene():
     cs = make_concepts("test")
     obj, sty = cs[0], cs[3]

@@ -6,7 +6,7 @@ from genattr.harness.registry import lazy
 M = "genattr.benchmarks"
 
 BENCHMARKS = [
-    ("customized-model", "customized_model:CustomizedModelBenchmark", "1",
+    ("customized-model", "customized_model:CustomizedModelBenchmark", "2",
      "Customized Model benchmark (AbC): Recall@K and mAP of retrieving a customized model's exemplars"),
     ("leave-k-out", "leave_k_out:LeaveKOutBenchmark", "1",
      "Leave-K-out counterfactual: retrain without the top-K training items; ΔL and ΔG on the query"),

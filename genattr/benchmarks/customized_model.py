@@ -216,7 +216,9 @@ class CustomizedModelBenchmark:
     :data:`COMMON_DEFAULTS` / :data:`SCALE_DEFAULTS`."""
 
     name = "customized-model"
-    version = "1"
+    #: 2: the built-in style concepts are low-frequency styles a 16 px model can learn (night, sunset, glow /
+    #: sepia, shadow, palette-shift); the pool carries its base dataset's name.
+    version = "2"
 
     def __init__(self, **config):
         self.config = resolve_config(config)
@@ -620,6 +622,12 @@ def _base_pool(dataset, pool_size, seed: int):
     return dataset.subset([ids[i] for i in keep])
 
 
+def _pool_name(base) -> str:
+    """``BASE+customized-model-pool``: the pool carries its base dataset's name, so methods that pick a component
+    by the training set's name (the ``features`` encoder) recognise the built-in data."""
+    return f"{getattr(base, 'name', 'base')}+customized-model-pool"
+
+
 def _assemble_pool(base, cases: Sequence[ConceptCase]):
     """The ``all`` pool: base items then each case's exemplars (captions kept); sets ``case.own_idx``."""
     import torch
@@ -642,7 +650,7 @@ def _assemble_pool(base, cases: Sequence[ConceptCase]):
             captions.append(tuple(ex.captions(i)))
         images.append(ex.images().to(images[0].dtype))
         case.own_idx = list(range(start, len(ids)))
-    pool = InMemoryDataset("customized-model-pool", "1", ids, torch.cat(images), captions,
+    pool = InMemoryDataset(_pool_name(base), "1", ids, torch.cat(images), captions,
                            meta={"n_base": len(base)})
     return pool, len(base)
 
@@ -908,7 +916,7 @@ def _abc_build_state(bench: "CustomizedModelBenchmark", env: RunEnv) -> _State:
                         for i, q in enumerate(e["queries"])]
         cases.append(case)
     base = AbCPool(root, resolution=res, limit=c["pool_size"])
-    pool = ConcatDataset("customized-model-pool", [base] + [k.exemplars for k in cases])
+    pool = ConcatDataset(_pool_name(base), [base] + [k.exemplars for k in cases])
     n_base = len(base)
     start = n_base
     for k in cases:

@@ -84,10 +84,12 @@ GLYPHS = tuple(g for split in ("test", "train") for g in CONCEPT_GLYPHS[split])
 
 #: Novel rendering styles (style concepts), disjoint between the splits.
 CONCEPT_STYLES = {
-    "test": ("inverted", "stripes", "outline", "thick"),
-    "train": ("checker", "dotted", "grey-background", "palette-shift"),
+    "test": ("night", "sunset", "stripes", "glow"),
+    "train": ("sepia", "palette-shift", "crimson", "shadow"),
 }
-STYLES = tuple(s for split in ("test", "train") for s in CONCEPT_STYLES[split])
+#: Every style the renderer knows: the concept styles, and earlier ones kept renderable for comparison.
+STYLES = tuple(s for split in ("test", "train") for s in CONCEPT_STYLES[split]) + (
+    "grey-background", "inverted", "outline", "thick", "checker", "dotted", "dusk")
 
 STYLE_DESCRIPTIONS = {
     "inverted": "inverted colours: white background, every colour replaced by its complement",
@@ -99,6 +101,13 @@ STYLE_DESCRIPTIONS = {
     "grey-background": "mid-grey background instead of black",
     "palette-shift": "colours mapped to off-palette hues "
                      "(red→orange, green→teal, blue→purple, yellow→pink, white→grey)",
+    "night": "a deep navy-blue background instead of black",
+    "sunset": "a vertical background gradient from dark purple at the top to orange at the bottom",
+    "glow": "objects surrounded by a soft halo of their own colour (about two pixels wide at 16 px)",
+    "sepia": "the whole picture toned in browns: brightness mapped onto a dark-brown-to-cream ramp",
+    "shadow": "every object casts a grey drop shadow two pixels down and to the right",
+    "crimson": "a dark crimson background instead of black",
+    "dusk": "a horizontal background gradient from dark teal on the left to magenta on the right",
 }
 GLYPH_DESCRIPTIONS = {
     "ring": "an annulus (a circle with a hole)",
@@ -118,6 +127,13 @@ _PALETTE_SHIFT = {
     "yellow": (1.00, 0.55, 0.75),
     "white": (0.50, 0.50, 0.50),
 }
+
+_NIGHT = (0.04, 0.07, 0.32)
+_SUNSET = ((0.30, 0.04, 0.32), (0.95, 0.50, 0.08))  # top, bottom
+_SEPIA = ((0.20, 0.11, 0.04), (1.00, 0.90, 0.68))  # black → dark brown, white → cream
+_SHADOW = 0.35
+_CRIMSON = (0.40, 0.03, 0.08)
+_DUSK = ((0.04, 0.30, 0.34), (0.55, 0.12, 0.45))  # left, right
 
 _SUPERSAMPLE = 4
 _PLURALS = {"cross": "crosses", "hourglass": "hourglasses", "plus": "pluses"}
@@ -218,13 +234,50 @@ def _pattern(kind: str, resolution: int):
     return p
 
 
+def _background(style: str | None, resolution: int) -> np.ndarray:
+    img = np.zeros((resolution, resolution, 3), dtype=np.float32)
+    if style == "grey-background":
+        img[:] = 0.5
+    elif style == "night":
+        img[:] = _NIGHT
+    elif style == "crimson":
+        img[:] = _CRIMSON
+    elif style == "dusk":
+        t = ((np.arange(resolution, dtype=np.float32) + 0.5) / resolution)[None, :, None]
+        left, right = (np.asarray(c, dtype=np.float32) for c in _DUSK)
+        img[:] = left * (1.0 - t) + right * t
+    elif style == "sunset":
+        t = ((np.arange(resolution, dtype=np.float32) + 0.5) / resolution)[:, None, None]
+        top, bottom = (np.asarray(c, dtype=np.float32) for c in _SUNSET)
+        img[:] = top * (1.0 - t) + bottom * t
+    return img
+
+
+def _shift(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` moved ``pixels`` down and to the right (zeros shifted in)."""
+    out = np.zeros_like(mask)
+    out[pixels:, pixels:] = mask[: mask.shape[0] - pixels, : mask.shape[1] - pixels]
+    return out
+
+
+def _soften(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """A separable triangular blur of radius ``pixels`` (the glow's halo), peak-normalised to the mask's."""
+    k = np.concatenate([np.arange(1, pixels + 2), np.arange(pixels, 0, -1)]).astype(np.float32)
+    k /= k.sum()
+    pad = np.pad(mask, pixels)
+    rows = np.stack([np.convolve(r, k, mode="valid") for r in pad])
+    out = np.stack([np.convolve(c, k, mode="valid") for c in rows.T]).T
+    return np.clip(out * 1.6, 0.0, 1.0)
+
+
 def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndarray:
     """H×W×3 float32 in [0, 1]."""
     style = style if style is not None else spec.get("style")
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
     bg = 0.5 if style == "grey-background" else 0.0
-    img = np.full((resolution, resolution, 3), bg, dtype=np.float32)
+    img = _background(style, int(resolution))
+    px = max(1, int(resolution) // 16)  # one output pixel at 16 px
     for obj in spec["objects"]:
         fill, outline, thick, thick_border = _object_masks(obj["shape"], obj["size"], obj["position"], int(resolution))
         name = obj["colour"]
@@ -239,10 +292,20 @@ def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndar
             layer = colour * p if style == "stripes" else colour * p + bg * (1.0 - p)
             img = img * (1.0 - fill[..., None]) + layer * fill[..., None]
         else:
+            if style == "shadow":
+                sh = _shift(fill, 2 * px)[..., None]
+                img = img * (1.0 - sh) + _SHADOW * sh
+            elif style == "glow":
+                halo = (0.55 * _soften(fill, 2 * px))[..., None]
+                img = np.maximum(img, colour * halo)
             img = img * (1.0 - fill[..., None]) + colour * fill[..., None]
     if style == "inverted":
         img = 1.0 - img
-    return img
+    elif style == "sepia":
+        lum = (0.30 * img[..., 0] + 0.59 * img[..., 1] + 0.11 * img[..., 2])[..., None]
+        dark, light = (np.asarray(c, dtype=np.float32) for c in _SEPIA)
+        img = dark * (1.0 - lum) + light * lum
+    return img.astype(np.float32)
 
 
 def render_scene(spec: dict, resolution: int = 16, style: str | None = None):
