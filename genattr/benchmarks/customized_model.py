@@ -216,8 +216,8 @@ class CustomizedModelBenchmark:
     :data:`COMMON_DEFAULTS` / :data:`SCALE_DEFAULTS`."""
 
     name = "customized-model"
-    #: 2: the built-in style concepts are low-frequency styles a 16 px model can learn (night, sunset, glow /
-    #: sepia, shadow, palette-shift); the pool carries its base dataset's name.
+    #: 2: the built-in style concepts a 16 px model can learn (test: night, sunset, stripes, glow; train: sepia,
+    #: palette-shift, crimson, shadow); the pool carries its base dataset's name.
     version = "2"
 
     def __init__(self, **config):

@@ -242,14 +242,11 @@ def _background(style: str | None, resolution: int) -> np.ndarray:
         img[:] = _NIGHT
     elif style == "crimson":
         img[:] = _CRIMSON
-    elif style == "dusk":
-        t = ((np.arange(resolution, dtype=np.float32) + 0.5) / resolution)[None, :, None]
-        left, right = (np.asarray(c, dtype=np.float32) for c in _DUSK)
-        img[:] = left * (1.0 - t) + right * t
-    elif style == "sunset":
-        t = ((np.arange(resolution, dtype=np.float32) + 0.5) / resolution)[:, None, None]
-        top, bottom = (np.asarray(c, dtype=np.float32) for c in _SUNSET)
-        img[:] = top * (1.0 - t) + bottom * t
+    elif style in ("sunset", "dusk"):  # sunset: top → bottom; dusk: left → right
+        t = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution
+        t = t[:, None, None] if style == "sunset" else t[None, :, None]
+        start, end = (np.asarray(c, dtype=np.float32) for c in (_SUNSET if style == "sunset" else _DUSK))
+        img[:] = start * (1.0 - t) + end * t
     return img
 
 
@@ -261,7 +258,8 @@ def _shift(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def _soften(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """A separable triangular blur of radius ``pixels`` (the glow's halo), peak-normalised to the mask's."""
+    """The glow's halo: ``mask`` blurred by a separable triangular kernel of radius ``pixels``, brightened ×1.6 and
+    clipped to [0, 1] (so the halo stays near full strength just outside the object)."""
     k = np.concatenate([np.arange(1, pixels + 2), np.arange(pixels, 0, -1)]).astype(np.float32)
     k /= k.sum()
     pad = np.pad(mask, pixels)
@@ -275,7 +273,6 @@ def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndar
     style = style if style is not None else spec.get("style")
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
-    bg = 0.5 if style == "grey-background" else 0.0
     img = _background(style, int(resolution))
     px = max(1, int(resolution) // 16)  # one output pixel at 16 px
     for obj in spec["objects"]:
@@ -289,7 +286,7 @@ def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndar
             img = img * (1.0 - 0.7 * thick_border[..., None])
         elif style in ("stripes", "checker", "dotted"):
             p = _pattern(style, int(resolution))[..., None]
-            layer = colour * p if style == "stripes" else colour * p + bg * (1.0 - p)
+            layer = colour * p  # pattern gaps are black: these styles keep the black background
             img = img * (1.0 - fill[..., None]) + layer * fill[..., None]
         else:
             if style == "shadow":
@@ -305,7 +302,7 @@ def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndar
         lum = (0.30 * img[..., 0] + 0.59 * img[..., 1] + 0.11 * img[..., 2])[..., None]
         dark, light = (np.asarray(c, dtype=np.float32) for c in _SEPIA)
         img = dark * (1.0 - lum) + light * lum
-    return img.astype(np.float32)
+    return img.astype(np.float32, copy=False)
 
 
 def render_scene(spec: dict, resolution: int = 16, style: str | None = None):

@@ -9,7 +9,6 @@ Run: python tests/perf/customized_split_cells.py --split artist-style --method u
 """
 import argparse
 import json
-import math
 import sys
 import time
 import warnings
@@ -28,17 +27,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import genattr
-    from genattr.benchmarks.customized_model import CustomizedModelBenchmark
+    from genattr.benchmarks.customized_model import CustomizedModelBenchmark, _mean_se
     from genattr.harness.api import RunEnv
     from genattr.harness.cache import Cache
+    from genattr.harness.runner import parse_value
 
     config = {}
     for kv in args.sets:
         key, _, raw = kv.partition("=")
-        try:
-            config[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            config[key] = raw
+        config[key] = parse_value(raw)
     genattr.load_plugins()
     bench = CustomizedModelBenchmark(scale=args.scale)
     env = RunEnv(cache=Cache(), seed=0, scale=args.scale)
@@ -68,10 +65,8 @@ def main(argv=None):
             with open(args.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
     for key in ("ap", "recall@10"):
-        x = [r[key] for r in rows]
-        m = sum(x) / len(x)
-        se = math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1) / len(x)) if len(x) > 1 else 0.0
-        print(f"{args.method} {config} {args.split} {key}: {m:.4f} ± {se:.4f} (n={len(x)})")
+        ms = _mean_se([r[key] for r in rows])
+        print(f"{args.method} {config} {args.split} {key}: {ms['mean']:.4f} ± {ms['se']:.4f} (n={ms['n']})")
 
 
 if __name__ == "__main__":
