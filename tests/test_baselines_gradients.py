@@ -301,6 +301,18 @@ def test_config_presets_and_errors(toy, train_set, tmp_path):
     m._config_for(ctx)
     assert m.config["scale"] == "small" and m.config["proj_dim"] == 1024
     assert TrakMethod(scale="paper").config["selection"] == "full"
+    # the runner's hook: adopt the run's scale unless one was given
+    for cls in (TrakMethod, DTrakMethod, JourneyTrakMethod, DataInfMethod):
+        r = cls()
+        r.resolve_scale("small")
+        assert r.config["scale"] == "small" and r.config["proj_dim" if cls is not DataInfMethod else "scale"]
+        kept = cls(scale="tiny")
+        kept.resolve_scale("small")
+        assert kept.config["scale"] == "tiny"
+    assert TrakMethod().config["proj_dim"] == 256 and TrakMethod(proj_dim=64).config["proj_dim"] == 64
+    r = TrakMethod(proj_dim=64)
+    r.resolve_scale("small")
+    assert r.config["proj_dim"] == 64  # explicit options still win over the preset
     with pytest.raises(UserError):
         TrakMethod(projdim=3)
     with pytest.raises(UserError):

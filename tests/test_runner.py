@@ -47,6 +47,27 @@ def test_default_suite_is_both_benchmarks_small_with_default_methods():
     assert one.out == Path("runs/leave-k-out-tiny") and one.suite is None
 
 
+def test_methods_with_scale_presets_record_the_run_scale(fake_plugins, tmp_path):
+    """A method resolving presets from the scale records (and hashes) the values its cells use, not its defaults."""
+    rows = {}
+    for scale in ("tiny", "small"):
+        spec = runner.build_spec(["fake-bench"], ["fake-scaled"], scale=scale, out=str(tmp_path / scale),
+                                 device="cpu", quiet=True, cache_root=str(tmp_path / "cache"))
+        runner.run(spec)
+        rows[scale] = results.read_rows(tmp_path / scale)
+    for scale, bias in (("tiny", 0.5), ("small", 2.0)):
+        assert {json.dumps(r["method_config"]) for r in rows[scale]} == {json.dumps({"scale": scale, "bias": bias})}
+    assert not {r["config_hash"] for r in rows["tiny"]} & {r["config_hash"] for r in rows["small"]}
+    run_doc = json.loads((tmp_path / "small" / "run.json").read_text())
+    assert run_doc["methods"]["fake-scaled"]["config"] == {"scale": "small", "bias": 2.0}
+    # an explicit scale is kept
+    spec = runner.build_spec(["fake-bench"], ["fake-scaled"], scale="small", sets=["fake-scaled.scale=tiny"],
+                             out=str(tmp_path / "explicit"), device="cpu", quiet=True,
+                             cache_root=str(tmp_path / "cache"))
+    runner.run(spec)
+    assert {r["method_config"]["bias"] for r in results.read_rows(tmp_path / "explicit")} == {0.5}
+
+
 def test_set_routes_keys_to_benchmarks_methods_and_executor(fake_plugins, tmp_path):
     spec = _spec(tmp_path, "fake-bench", "fake-split", sets=[
         "n_queries=2",                      # bare: every benchmark

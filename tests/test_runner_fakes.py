@@ -67,6 +67,28 @@ class FakeBadMethod(FakeMethod):
         super().__init__(bias)
 
 
+class FakeScaledMethod(FakeMethod):
+    """A fake method with a preset per scale (like the TRAK family): ``bias`` follows the scale unless given."""
+
+    name = "fake-scaled"
+    PRESETS = {"tiny": 0.5, "small": 2.0}
+
+    def __init__(self, scale: str | None = None, bias: float | None = None):
+        self._explicit, self._bias = scale is not None, bias
+        self._set(scale or "tiny")
+
+    def _set(self, scale: str) -> None:
+        self.config = {"scale": scale, "bias": float(self.PRESETS[scale] if self._bias is None else self._bias)}
+
+    def resolve_scale(self, scale: str) -> None:
+        if not self._explicit:
+            self._set(scale)
+
+    def attribute(self, ctx, queries, candidates=None):
+        self.resolve_scale(ctx.scale)
+        return super().attribute(ctx, queries, candidates)
+
+
 class FakeBench:
     """Cells: method × K × query; metrics "score" (higher is better) and "loss" (lower is better)."""
 
@@ -190,6 +212,7 @@ def register_methods(register):
     register("fake-good", FakeMethod, version="1", needs_model=False, description="fake method (tests)")
     register("fake-bad", FakeBadMethod, version="1", needs_model=False, description="fake method (tests)")
     register("fake-pixel", FakePixelMethod, version="1", needs_model=False, description="fake method (tests)")
+    register("fake-scaled", FakeScaledMethod, version="1", needs_model=False, description="fake method (tests)")
 
 
 def install() -> None:

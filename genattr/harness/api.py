@@ -193,7 +193,8 @@ class AttributionMethod(Protocol):
     returns float scores ``(len(queries), N)`` — or ``(len(queries), len(candidates))`` when a candidate subset of
     training indices is given — higher = more influential. ``needs_model`` is False for model-free methods
     (pixel, feature similarity), which then also work where no model weights exist. ``config`` is the resolved
-    configuration (recorded in results).
+    configuration (recorded in results). Optional: ``resolve_scale(scale)``, which the runner calls with the run's
+    scale before recording ``config``, for methods whose presets follow the scale.
     """
 
     name: str

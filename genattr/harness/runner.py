@@ -552,6 +552,10 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     benches = {b: _create("benchmark", b, {**spec.benchmark_configs.get(b, {}), "scale": spec.scale})
                for b in spec.benchmarks}
     methods = {m: _create("method", m, spec.method_configs.get(m, {})) for m in spec.methods}
+    for method in methods.values():
+        # methods with scale presets resolve them now, so the recorded (and hashed) config is what the cells use
+        if callable(getattr(method, "resolve_scale", None)):
+            method.resolve_scale(spec.scale)
     from .plugins import registry
 
     def version(kind, name, obj):

@@ -114,9 +114,14 @@ class _KernelMethod:
             raise UserError(f"lambda_mode must be 'absolute' or 'relative', got {cfg['lambda_mode']!r}")
         return cfg
 
+    def resolve_scale(self, scale: str) -> None:
+        """Adopt the presets of ``scale`` unless one was given explicitly. The runner calls this with the run's
+        scale before it records ``config`` (and hashes it), so result rows carry the values the cells use."""
+        if not self._explicit_scale and scale != self.config["scale"]:
+            self.config = self._resolve(scale)
+
     def _config_for(self, ctx) -> dict:
-        if not self._explicit_scale and ctx.scale != self.config["scale"]:
-            self.config = self._resolve(ctx.scale)
+        self.resolve_scale(ctx.scale)
         return self.config
 
     # -- models -------------------------------------------------------------------------------------------------
