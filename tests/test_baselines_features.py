@@ -361,3 +361,19 @@ def test_registered_factories_build_the_classes():
         m = genattr.get_method(name)
         assert type(m).__name__ == cls and m.name == name and m.version == "1" and m.needs_model is False
         json.dumps(m.config)
+
+
+def test_builtin_encoder_ignores_a_dataset_of_another_kind(monkeypatch, tmp_path):
+    """builtin:shapes given a digits training set trains on shapes (its default data), not on the digits."""
+    from genattr.plugins import encoders
+
+    seen = []
+    monkeypatch.setattr(encoders, "_builtin_encoder", lambda which, cache, device, dataset, options:
+                        seen.append((which, dataset)) or object())
+    digits = InMemoryDataset("digits", "1", ["a"], torch.zeros(1, 1, 8, 8), [("x",)])
+    digits.labels = [0]
+    encoders._MEMO.clear()
+    encoders.get_encoder("builtin:shapes", cache=Cache(tmp_path), dataset=digits)
+    encoders.get_encoder("builtin:digits", cache=Cache(tmp_path), dataset=digits)
+    encoders._MEMO.clear()
+    assert seen == [("shapes", None), ("digits", digits)]

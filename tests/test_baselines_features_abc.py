@@ -137,3 +137,58 @@ def test_abc_backbone_defaults():
         m = genattr.get_method(name, backbone="builtin:shapes")
         assert m.name == name and m.version == "1" and m.needs_model is False
         assert m.config["backbone"] == "builtin:shapes"
+
+
+def test_abc_mappers_file_round_trip_serves_another_pool(tmp_path):
+    """save_mappers writes what training produced; mappers=FILE scores without training concepts, identically."""
+    from genattr.plugins.methods.abc_tuned import AbcClipMethod, AbcDinoMethod
+
+    train_concepts = _concepts(12, seed=1)
+    held_out = _concepts(8, seed=2)
+    pool = _pool(held_out)
+    out = tmp_path / "out" / "mappers.safetensors"
+    ctx = AttributionContext(model=None, train_set=pool, cache=Cache(tmp_path / "cache"),
+                             extra={"training_concepts": train_concepts})
+    tuned = AbcClipMethod(backbone="pixels:8", steps=100, lr=3e-3, temperature=0.1, save_mappers=str(out))
+    assert "save_mappers" not in tuned.config  # an output path changes no score
+    q = [Query(f"q{j}", held_out[j]["synthesized"][0], "p") for j in range(3)]
+    want = tuned.attribute(ctx, q)
+    assert out.is_file()
+    bare = AttributionContext(model=None, train_set=pool, cache=Cache(tmp_path / "cache2"))  # no training concepts
+    loaded = AbcClipMethod(backbone="pixels:8", mappers=str(out))
+    assert loaded.config["mappers_sha256"] and loaded.config["mappers"] == str(out.resolve())
+    assert np.allclose(loaded.attribute(bare, q), want, atol=1e-6)
+    assert loaded.training_info["training_concepts"] == [c["id"] for c in train_concepts]
+    # identity mappers would score differently: the file really carries the trained weights
+    assert not np.allclose(AbcClipMethod(backbone="pixels:8", steps=0).attribute(ctx, q), want, atol=1e-4)
+    # another family's method may use the same file (the backbone is what must match)
+    assert np.allclose(AbcDinoMethod(backbone="pixels:8", mappers=str(out)).attribute(bare, q), want, atol=1e-6)
+
+
+def test_abc_mappers_file_errors(tmp_path):
+    from genattr.plugins.methods.abc_tuned import AbcClipMethod
+
+    pool = _pool(_concepts(2))
+    with pytest.raises(UserError, match="not found"):
+        AbcClipMethod(mappers=str(tmp_path / "nope.safetensors"))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    bare = AttributionContext(model=None, train_set=pool, cache=Cache(tmp_path / "cache"))
+    with pytest.raises(UserError, match="cannot read mappers file"):
+        AbcClipMethod(backbone="pixels:8", mappers=str(junk)).prepare(bare)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(UserError, match="not an AbC mappers file"):
+        AbcClipMethod(backbone="pixels:8", mappers=str(foreign)).prepare(bare)
+    # trained on pixels:8, used with pixels:4: refused, naming the setting
+    out = tmp_path / "m.safetensors"
+    ctx = AttributionContext(model=None, train_set=pool, cache=Cache(tmp_path / "cache"),
+                             extra={"training_concepts": _concepts(3, seed=4)})
+    AbcClipMethod(backbone="pixels:8", steps=5, save_mappers=str(out)).prepare(ctx)
+    with pytest.raises(UserError, match=r"trained on backbone .*abc-clip\.backbone"):
+        AbcClipMethod(backbone="pixels:4", mappers=str(out)).prepare(bare)
+    # without a file or training concepts the error says how to get one
+    with pytest.raises(UserError, match=r"abc-clip\.mappers=FILE"):
+        AbcClipMethod(backbone="pixels:8").prepare(bare)

@@ -10,8 +10,9 @@ Specs
     (``Digits.labels``) for digits, the scene specification (``Shapes.specs``: every categorical field of every
     object, and each object's conjunction of them, as a multi-hot target) for shapes; a dataset with neither is
     trained on the bag of words of its captions. The weights are cached (safetensors) under the dataset's
-    fingerprint. ``dataset`` (a ``Digits``/``Shapes`` instance or any dataset with ``labels``/``specs``) selects
-    the training data; without it the default built-in dataset is used (``dataset_options`` are passed to its
+    fingerprint. ``dataset`` (a ``Digits``/``Shapes`` instance or any dataset with ``labels``/``specs`` whose name
+    starts with the encoder's kind, e.g. ``shapes…`` for ``builtin:shapes``) selects the training data; without it,
+    or with a dataset of another kind, the default built-in dataset is used (``dataset_options`` are passed to its
     constructor). Options: ``dim`` (128), ``steps`` (400), ``batch_size`` (128), ``lr`` (3e-3), ``seed`` (0).
 ``clip:<hub id or local dir>``
     ``transformers.CLIPModel`` projected image features (``get_image_features``) and text features
@@ -694,6 +695,10 @@ def get_encoder(spec: str, cache=None, device: str = "cpu", dataset=None, **opti
     ``batch_size``, ``dtype`` for transformers encoders; ``dim``, ``steps``, ``batch_size``, ``lr``, ``seed``,
     ``dataset_options`` for built-in ones; ``channels`` for ``pixels``."""
     kind, ref = parse_spec(spec)
+    if kind == "builtin" and dataset is not None and not str(getattr(dataset, "name", "")).lower().startswith(ref):
+        # builtin:shapes trains on shapes: another dataset (digits, say) is not its training data, so the default
+        # dataset of that kind is used (the encoder is then the same one other benchmarks build)
+        dataset = None
     ds_key = None
     if kind == "builtin" and dataset is not None and (hasattr(dataset, "labels") or hasattr(dataset, "specs")):
         ds_key = dataset.fingerprint

@@ -26,6 +26,14 @@ Because the backbone is frozen, features are computed once and training touches 
 CPU). The trained mappers are cached as safetensors, keyed on the backbone fingerprint, the training concepts'
 content and the training configuration.
 
+Trained mappers travel as a file, so tuned features can serve another benchmark (the paper's Table 1 scores the
+AbC-tuned features on MSCOCO leave-K-out, with mappers trained on AbC's customized models): ``save_mappers=PATH``
+writes the mappers a run trained (or loaded) to a safetensors file whose metadata names the backbone (name and
+fingerprint), the training concepts and the training configuration; ``mappers=PATH`` loads such a file instead of
+training, so no training concepts are needed. The backbone must be the one the file was trained on (same
+fingerprint), else a one-line error names the backbone to set. The method's configuration (and so the run's
+``config_hash``) records the file's sha256, not only its path.
+
 Backbone: ``backbone`` config — default ``"auto"``: the built-in encoder (``builtin:digits`` / ``builtin:shapes``)
 when the training set is a built-in dataset (the offline miniatures have no CLIP/DINO weights), else
 ``clip:openai/clip-vit-base-patch32`` (abc-clip) / ``dino:facebook/dino-vitb16`` (abc-dino). Any encoder spec of
@@ -44,6 +52,8 @@ from genattr.harness.errors import UserError
 from genattr.plugins.methods.baselines import _candidate_indices, query_images
 
 MAPPER_NS = "methods/abc-mappers"
+MAPPER_FORMAT = "genattr.abc-mappers/1"
+MAPPER_KEYS = ("real.weight", "real.bias", "synthesized.weight", "synthesized.bias")
 
 
 def concepts_digest(concepts: Sequence[dict]) -> str:
@@ -60,9 +70,9 @@ def concepts_digest(concepts: Sequence[dict]) -> str:
 
 def validate_concepts(concepts, who: str) -> list[dict]:
     if not concepts:
-        raise UserError(f"{who} needs the benchmark's training concepts (ctx.extra['training_concepts']); run it on "
-                        "the customized-model benchmark, which supplies them (AbC trains its mappers on training "
-                        "concepts only)")
+        raise UserError(f"{who} needs the benchmark's training concepts (ctx.extra['training_concepts']), which only "
+                        f"the customized-model benchmark supplies; elsewhere pass trained mappers with "
+                        f"{who}.mappers=FILE (written by {who}.save_mappers=FILE on customized-model)")
     out = []
     for c in concepts:
         try:
@@ -85,6 +95,52 @@ def identity_mappers(dim: int) -> dict:
     eye = torch.eye(dim)
     return {"real.weight": eye.clone(), "real.bias": torch.zeros(dim),
             "synthesized.weight": eye.clone(), "synthesized.bias": torch.zeros(dim)}
+
+
+def save_mappers_file(path, mappers: dict, *, method: str, backbone: str, backbone_fingerprint: str,
+                      training_concepts: Sequence[str], config: dict) -> None:
+    """Write the four mapper tensors to ``path`` (safetensors, atomically) with the provenance in its metadata."""
+    import json
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format": MAPPER_FORMAT, "method": method, "backbone": backbone,
+            "backbone_fingerprint": backbone_fingerprint, "training_concepts": json.dumps(list(training_concepts)),
+            "config": json.dumps(config, sort_keys=True)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file({k: mappers[k].detach().float().contiguous().cpu() for k in MAPPER_KEYS}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{method}: cannot write save_mappers file {str(path)!r}: {e.strerror or e}") from None
+
+
+def load_mappers_file(path, who: str) -> tuple[dict, dict]:
+    """``(mappers, metadata)`` from a file written by :func:`save_mappers_file`; a malformed file is a UserError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            keys = set(f.keys())
+            if meta.get("format") != MAPPER_FORMAT or not set(MAPPER_KEYS) <= keys:
+                raise UserError(f"{who}: {str(path)!r} is not an AbC mappers file (write one with "
+                                f"{who}.save_mappers=FILE)")
+            mappers = {k: f.get_tensor(k) for k in MAPPER_KEYS}
+    except UserError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise UserError(f"{who}: cannot read mappers file {str(path)!r}: {e}") from None
+    d = mappers["real.weight"].shape[0]
+    shapes = {"real.weight": (d, d), "real.bias": (d,), "synthesized.weight": (d, d), "synthesized.bias": (d,)}
+    if any(tuple(mappers[k].shape) != v for k, v in shapes.items()):
+        raise UserError(f"{who}: mappers file {str(path)!r} holds inconsistent shapes "
+                        f"{ {k: tuple(v.shape) for k, v in mappers.items()} }")
+    return mappers, meta
 
 
 def apply_mapper(state: dict, which: str, features):
@@ -171,7 +227,8 @@ class _AbcMethod:
     family = ""
 
     def __init__(self, backbone: str = "auto", temperature: float = 0.07, steps: int = 300, lr: float = 1e-3,
-                 batch_size: int = 64, reg: float = 0.0, seed: int = 0, encoder_batch_size: int = 32):
+                 batch_size: int = 64, reg: float = 0.0, seed: int = 0, encoder_batch_size: int = 32,
+                 mappers: str | None = None, save_mappers: str | None = None):
         if float(temperature) <= 0:
             raise UserError(f"{self.name}: temperature must be positive, got {temperature}")
         if int(steps) < 0 or int(batch_size) < 1:
@@ -179,6 +236,18 @@ class _AbcMethod:
         self.config = {"backbone": str(backbone or "auto"), "temperature": float(temperature), "steps": int(steps),
                        "lr": float(lr), "batch_size": int(batch_size), "reg": float(reg), "seed": int(seed),
                        "encoder_batch_size": int(encoder_batch_size)}
+        if mappers:
+            from pathlib import Path
+
+            p = Path(str(mappers)).expanduser()
+            if not p.is_file():
+                raise UserError(f"{self.name}: mappers file {str(mappers)!r} not found (write one with "
+                                f"{self.name}.save_mappers=FILE on the customized-model benchmark)")
+            # the file's content, not only its path, identifies the configuration (and the run's config_hash)
+            self.config["mappers"] = str(p.resolve())
+            self.config["mappers_sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        # an output path: kept out of the configuration, it does not change any score
+        self.save_mappers = str(save_mappers) if save_mappers else None
         self._state = None
         self.training_info: dict = {}
 
@@ -210,6 +279,8 @@ class _AbcMethod:
         from genattr.harness.cache import Cache
         from genattr.plugins.methods.features import train_image_embeddings
 
+        if "mappers" in self.config:
+            return self._prepare_from_file(ctx)
         concepts = validate_concepts((ctx.extra or {}).get("training_concepts"), self.name)
         enc = self.encoder(ctx)
         digest = concepts_digest(concepts)
@@ -229,6 +300,38 @@ class _AbcMethod:
         mappers = ctx.cache.tensors(MAPPER_NS, key, compute, meta=meta)
         self.training_info = {"backbone": enc.name, "training_concepts": [c["id"] for c in concepts],
                               **{k.split(".", 1)[1]: float(v) for k, v in mappers.items() if k.startswith("history.")}}
+        if self.save_mappers:
+            save_mappers_file(self.save_mappers, mappers, method=self.name, backbone=enc.name,
+                              backbone_fingerprint=enc.fingerprint, training_concepts=[c["id"] for c in concepts],
+                              config=train_cfg)
+        pool = apply_mapper(mappers, "real", train_image_embeddings(enc, ctx.train_set, ctx.cache))
+        self._state = (state_key, enc, mappers, pool)
+
+    def _prepare_from_file(self, ctx: AttributionContext) -> None:
+        """Mappers from ``mappers=FILE`` (see the module docstring): no training, no training concepts."""
+        import json
+
+        from genattr.plugins.methods.features import train_image_embeddings
+
+        state_key = ("file", self.config["mappers_sha256"], ctx.train_set.fingerprint)
+        if self._state is not None and self._state[0] == state_key:
+            return
+        mappers, meta = load_mappers_file(self.config["mappers"], self.name)
+        enc = self.encoder(ctx)
+        if meta.get("backbone_fingerprint") != enc.fingerprint:
+            raise UserError(f"{self.name}: the mappers in {self.config['mappers']!r} were trained on backbone "
+                            f"{meta.get('backbone')!r}, but this run's backbone is {enc.name!r}; set "
+                            f"{self.name}.backbone to the backbone the mappers were trained on")
+        if mappers["real.weight"].shape[0] != enc.dim:
+            raise UserError(f"{self.name}: the mappers are {mappers['real.weight'].shape[0]}-dimensional, the "
+                            f"backbone {enc.name!r} gives {enc.dim}")
+        self.training_info = {"backbone": enc.name, "mappers_file": self.config["mappers"],
+                              "training_concepts": json.loads(meta.get("training_concepts", "[]"))}
+        if self.save_mappers:
+            save_mappers_file(self.save_mappers, mappers, method=self.name, backbone=enc.name,
+                              backbone_fingerprint=enc.fingerprint,
+                              training_concepts=self.training_info["training_concepts"],
+                              config=json.loads(meta.get("config", "{}")))
         pool = apply_mapper(mappers, "real", train_image_embeddings(enc, ctx.train_set, ctx.cache))
         self._state = (state_key, enc, mappers, pool)
 
