@@ -32,7 +32,7 @@ writes the mappers a run trained (or loaded) to a safetensors file whose metadat
 fingerprint), the training concepts and the training configuration; ``mappers=PATH`` loads such a file instead of
 training, so no training concepts are needed. The backbone must be the one the file was trained on (same
 fingerprint), else a one-line error names the backbone to set. The method's configuration (and so the run's
-``config_hash``) records the file's sha256, not only its path.
+``config_hash``) records the file's sha256 (``mappers_sha256``), not its path.
 
 Backbone: ``backbone`` config — default ``"auto"``: the built-in encoder (``builtin:digits`` / ``builtin:shapes``)
 when the training set is a built-in dataset (the offline miniatures have no CLIP/DINO weights), else
@@ -43,6 +43,7 @@ when the training set is a built-in dataset (the offline miniatures have no CLIP
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -102,7 +103,6 @@ def save_mappers_file(path, mappers: dict, *, method: str, backbone: str, backbo
     """Write the four mapper tensors to ``path`` (safetensors, atomically) with the provenance in its metadata."""
     import json
     import os
-    from pathlib import Path
 
     from safetensors.torch import save_file
 
@@ -237,15 +237,14 @@ class _AbcMethod:
                        "lr": float(lr), "batch_size": int(batch_size), "reg": float(reg), "seed": int(seed),
                        "encoder_batch_size": int(encoder_batch_size)}
         if mappers:
-            from pathlib import Path
-
             p = Path(str(mappers)).expanduser()
             if not p.is_file():
                 raise UserError(f"{self.name}: mappers file {str(mappers)!r} not found (write one with "
                                 f"{self.name}.save_mappers=FILE on the customized-model benchmark)")
-            # the file's content, not only its path, identifies the configuration (and the run's config_hash)
-            self.config["mappers"] = str(p.resolve())
+            # the file's content identifies the configuration (and the run's config_hash); its path is kept out
+            # of it, so the same mappers give the same hash wherever the file lies
             self.config["mappers_sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        self.mappers_path = str(Path(str(mappers)).expanduser().resolve()) if mappers else None
         # an output path: kept out of the configuration, it does not change any score
         self.save_mappers = str(save_mappers) if save_mappers else None
         self._state = None
@@ -279,7 +278,7 @@ class _AbcMethod:
         from genattr.harness.cache import Cache
         from genattr.plugins.methods.features import train_image_embeddings
 
-        if "mappers" in self.config:
+        if self.mappers_path:
             return self._prepare_from_file(ctx)
         concepts = validate_concepts((ctx.extra or {}).get("training_concepts"), self.name)
         enc = self.encoder(ctx)
@@ -316,16 +315,16 @@ class _AbcMethod:
         state_key = ("file", self.config["mappers_sha256"], ctx.train_set.fingerprint)
         if self._state is not None and self._state[0] == state_key:
             return
-        mappers, meta = load_mappers_file(self.config["mappers"], self.name)
+        mappers, meta = load_mappers_file(self.mappers_path, self.name)
         enc = self.encoder(ctx)
         if meta.get("backbone_fingerprint") != enc.fingerprint:
-            raise UserError(f"{self.name}: the mappers in {self.config['mappers']!r} were trained on backbone "
+            raise UserError(f"{self.name}: the mappers in {self.mappers_path!r} were trained on backbone "
                             f"{meta.get('backbone')!r}, but this run's backbone is {enc.name!r}; set "
                             f"{self.name}.backbone to the backbone the mappers were trained on")
         if mappers["real.weight"].shape[0] != enc.dim:
             raise UserError(f"{self.name}: the mappers are {mappers['real.weight'].shape[0]}-dimensional, the "
                             f"backbone {enc.name!r} gives {enc.dim}")
-        self.training_info = {"backbone": enc.name, "mappers_file": self.config["mappers"],
+        self.training_info = {"backbone": enc.name, "mappers_file": self.mappers_path,
                               "training_concepts": json.loads(meta.get("training_concepts", "[]"))}
         if self.save_mappers:
             save_mappers_file(self.save_mappers, mappers, method=self.name, backbone=enc.name,
