@@ -236,15 +236,16 @@ class _AbcMethod:
         self.config = {"backbone": str(backbone or "auto"), "temperature": float(temperature), "steps": int(steps),
                        "lr": float(lr), "batch_size": int(batch_size), "reg": float(reg), "seed": int(seed),
                        "encoder_batch_size": int(encoder_batch_size)}
+        self.mappers_path = None
         if mappers:
-            p = Path(str(mappers)).expanduser()
+            p = Path(str(mappers)).expanduser().resolve()
             if not p.is_file():
                 raise UserError(f"{self.name}: mappers file {str(mappers)!r} not found (write one with "
                                 f"{self.name}.save_mappers=FILE on the customized-model benchmark)")
             # the file's content identifies the configuration (and the run's config_hash); its path is kept out
             # of it, so the same mappers give the same hash wherever the file lies
             self.config["mappers_sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
-        self.mappers_path = str(Path(str(mappers)).expanduser().resolve()) if mappers else None
+            self.mappers_path = str(p)
         # an output path: kept out of the configuration, it does not change any score
         self.save_mappers = str(save_mappers) if save_mappers else None
         self._state = None
@@ -276,7 +277,6 @@ class _AbcMethod:
     # -- protocol --------------------------------------------------------------------------------------------
     def prepare(self, ctx: AttributionContext) -> None:
         from genattr.harness.cache import Cache
-        from genattr.plugins.methods.features import train_image_embeddings
 
         if self.mappers_path:
             return self._prepare_from_file(ctx)
@@ -299,18 +299,11 @@ class _AbcMethod:
         mappers = ctx.cache.tensors(MAPPER_NS, key, compute, meta=meta)
         self.training_info = {"backbone": enc.name, "training_concepts": [c["id"] for c in concepts],
                               **{k.split(".", 1)[1]: float(v) for k, v in mappers.items() if k.startswith("history.")}}
-        if self.save_mappers:
-            save_mappers_file(self.save_mappers, mappers, method=self.name, backbone=enc.name,
-                              backbone_fingerprint=enc.fingerprint, training_concepts=[c["id"] for c in concepts],
-                              config=train_cfg)
-        pool = apply_mapper(mappers, "real", train_image_embeddings(enc, ctx.train_set, ctx.cache))
-        self._state = (state_key, enc, mappers, pool)
+        self._adopt(ctx, state_key, enc, mappers, train_cfg)
 
     def _prepare_from_file(self, ctx: AttributionContext) -> None:
         """Mappers from ``mappers=FILE`` (see the module docstring): no training, no training concepts."""
         import json
-
-        from genattr.plugins.methods.features import train_image_embeddings
 
         state_key = ("file", self.config["mappers_sha256"], ctx.train_set.fingerprint)
         if self._state is not None and self._state[0] == state_key:
@@ -321,16 +314,18 @@ class _AbcMethod:
             raise UserError(f"{self.name}: the mappers in {self.mappers_path!r} were trained on backbone "
                             f"{meta.get('backbone')!r}, but this run's backbone is {enc.name!r}; set "
                             f"{self.name}.backbone to the backbone the mappers were trained on")
-        if mappers["real.weight"].shape[0] != enc.dim:
-            raise UserError(f"{self.name}: the mappers are {mappers['real.weight'].shape[0]}-dimensional, the "
-                            f"backbone {enc.name!r} gives {enc.dim}")
         self.training_info = {"backbone": enc.name, "mappers_file": self.mappers_path,
                               "training_concepts": json.loads(meta.get("training_concepts", "[]"))}
+        self._adopt(ctx, state_key, enc, mappers, json.loads(meta.get("config", "{}")))
+
+    def _adopt(self, ctx: AttributionContext, state_key, enc, mappers: dict, train_cfg: dict) -> None:
+        """Write ``save_mappers`` when asked, map the pool's features once, keep the state for ``attribute``."""
+        from genattr.plugins.methods.features import train_image_embeddings
+
         if self.save_mappers:
             save_mappers_file(self.save_mappers, mappers, method=self.name, backbone=enc.name,
                               backbone_fingerprint=enc.fingerprint,
-                              training_concepts=self.training_info["training_concepts"],
-                              config=json.loads(meta.get("config", "{}")))
+                              training_concepts=self.training_info["training_concepts"], config=train_cfg)
         pool = apply_mapper(mappers, "real", train_image_embeddings(enc, ctx.train_set, ctx.cache))
         self._state = (state_key, enc, mappers, pool)
 
