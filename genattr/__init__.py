@@ -10,11 +10,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .harness.hookspecs import hookimpl  # noqa: E402
-from .harness.plugins import load_plugins  # noqa: E402
+from .harness.manager import load_plugins  # noqa: E402
 
 
 def _entry(kind: str, name: str):
-    from .harness.plugins import registry
+    from .harness.manager import registry
 
     return registry(kind).get(name)
 

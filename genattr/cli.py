@@ -59,7 +59,7 @@ def cli():
 @click.option("--all", "include_builtin", is_flag=True, help="Include built-in plugins.")
 def plugins_command(as_json: bool, include_builtin: bool):
     """List installed plugins: name, version, hooks, and what each registered."""
-    from .harness.plugins import all_plugins, registry
+    from .harness.manager import all_plugins, registry
 
     registered: dict[str, dict[str, list[str]]] = {}
     for kind in KINDS:
@@ -100,7 +100,7 @@ def list_command(kind: str, as_json: bool):
     """List registered components of KIND (methods, models, metrics, datasets, benchmarks, executors)."""
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; choose from {', '.join(KINDS)}")
-    from .harness.plugins import registry
+    from .harness.manager import registry
 
     rows = [e.to_json() for e in registry(kind)]
     if as_json:
@@ -124,7 +124,7 @@ def _add_plugin_commands() -> None:
     if _commands_added:
         return
     _commands_added = True
-    from .harness.plugins import load_plugins, pm
+    from .harness.manager import load_plugins, pm
 
     load_plugins()
     pm.hook.register_commands(cli=cli)

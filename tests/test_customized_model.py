@@ -192,7 +192,7 @@ def test_tiny_queries_are_cached_and_deterministic(tiny):
 
 
 def _available(name):
-    from genattr.harness.plugins import registry
+    from genattr.harness.manager import registry
 
     try:
         registry("methods").get(name).factory.resolve()

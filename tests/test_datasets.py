@@ -342,7 +342,7 @@ def test_subset_keeps_ids(shapes, digits):
 # -- registration -----------------------------------------------------------------------------------------------
 def test_registered_and_lazy():
     import genattr
-    from genattr.harness.plugins import registry
+    from genattr.harness.manager import registry
 
     reg = registry("datasets")
     for name in ("digits", "shapes", "mscoco", "abc"):

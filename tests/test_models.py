@@ -316,7 +316,7 @@ def test_recipes():
 
 
 def test_registered_lazily():
-    code = ("import sys, genattr; genattr.load_plugins(); from genattr.harness.plugins import registry; "
+    code = ("import sys, genattr; genattr.load_plugins(); from genattr.harness.manager import registry; "
             "r = registry('models'); assert {'tiny-t2i', 'diffusers'} <= set(r.names()), r.names(); "
             "assert r.get('tiny-t2i').version == '1'; assert 'torch' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

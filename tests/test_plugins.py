@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import genattr
 from genattr.harness import hookspecs
 from genattr.harness.errors import PluginError, UserError
-from genattr.harness.plugins import pm, register_plugin, registry, unregister_plugin
+from genattr.harness.manager import pm, register_plugin, registry, unregister_plugin
 from genattr.harness.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -268,7 +268,7 @@ def test_ray_executor_is_registered_without_importing_ray():
     import subprocess
     import sys
 
-    code = ("import sys; from genattr.harness.plugins import registry; r = registry('executors'); "
+    code = ("import sys; from genattr.harness.manager import registry; r = registry('executors'); "
             "assert 'ray' in r and 'local' in r; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

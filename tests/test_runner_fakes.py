@@ -216,7 +216,7 @@ def register_methods(register):
 
 
 def install() -> None:
-    from genattr.harness.plugins import load_plugins, pm, register_plugin
+    from genattr.harness.manager import load_plugins, pm, register_plugin
 
     load_plugins()
     if pm.get_plugin(PLUGIN_NAME) is None:
@@ -224,7 +224,7 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    from genattr.harness.plugins import unregister_plugin
+    from genattr.harness.manager import unregister_plugin
 
     unregister_plugin(PLUGIN_NAME)
 

@@ -338,7 +338,7 @@ def test_registered():
 
 def test_listing_names_every_preset():
     """`genattr list methods` shows the presets; keep the registration in step with PRESETS."""
-    from genattr.harness.plugins import registry
+    from genattr.harness.manager import registry
 
     description = registry("methods").get("unlearning").description
     listed = {p.strip() for p in description.split("presets:")[1].split(",")}

@@ -554,7 +554,7 @@ class _Memo:
 
 def _method_needs_model(name: str) -> bool:
     try:
-        from genattr.harness.plugins import registry
+        from genattr.harness.manager import registry
 
         entry = registry("methods").get(name)
     except Exception:  # unknown here: assume it needs the model (conservative)

@@ -127,13 +127,13 @@ def _deep_merge(target: dict, source: Mapping) -> dict:
 
 
 def _names(kind: str) -> list[str]:
-    from .plugins import registry
+    from .manager import registry
 
     return registry(kind).names()
 
 
 def _check_names(kind: str, names: Sequence[str]) -> None:
-    from .plugins import registry
+    from .manager import registry
 
     reg = registry(kind)
     for n in names:
@@ -307,7 +307,7 @@ def environment() -> dict:
 
 
 def plugin_list() -> list[dict]:
-    from .plugins import all_plugins
+    from .manager import all_plugins
 
     return [{"name": p.name, "version": p.version, "distribution": p.distribution, "builtin": p.builtin,
              "skipped": p.error.splitlines()[0] if p.error else None} for p in all_plugins(True)]
@@ -337,7 +337,7 @@ def _ensure_plugins(specs: Sequence[Sequence[str]]) -> None:
     """Register, in a worker process, the plugins the driver registered at runtime (``[name, "module[:attr]"]``)."""
     if not specs:
         return
-    from .plugins import load_plugins, pm, register_plugin
+    from .manager import load_plugins, pm, register_plugin
 
     load_plugins()
     for name, target in specs:
@@ -353,7 +353,7 @@ def _ensure_plugins(specs: Sequence[Sequence[str]]) -> None:
 def runtime_plugins() -> list[list[str]]:
     """Plugins registered in this process outside :func:`load_plugins` (tests, notebooks), as import targets
     that a worker process can register again."""
-    from .plugins import pm, plugin_info
+    from .manager import pm, plugin_info
 
     out = []
     for name, plugin in pm.list_name_plugin():
@@ -556,7 +556,7 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
         # methods with scale presets resolve them now, so the recorded (and hashed) config is what the cells use
         if callable(getattr(method, "resolve_scale", None)):
             method.resolve_scale(spec.scale)
-    from .plugins import registry
+    from .manager import registry
 
     def version(kind, name, obj):
         return str(getattr(obj, "version", None) or registry(kind).get(name).version)
@@ -716,7 +716,7 @@ def load_model(spec: str, config: Mapping | None = None):
     """A model adapter from ``spec``: a directory saved by a genattr adapter (``genattr_model.json`` names the
     registered adapter, loaded with its ``load``), a diffusers pipeline directory (``model_index.json``), a
     registered model name (built with ``config``), or a hub id (``org/name``, through the diffusers adapter)."""
-    from .plugins import registry
+    from .manager import registry
 
     p = Path(spec).expanduser()
     models = registry("models")

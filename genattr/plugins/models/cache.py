@@ -15,7 +15,7 @@ NS_CUSTOMIZED = "models/customized"
 
 
 def _model_class(model: str):
-    from genattr.harness.plugins import registry
+    from genattr.harness.manager import registry
 
     factory = registry("models").get(model).factory
     return factory.resolve() if hasattr(factory, "resolve") else factory
