@@ -14,9 +14,6 @@ from genattr.harness.api import SCALES
 from genattr.harness.errors import UserError
 from genattr.harness.runner import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DEFAULT_SCALE
 
-LEADERBOARD_FORMATS = ("md", "csv", "html", "json")
-
-
 def _split_names(values) -> list[str]:
     """``-m a -m b,c`` → ``["a", "b", "c"]``."""
     out: list[str] = []
@@ -65,23 +62,6 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, out, e
         click.echo(leaderboard.render([summary.out], "md"), nl=False)
 
 
-@click.command(name="leaderboard")
-@click.argument("dirs", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(LEADERBOARD_FORMATS), default="md", show_default=True)
-@click.option("--out", metavar="PATH", help="Write to PATH instead of stdout (markdown: figures as PNG beside it).")
-@click.option("--figures", metavar="DIR", help="Also save every figure as a PNG in DIR.")
-def leaderboard_command(dirs, fmt, out, figures):
-    """Tables (mean ± standard error, best per column marked), figures and an HTML page from the results in DIRS
-    alone — no models needed."""
-    from genattr.harness import leaderboard
-
-    text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures)
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        click.echo(f"genattr: wrote {out}", err=True)
-
-
 @click.command(name="attribute")
 @click.option("--model", "model_spec", metavar="DIR_OR_ID",
               help="A saved model directory (tiny-t2i or a diffusers pipeline), a registered model name, or a hub id.")
@@ -120,9 +100,11 @@ def attribute_command(model_spec, model_sets, dataset_name, dataset_sets, prompt
 
 @hookimpl
 def register_commands(cli):
+    from .leaderboard_command import leaderboard_command
+
     for command in (run_command, leaderboard_command, attribute_command):
         if command.name not in cli.commands:
             cli.add_command(command)
 
 
-__all__ = ["run_command", "leaderboard_command", "attribute_command", "register_commands", "UserError"]
+__all__ = ["run_command", "attribute_command", "register_commands", "UserError"]
