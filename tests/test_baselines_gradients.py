@@ -304,14 +304,14 @@ def test_config_presets_and_errors(toy, train_set, tmp_path):
     # the runner's hook: adopt the run's scale unless one was given
     for cls in (TrakMethod, DTrakMethod, JourneyTrakMethod, DataInfMethod):
         r = cls()
-        r.resolve_scale("small")
+        assert r.resolve_config("small") is r.config
         assert r.config["scale"] == "small" and r.config["proj_dim" if cls is not DataInfMethod else "scale"]
         kept = cls(scale="tiny")
-        kept.resolve_scale("small")
+        kept.resolve_config("small", "customized")
         assert kept.config["scale"] == "tiny"
     assert TrakMethod().config["proj_dim"] == 256 and TrakMethod(proj_dim=64).config["proj_dim"] == 64
     r = TrakMethod(proj_dim=64)
-    r.resolve_scale("small")
+    r.resolve_config("small")
     assert r.config["proj_dim"] == 64  # explicit options still win over the preset
     with pytest.raises(UserError):
         TrakMethod(projdim=3)

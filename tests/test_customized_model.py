@@ -251,9 +251,10 @@ def test_unlearning_gets_the_benchmark_preset(tiny):
     bench, env, prov = tiny
     m = genattr.get_method("unlearning")
     ctx = bench.context(prov["concepts"][0]["id"], m, env)
-    assert ctx.extra["benchmark"] == "customized-model"
-    assert m.resolve(ctx)["preset"] == "customized-tiny"
-    assert genattr.get_method("unlearning", preset="tiny").resolve(ctx)["preset"] == "tiny"
+    assert bench.preset_hint == "customized" and ctx.extra["preset_hint"] == "customized"
+    assert m.resolve_config(ctx.scale, bench.preset_hint)["preset"] == "customized-tiny"
+    assert m._resolve_from(ctx)["preset"] == "customized-tiny"
+    assert genattr.get_method("unlearning", preset="tiny").resolve_config("tiny", "customized")["preset"] == "tiny"
 
 
 @pytest.mark.slow  # customizes the training concepts

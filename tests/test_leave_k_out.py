@@ -324,7 +324,7 @@ def _sets(cfg: dict) -> list[str]:
 
 def test_end_to_end_tiny_run_random_and_pixel(tmp_path, session_cache):
     from genattr.harness.results import read_rows
-    from genattr.harness.runner import build_spec, run
+    from genattr.harness.run import build_spec, run
 
     spec = build_spec(["leave-k-out"], ["random", "pixel"], scale="tiny", sets=_sets(FAST), out=str(tmp_path / "run"),
                       quiet=True, cache_root=str(session_cache.root), device="cpu")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import test_runner_fakes as fakes
-from genattr.harness import results, runner
+from genattr.harness import results
+from genattr.harness import run as runner
 from genattr.harness.errors import UserError
 
 
@@ -59,7 +60,7 @@ def test_methods_with_scale_presets_record_the_run_scale(fake_plugins, tmp_path)
         assert {json.dumps(r["method_config"]) for r in rows[scale]} == {json.dumps({"scale": scale, "bias": bias})}
     assert not {r["config_hash"] for r in rows["tiny"]} & {r["config_hash"] for r in rows["small"]}
     run_doc = json.loads((tmp_path / "small" / "run.json").read_text())
-    assert run_doc["methods"]["fake-scaled"]["config"] == {"scale": "small", "bias": 2.0}
+    assert run_doc["methods"]["fake-scaled"]["configs"]["fake-bench"] == {"scale": "small", "bias": 2.0}
     # an explicit scale is kept
     spec = runner.build_spec(["fake-bench"], ["fake-scaled"], scale="small", sets=["fake-scaled.scale=tiny"],
                              out=str(tmp_path / "explicit"), device="cpu", quiet=True,
@@ -144,7 +145,7 @@ def test_run_writes_rows_and_provenance(fake_plugins, tmp_path):
     assert run["status"] == "complete" and run["schema_version"] == results.SCHEMA_VERSION
     assert run["benchmarks"]["fake-bench"]["provenance"]["datasets"] == {"fake-data": "d" * 64}
     assert run["benchmarks"]["fake-bench"]["config"]["n_queries"] == 3
-    assert run["methods"]["fake-bad"]["config"] == {"bias": 0.2}
+    assert run["methods"]["fake-bad"]["configs"]["fake-bench"] == {"bias": 0.2}
     assert any(p["name"] == fakes.PLUGIN_NAME for p in run["plugins"])
     assert any(p["name"] == "genattr.benchmarks" and p["version"] for p in run["plugins"])
     assert run["environment"]["packages"]["torch"] and run["environment"]["python"]
@@ -187,8 +188,17 @@ def test_failing_cell_keeps_finished_rows_and_resumes(fake_plugins, tmp_path):
 
 
 def test_bad_benchmark_config_is_a_user_error(fake_plugins, tmp_path):
-    with pytest.raises(UserError, match="bad configuration for benchmark 'fake-bench'"):
+    with pytest.raises(UserError, match="benchmark 'fake-bench' has no option 'no_such_key' \\(its options: scale"):
         runner.run(_spec(tmp_path, sets=["no_such_key=1"]))
+    assert not (tmp_path / "out").exists()  # nothing created for a configuration error
+
+
+def test_unknown_method_option_is_said_in_the_project_words(fake_plugins, tmp_path):
+    with pytest.raises(UserError) as e:
+        runner.run(_spec(tmp_path, methods=["fake-good"], sets=["fake-good.nosuchkey=1"]))
+    assert str(e.value) == "method 'fake-good' has no option 'nosuchkey' (its options: bias)"
+    assert "TypeError" not in str(e.value) and "__init__" not in str(e.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unwritable_out_is_a_user_error(fake_plugins, tmp_path):

@@ -80,12 +80,13 @@ class FakeScaledMethod(FakeMethod):
     def _set(self, scale: str) -> None:
         self.config = {"scale": scale, "bias": float(self.PRESETS[scale] if self._bias is None else self._bias)}
 
-    def resolve_scale(self, scale: str) -> None:
+    def resolve_config(self, scale: str, preset_hint: str | None = None) -> dict:
         if not self._explicit:
             self._set(scale)
+        return self.config
 
     def attribute(self, ctx, queries, candidates=None):
-        self.resolve_scale(ctx.scale)
+        self.resolve_config(ctx.scale)
         return super().attribute(ctx, queries, candidates)
 
 

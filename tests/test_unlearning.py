@@ -298,22 +298,26 @@ def test_prepare_is_memoised_and_cached(tmp_path):
 
 def test_config_resolution():
     m = U.Unlearning()
-    assert m.config["preset"] is None
-    cache = Cache("/nonexistent")
+    assert m.config["preset"] == "tiny"  # validated against the tiny preset until a run resolves it
     for scale, preset in (("tiny", "tiny"), ("small", "small"), ("paper", "coco")):
-        cfg = m.resolve(AttributionContext(model=None, train_set=None, cache=cache, scale=scale))
+        cfg = m.resolve_config(scale)
         assert cfg["preset"] == preset and m.config is cfg
     for scale, preset in (("tiny", "customized-tiny"), ("small", "customized-small"), ("paper", "customized")):
-        ctx = AttributionContext(model=None, train_set=None, cache=cache, scale=scale,
-                                 extra={"benchmark": "customized-model"})
-        assert m.resolve(ctx)["preset"] == preset
-    ctx = AttributionContext(model=None, train_set=None, cache=cache, scale="small", extra={"benchmark": "leave-k-out"})
-    assert m.resolve(ctx)["preset"] == "small"
-    assert U.Unlearning(preset="coco").resolve(
-        AttributionContext(model=None, train_set=None, cache=cache, scale="small",
-                           extra={"benchmark": "customized-model"}))["preset"] == "coco"  # an explicit preset wins
+        assert m.resolve_config(scale, "customized")["preset"] == preset
+    assert m.resolve_config("small", None)["preset"] == "small"
+    assert m.resolve_config("small", "an-unknown-hint")["preset"] == "small"
+    assert U.Unlearning(preset="coco").resolve_config("small", "customized")["preset"] == "coco"  # explicit wins
+    assert U.Unlearning(alpha=5e-4).resolve_config("small", "customized")["alpha"] == 5e-4  # explicit options win
+    # used directly, the context's scale and preset hint decide
+    cache = Cache("/nonexistent")
+    ctx = AttributionContext(model=None, train_set=None, cache=cache, scale="small",
+                             extra={"preset_hint": "customized"})
+    assert m._resolve_from(ctx)["preset"] == "customized-small"
     with pytest.raises(UserError, match="no preset for scale 'huge'"):
-        m.resolve(AttributionContext(model=None, train_set=None, cache=cache, scale="huge"))
+        m.resolve_config("huge")
+    # options are validated when the method is created, before any run starts
+    with pytest.raises(UserError, match="alpha"):
+        U.Unlearning(alpha="abc")
     coco = U.Unlearning(preset="coco").config
     assert (coco["steps"], coco["alpha"], coco["batch"] * coco["accumulation"], coco["timesteps"]) == (1, 0.01, 50_000, 20)
     cust = U.Unlearning(preset="customized").config
@@ -343,3 +347,18 @@ def test_listing_names_every_preset():
     description = registry("methods").get("unlearning").description
     listed = {p.strip() for p in description.split("presets:")[1].split(",")}
     assert listed == set(U.PRESETS)
+
+
+def test_theta0_loss_cache_key_holds_the_scoring_timesteps(tmp_path, monkeypatch):
+    """The θ0-loss key covers the timesteps themselves, not only their count: a change in how they are chosen
+    must not silently reuse stale losses."""
+    from genattr.harness import seeding
+
+    ctx = ctx_for(ToyT2I(a=0.3, b=-0.2, noisy=False), toy_dataset(n=5, captions=2), tmp_path)
+    m = U.Unlearning(preset="tiny")
+    fisher_key, loss_key = m._keys(ctx)
+    original = seeding.strided_timesteps
+    monkeypatch.setattr(seeding, "strided_timesteps", lambda c, n=1000: [t + 1 for t in original(c, n)])
+    fisher_key2, loss_key2 = m._keys(ctx)
+    assert loss_key2 != loss_key and fisher_key2 == fisher_key
+    assert m._keys(ctx) == (fisher_key2, loss_key2)  # and the key is stable otherwise

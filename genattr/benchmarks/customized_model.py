@@ -219,6 +219,8 @@ class CustomizedModelBenchmark:
     #: 2: the built-in style concepts a 16 px model can learn (test: night, sunset, stripes, glow; train: sepia,
     #: palette-shift, crimson, shadow); the pool carries its base dataset's name.
     version = "2"
+    #: The paper ran unlearning with other hyperparameters on this protocol: methods with presets pick theirs.
+    preset_hint = "customized"
 
     def __init__(self, **config):
         self.config = resolve_config(config)
@@ -406,7 +408,8 @@ class CustomizedModelBenchmark:
             factories["training_concepts"] = state.training_concepts
         return AttributionContext(model=model, train_set=state.pool, cache=env.cache, device=env.device,
                                   seed=int(env.seed), scale=self.config["scale"], progress=env.progress,
-                                  extra=LazyExtra({"benchmark": self.name}, factories))
+                                  extra=LazyExtra({"benchmark": self.name, "preset_hint": self.preset_hint},
+                                                  factories))
 
     def _model_for(self, case: ConceptCase, env: RunEnv):
         if case.model is not None:

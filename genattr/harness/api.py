@@ -193,8 +193,15 @@ class AttributionMethod(Protocol):
     returns float scores ``(len(queries), N)`` — or ``(len(queries), len(candidates))`` when a candidate subset of
     training indices is given — higher = more influential. ``needs_model`` is False for model-free methods
     (pixel, feature similarity), which then also work where no model weights exist. ``config`` is the resolved
-    configuration (recorded in results). Optional: ``resolve_scale(scale)``, which the runner calls with the run's
-    scale before recording ``config``, for methods whose presets follow the scale.
+    configuration (recorded in every result row and hashed into its ``config_hash``).
+
+    Optional: ``resolve_config(scale, preset_hint=None) -> dict`` — the configuration the method will run with at
+    ``scale`` for a benchmark whose :attr:`Benchmark.preset_hint` is ``preset_hint`` (for example ``"customized"``
+    for the Customized Model benchmark, whose protocol the paper ran with other hyperparameters). The runner calls
+    it once per (benchmark, method) on a fresh instance before the first cell, records and hashes what it returns,
+    and workers call it again before their cells; it must set ``config`` to the value it returns. Methods whose
+    configuration does not depend on the scale need not define it. A benchmark also offers its hint to the method
+    as ``ctx.extra["preset_hint"]``.
     """
 
     name: str
@@ -230,18 +237,22 @@ class Cell:
     ``id`` is stable across runs (for example ``"unlearning/style-stripes/q03"``) and unique within a benchmark
     run; ``method`` the method's registered name; ``params`` JSON-able (concept, query index, K, …);
     ``group`` the JSON-able keys the leaderboard groups by (for example ``{"split": "artist-style"}`` or
-    ``{"K": 8}``)."""
+    ``{"K": 8}``); ``batch`` (optional) a key shared by cells that are cheaper together: the runner sends the
+    unfinished cells of one (method, batch) as one task, and a benchmark with ``run_cells`` scores their queries in
+    one ``attribute`` call. Rows, resume and ids stay per cell."""
 
     id: str
     method: str
     params: dict = field(default_factory=dict)
     group: dict = field(default_factory=dict)
+    batch: str | None = None
 
 
 @dataclass
 class RunEnv:
-    """The environment a benchmark runs in: cache, device, seed, scale, progress bars, and the methods'
-    configurations (``{method name: config dict}``)."""
+    """The environment a benchmark runs in: cache, device, seed, scale, progress bars, the methods' resolved
+    configurations (``{method name: config dict}``) and the run directory ``out`` (where pictures of attributions
+    go, see :mod:`genattr.harness.media`; None outside a run)."""
 
     cache: "Cache"
     device: str = "cpu"
@@ -249,6 +260,7 @@ class RunEnv:
     scale: str = "tiny"
     progress: bool = False
     method_configs: dict = field(default_factory=dict)
+    out: str | None = None
 
 
 @runtime_checkable
@@ -259,8 +271,15 @@ class Benchmark(Protocol):
     datasets, models and queries and returns provenance (``{"datasets": {name: fingerprint}, "models": {...}}``);
     ``cells(methods)`` enumerates the cells; ``run_cell(cell, method, env)`` runs one and returns its metrics
     ``{metric name: float}`` (plus optional ``"extra"`` JSON); ``metrics`` maps each reported metric column name to
-    its ``higher_is_better`` bool (for example ``{"recall@10": True, "ap": True}``). Benchmarks must be reconstructible from ``(name, config)`` in another process (executors
-    send cells to workers)."""
+    its ``higher_is_better`` bool (for example ``{"recall@10": True, "ap": True}``). Benchmarks must be
+    reconstructible from ``(name, config)`` in another process (executors send cells to workers).
+
+    Optional: ``metric_info`` — ``{column: {"metric": registered metric name, "display": label, "unit": str or
+    None, "higher_is_better": bool}}``, recorded in ``run.json`` for the leaderboard (the built-in benchmarks build
+    it from the metric registry entries they resolve with ``genattr.get_metric``); ``preset_hint`` — a string
+    handed to every method's ``resolve_config`` (see :class:`AttributionMethod`); ``run_cells(cells, method,
+    env)`` — a generator of ``(cell, metrics)`` for cells sharing a ``batch`` key, in any order (the runner writes
+    each row as it comes); ``summarize(rows)``."""
 
     name: str
     version: str
@@ -277,7 +296,10 @@ class Benchmark(Protocol):
 @runtime_checkable
 class Executor(Protocol):
     """Runs tasks. ``map(fn, tasks)`` calls the module-level function ``fn(task)`` for each JSON-able task dict and
-    yields ``(task, result)`` pairs as they finish (any order). ``local`` runs in process; ``ray`` on a cluster."""
+    yields ``(task, result)`` pairs as they finish (any order). ``local`` runs in process; ``ray`` on a cluster.
+    A task is a group of cells (see :class:`Cell` ``batch``); an executor that runs tasks in the driver's own process
+    sets ``in_process = True``, and the runner then writes each cell's row as soon as it is finished instead of
+    when the group ends."""
 
     name: str
     version: str

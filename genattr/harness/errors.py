@@ -15,3 +15,8 @@ def did_you_mean(name: str, choices, n: int = 3) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+class ScoringError(RuntimeError):
+    """A method broke the scoring contract (wrong shape, NaN scores): one line naming the method. Not the user's
+    mistake, so not a :class:`UserError`; the CLI still prints it as one line."""

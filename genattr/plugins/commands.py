@@ -12,7 +12,7 @@ import click
 from genattr import hookimpl
 from genattr.harness.api import SCALES
 from genattr.harness.errors import UserError
-from genattr.harness.runner import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DEFAULT_SCALE
+from genattr.harness.run.config import DEFAULT_BENCHMARKS, DEFAULT_METHODS, DEFAULT_SCALE
 
 def _split_names(values) -> list[str]:
     """``-m a -m b,c`` → ``["a", "b", "c"]``."""
@@ -49,8 +49,10 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, out, e
                 no_leaderboard):
     import sys
 
-    from genattr.harness import leaderboard, runner
+    from genattr.harness import leaderboard, progress
+    from genattr.harness import run as runner
 
+    progress.configure_logging(quiet=quiet)
     spec = runner.build_spec(list(benchmarks), _split_names(methods), scale=scale, sets=list(sets),
                              config_file=config_file, seed=seed, out=out, executor=executor, device=device,
                              quiet=quiet, argv=sys.argv[1:])
@@ -86,9 +88,13 @@ def attribute_command(model_spec, model_sets, dataset_name, dataset_sets, prompt
                       method_name, sets, top_k, scale, device, out, quiet):
     """Where did this image come from? Rank the training items of a dataset for one query — generated from
     --prompt and --seed, or given with --image — and write ranking.csv, ranking.json and grid.png to --out."""
-    from genattr.harness import runner
+    from genattr.harness import progress
 
-    result = runner.attribute(
+    from .attribute import attribute
+
+    progress.configure_logging(quiet=quiet)
+    progress.enable(not quiet)
+    result = attribute(
         model_spec=model_spec, model_sets=list(model_sets), dataset=dataset_name, dataset_sets=list(dataset_sets),
         prompt=prompt, seed=seed, image=image_path, steps=steps, method=method_name, method_sets=list(sets),
         top_k=top_k, scale=scale, device=device, out=out, progress=not quiet)

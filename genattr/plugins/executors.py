@@ -13,10 +13,11 @@ from genattr.harness.errors import UserError
 
 
 class LocalExecutor:
-    """Runs tasks one after another in this process."""
+    """Runs tasks one after another in this process (rows are written as each cell finishes)."""
 
     name = "local"
     version = "1"
+    in_process = True
 
     def map(self, fn, tasks):
         for task in tasks:

@@ -30,7 +30,7 @@ def main(argv=None):
     from genattr.benchmarks.customized_model import CustomizedModelBenchmark, _mean_se
     from genattr.harness.api import RunEnv
     from genattr.harness.cache import Cache
-    from genattr.harness.runner import parse_value
+    from genattr.harness.run import parse_value
 
     config = {}
     for kv in args.sets:

@@ -43,8 +43,10 @@ import numpy as np
 
 from genattr.harness.errors import UserError
 
+from ._presets import ScalePresets
 
-class DataInfMethod:
+
+class DataInfMethod(ScalePresets):
     """DataInf influence over the selected weights (see the module docstring)."""
 
     name = "datainf"
@@ -67,19 +69,11 @@ class DataInfMethod:
     }
 
     def __init__(self, scale: str | None = None, **overrides):
-        allowed = set(self.COMMON) | {k for p in self.PRESETS.values() for k in p}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise UserError(f"unknown datainf option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
-        self._explicit_scale = scale is not None
-        self._overrides = dict(overrides)
         self._memo: dict = {}
-        self.config = self._resolve(scale or "tiny")
+        self._init_presets(scale, overrides)
 
     def _resolve(self, scale: str) -> dict:
-        if scale not in self.PRESETS:
-            raise UserError(f"unknown scale {scale!r} for datainf; choose one of {', '.join(self.PRESETS)}")
-        cfg = {**self.COMMON, **self.PRESETS[scale], **self._overrides, "scale": scale}
+        cfg = super()._resolve(scale)
         if cfg["include"] is not None:
             cfg["include"] = list(cfg["include"])
         if cfg["draws"] not in ("per-item", "shared"):
@@ -87,16 +81,6 @@ class DataInfMethod:
         if float(cfg["lambda_scale"]) <= 0:
             raise UserError("datainf lambda_scale must be positive")
         return cfg
-
-    def resolve_scale(self, scale: str) -> None:
-        """Adopt the presets of ``scale`` unless one was given explicitly. The runner calls this with the run's
-        scale before it records ``config`` (and hashes it), so result rows carry the values the cells use."""
-        if not self._explicit_scale and scale != self.config["scale"]:
-            self.config = self._resolve(scale)
-
-    def _config_for(self, ctx) -> dict:
-        self.resolve_scale(ctx.scale)
-        return self.config
 
     # -- gradients ----------------------------------------------------------------------------------------------
     def _grad_fn(self, ctx):

@@ -61,11 +61,13 @@ import numpy as np
 
 from genattr.harness.errors import UserError
 
+from ._presets import ScalePresets
+
 # keys that change the training features (the cache key of Φ)
 _FEATURE_KEYS = ("selection", "include", "proj_dim", "projection", "num_timesteps", "draws", "captions")
 
 
-class _KernelMethod:
+class _KernelMethod(ScalePresets):
     """Shared machinery of the TRAK family. Subclasses set ``name``, ``PRESETS``, ``target``, ``reduce`` and how
     draws and query features are made."""
 
@@ -89,20 +91,12 @@ class _KernelMethod:
     }
 
     def __init__(self, scale: str | None = None, **overrides):
-        self._explicit_scale = scale is not None
-        self._overrides = dict(overrides)
-        allowed = set(self.COMMON) | {k for p in self.PRESETS.values() for k in p}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise UserError(f"unknown {self.name} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
         self._memo: dict = {}
-        self.config = self._resolve(scale or "tiny")
+        self._init_presets(scale, overrides)
 
     # -- configuration ------------------------------------------------------------------------------------------
     def _resolve(self, scale: str) -> dict:
-        if scale not in self.PRESETS:
-            raise UserError(f"unknown scale {scale!r} for {self.name}; choose one of {', '.join(self.PRESETS)}")
-        cfg = {**self.COMMON, **self.PRESETS[scale], **self._overrides, "scale": scale}
+        cfg = super()._resolve(scale)
         if cfg["projection"] == "identity":
             cfg["proj_dim"] = None
         if cfg["include"] is not None:
@@ -113,16 +107,6 @@ class _KernelMethod:
         if cfg["lambda_mode"] not in ("absolute", "relative"):
             raise UserError(f"lambda_mode must be 'absolute' or 'relative', got {cfg['lambda_mode']!r}")
         return cfg
-
-    def resolve_scale(self, scale: str) -> None:
-        """Adopt the presets of ``scale`` unless one was given explicitly. The runner calls this with the run's
-        scale before it records ``config`` (and hashes it), so result rows carry the values the cells use."""
-        if not self._explicit_scale and scale != self.config["scale"]:
-            self.config = self._resolve(scale)
-
-    def _config_for(self, ctx) -> dict:
-        self.resolve_scale(ctx.scale)
-        return self.config
 
     # -- models -------------------------------------------------------------------------------------------------
     def _models(self, ctx) -> list:

@@ -40,7 +40,8 @@ Presets (option ``preset``; default: the context's scale, ``paper`` → ``coco``
   N × 5 UNet evaluations; Fisher over 256 / 1024 samples.
 * ``customized-tiny`` / ``customized-small`` — the same for the built-in Customized Model miniature, whose
   fine-tuned (near-memorised) models need α = 1e-2 (calibrated on its training concepts, never the test concepts),
-  with 256 draws per step. The customized-model benchmark selects them (``BENCHMARK_PRESET``), as the paper used
+  with 256 draws per step. The customized-model benchmark selects them (its preset hint ``customized``,
+  :data:`HINT_PRESET`), as the paper used
   other values for that protocol.
 
 Every value can be overridden (calibrate ``alpha`` and ``steps`` on training concepts or calibration queries).
@@ -100,16 +101,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Which preset a scale selects when ``preset`` is not given.
 SCALE_PRESET = {"tiny": "tiny", "small": "small", "paper": "coco"}
 
-#: Benchmarks with presets of their own (``ctx.extra["benchmark"]`` → scale → preset); the paper itself used
+#: Presets selected by a benchmark's preset hint (``Benchmark.preset_hint``, offered to methods through
+#: ``resolve_config(scale, preset_hint)`` and ``ctx.extra["preset_hint"]``) → scale → preset; the paper itself used
 #: different values for its two protocols (``coco`` for the leave-K-out models, ``customized`` for AbC).
-BENCHMARK_PRESET = {
-    "customized-model": {"tiny": "customized-tiny", "small": "customized-small", "paper": "customized"},
+HINT_PRESET = {
+    "customized": {"tiny": "customized-tiny", "small": "customized-small", "paper": "customized"},
 }
 
 
-def preset_for(scale: str, benchmark: str | None = None) -> str:
-    """The preset chosen when none is given: the benchmark's own for its scale, else the scale's."""
-    table = BENCHMARK_PRESET.get(benchmark or "", {})
+def preset_for(scale: str, preset_hint: str | None = None) -> str:
+    """The preset chosen when none is given: the hint's own for the scale (:data:`HINT_PRESET`), else the scale's."""
+    table = HINT_PRESET.get(preset_hint or "", {})
     if scale in table:
         return table[scale]
     if scale not in SCALE_PRESET:
@@ -485,8 +487,10 @@ class Unlearning:
     ``Unlearning(preset=None, **options)``; options: ``steps``, ``alpha``, ``batch``, ``accumulation``,
     ``timesteps``, ``captions``, ``flip``, ``fisher_samples``, ``n_train``, ``selection``, ``variant``,
     ``fisher_floor``, ``fisher_flips``, ``fisher_batch``, ``per_sample``, ``batch_size``, ``seed``. Without a preset
-    the context's scale picks one (``tiny`` → ``tiny``, ``small`` → ``small``, ``paper`` → ``coco``) when
-    :meth:`prepare` or :meth:`attribute` first sees a context; ``config`` then holds the fully resolved options.
+    the scale and the benchmark's preset hint pick one (:func:`preset_for`: ``tiny`` → ``tiny``, ``small`` →
+    ``small``, ``paper`` → ``coco``; hint ``customized`` → ``customized-*``) in :meth:`resolve_config`, which the
+    runner calls before the first cell (and :meth:`prepare` calls with the context's scale and hint); ``config``
+    always holds the fully resolved options.
     """
 
     name = "unlearning"
@@ -501,23 +505,23 @@ class Unlearning:
             raise UserError(f"unlearning: unknown option {unknown[0]!r}{did_you_mean(unknown[0], OPTIONS)}")
         self._preset = preset
         self._options = dict(options)
-        if preset is not None:
-            self.config = resolve_config(preset, options)
-        else:
-            self.config = {"preset": None, **options}
+        # validated now (types and ranges), against the given preset or the tiny one; the runner then resolves the
+        # preset for its benchmark and scale with resolve_config before the first cell
+        self.config = resolve_config(preset or SCALE_PRESET["tiny"], options)
         self._state: dict = {}
 
     # -- configuration --------------------------------------------------------------------------------------------
-    def resolve(self, ctx: AttributionContext) -> dict:
-        """The configuration for ``ctx`` (fills ``preset`` from ``ctx.scale`` when not given) — also stored in
-        ``self.config``."""
-        preset = self._preset
-        if preset is None:
-            extra = ctx.extra if isinstance(ctx.extra, dict) else {}
-            preset = preset_for(ctx.scale, extra.get("benchmark"))
-        cfg = resolve_config(preset, self._options)
-        self.config = cfg
-        return cfg
+    def resolve_config(self, scale: str, preset_hint: str | None = None) -> dict:
+        """The full configuration for ``scale`` and a benchmark's ``preset_hint`` (``"customized"`` selects the
+        Customized Model presets): the explicit ``preset`` when one was given, else :func:`preset_for`; explicit
+        options override the preset's values. Stored in ``self.config`` and returned."""
+        preset = self._preset or preset_for(scale, preset_hint)
+        self.config = resolve_config(preset, self._options)
+        return self.config
+
+    def _resolve_from(self, ctx: AttributionContext) -> dict:
+        extra = ctx.extra if isinstance(ctx.extra, dict) else {}
+        return self.resolve_config(ctx.scale, extra.get("preset_hint"))
 
     def _seed(self, ctx: AttributionContext) -> int:
         return int(ctx.seed if self.config["seed"] is None else self.config["seed"])
@@ -530,7 +534,12 @@ class Unlearning:
         fisher_key = None
         if cfg["variant"] == "newton":
             fisher_key = base + ("fisher", cfg["selection"], cfg["fisher_samples"], cfg["fisher_flips"], seed)
-        loss_key = base + ("theta0-losses", cfg["timesteps"], cfg["captions"], cfg["flip"] != "none", seed)
+        # the key holds the scoring timesteps themselves (not only their count), the captions scored and the flips:
+        # every input that changes the θ0 losses
+        from genattr.harness.seeding import strided_timesteps
+
+        ts = strided_timesteps(int(cfg["timesteps"]), int(model.num_train_timesteps))
+        loss_key = base + ("theta0-losses", tuple(ts), cfg["captions"], cfg["flip"] != "none", seed)
         return fisher_key, loss_key
 
     def prepare(self, ctx: AttributionContext) -> None:
@@ -538,7 +547,7 @@ class Unlearning:
         (model fingerprint, dataset fingerprint, options): calling it again with the same context is cheap."""
         if ctx.model is None:
             raise UserError("unlearning needs a model (the context has none)")
-        cfg = self.resolve(ctx)
+        cfg = self._resolve_from(ctx)
         fisher_key, loss_key = self._keys(ctx)
         if (fisher_key, loss_key) in self._state:
             return

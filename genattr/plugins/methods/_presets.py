@@ -1,0 +1,49 @@
+"""Per-scale presets shared by the built-in methods whose defaults follow the scale (the TRAK family, DataInf).
+
+A method built on :class:`ScalePresets` declares ``PRESETS`` (``{scale: {option: value}}``) and ``COMMON`` (options
+shared by every scale). ``Method(scale=None, **overrides)``: the configuration is ``COMMON``, then the preset of the
+scale, then the explicit overrides, plus ``"scale"``. Without an explicit ``scale`` the method follows the run:
+:meth:`ScalePresets.resolve_config` (the protocol method the runner calls once per benchmark before the first cell,
+see ``AttributionMethod`` in :mod:`genattr.harness.api`) adopts the run's scale, so the recorded and hashed
+configuration is the one the cells use. Used directly (no runner), the method resolves from ``ctx.scale`` on first
+use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genattr.harness.errors import UserError
+
+
+class ScalePresets:
+    """Mixin: ``PRESETS`` per scale, ``COMMON`` options, explicit overrides; ``config`` always fully resolved."""
+
+    name = "method"
+    PRESETS: dict = {}
+    COMMON: dict = {}
+
+    def _init_presets(self, scale: str | None, overrides: dict[str, Any]) -> None:
+        allowed = set(self.COMMON) | {k for p in self.PRESETS.values() for k in p}
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise UserError(f"unknown {self.name} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        self._explicit_scale = scale is not None
+        self._overrides = dict(overrides)
+        self.config = self._resolve(scale or "tiny")
+
+    def _resolve(self, scale: str) -> dict:
+        """``COMMON`` + ``PRESETS[scale]`` + overrides (subclasses validate and normalise on top)."""
+        if scale not in self.PRESETS:
+            raise UserError(f"unknown scale {scale!r} for {self.name}; choose one of {', '.join(self.PRESETS)}")
+        return {**self.COMMON, **self.PRESETS[scale], **self._overrides, "scale": scale}
+
+    def resolve_config(self, scale: str, preset_hint: str | None = None) -> dict:
+        """The configuration the method will run with at ``scale`` (the preset hint of a benchmark is not used by
+        these methods): adopts the scale's preset unless one was given explicitly."""
+        if not self._explicit_scale and scale != self.config["scale"]:
+            self.config = self._resolve(scale)
+        return self.config
+
+    def _config_for(self, ctx) -> dict:
+        return self.resolve_config(ctx.scale)
