@@ -1,0 +1,97 @@
+"""The ``shapes`` dataset: procedural captioned scenes (the offline stand-in for MSCOCO), and the concepts of the
+built-in Customized Model benchmark (novel object glyphs and novel rendering styles).
+
+* :mod:`.render` — the scene vocabulary, scene specs (:func:`random_scene`, :func:`scene_spec`) and the renderer
+  (:func:`render_scene`, :func:`render_scenes`); its docstring describes the scene distribution;
+* :mod:`.captions` — the paraphrased captions (:func:`caption_scene`, :func:`scene_captions`,
+  :func:`caption_vocabulary`);
+* :mod:`.concepts` — the Customized Model concepts (:class:`Concept`, :func:`make_concepts`,
+  :func:`render_concept_scene`);
+* here — the :class:`Shapes` dataset, and every name above, re-exported.
+"""
+
+from __future__ import annotations
+
+from genattr.harness.data import InMemoryDataset
+from genattr.harness.seeding import numpy_rng
+
+from .captions import (
+    N_CAPTION_VARIANTS,
+    POSITION_PHRASES,
+    caption_scene,
+    caption_vocabulary,
+    scene_captions,
+)
+from .concepts import (
+    GLYPH_DESCRIPTIONS,
+    STYLE_DESCRIPTIONS,
+    Concept,
+    make_concepts,
+    render_concept_scene,
+)
+from .render import _NIGHT, _SEPIA, _SHADOW, _SUNSET  # noqa: F401 - the tests check the style colours
+from .render import (
+    COLOURS,
+    CONCEPT_GLYPHS,
+    CONCEPT_STYLES,
+    GLYPH_COLOURS,
+    GLYPHS,
+    POSITIONS,
+    SHAPES,
+    SIDE_POSITIONS,
+    SIZES,
+    STYLES,
+    random_scene,
+    render_scene,
+    render_scenes,
+    scene_spec,
+)
+
+__all__ = [
+    "COLOURS", "CONCEPT_GLYPHS", "CONCEPT_STYLES", "GLYPH_COLOURS", "GLYPH_DESCRIPTIONS", "GLYPHS",
+    "N_CAPTION_VARIANTS", "POSITION_PHRASES", "POSITIONS", "SHAPES", "SIDE_POSITIONS", "SIZES", "STYLE_DESCRIPTIONS",
+    "STYLES", "Concept", "Shapes", "caption_scene", "caption_vocabulary", "make_concepts", "random_scene",
+    "render_concept_scene", "render_scene", "render_scenes", "scene_captions", "scene_spec",
+]
+
+
+# -- the dataset ------------------------------------------------------------------------------------------------
+class Shapes(InMemoryDataset):
+    """Procedural captioned scenes (the scene distribution: :mod:`genattr.datasets.shapes.render`).
+
+    ``n`` scenes with indices ``start … start + n − 1``, each deterministic in (``seed``, index): ``start``
+    gives held-out scenes drawn from the same distribution as training but not the same draws (single-object
+    scenes come from only 150 combinations, so some repeat by design). Ids ``shapes-00042`` (``shapes-s7-00042``
+    for ``seed=7``). ``specs``: the JSON-able scene spec of each item, to check generated images against.
+    """
+
+    name = "shapes"
+    version = "1"
+
+    def __init__(self, n: int = 2000, resolution: int = 16, seed: int = 0, max_objects: int = 3,
+                 captions_per_image: int = 5, start: int = 0):
+        from genattr.harness.errors import UserError
+
+        if int(n) < 1:
+            raise UserError(f"shapes: n must be positive, got {n}")
+        if not 1 <= int(max_objects) <= len(SIDE_POSITIONS):
+            raise UserError(f"shapes: max_objects must be in 1..{len(SIDE_POSITIONS)}, got {max_objects}")
+        if int(resolution) < 8:
+            raise UserError(f"shapes: resolution must be at least 8, got {resolution}")
+        if int(captions_per_image) < 1:
+            raise UserError(f"shapes: captions_per_image must be positive, got {captions_per_image}")
+        if int(start) < 0:
+            raise UserError(f"shapes: start must be non-negative, got {start}")
+        prefix = "shapes-" if int(seed) == 0 else f"shapes-s{int(seed)}-"
+        ids, specs, captions = [], [], []
+        for index in range(int(start), int(start) + int(n)):
+            rng = numpy_rng(seed, "shapes", index)
+            spec = random_scene(rng, max_objects)
+            specs.append(spec)
+            captions.append(tuple(scene_captions(spec, int(captions_per_image), rng)))
+            ids.append(f"{prefix}{index:05d}")
+        images = render_scenes(specs, int(resolution))
+        super().__init__(self.name, self.version, ids, images, captions,
+                         meta={"resolution": int(resolution), "seed": int(seed), "max_objects": int(max_objects),
+                               "start": int(start), "captions_per_image": int(captions_per_image)})
+        self.specs = specs
