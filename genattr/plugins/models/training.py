@@ -1,0 +1,360 @@
+"""Training and customization of the built-in adapters (:class:`~genattr.plugins.models.common.DDPMAdapter`
+delegates its ``train``, ``customize`` and ``save_delta`` here):
+
+* :func:`train` — a deterministic training loop (every draw from :mod:`genattr.harness.seeding`, keyed on seed +
+  step), optionally leaving items out by zero loss weight (the coupled retraining of leave-K-out);
+* :func:`customize` — Custom Diffusion style fine-tuning with a new token; :func:`save_delta` / :func:`load_delta`
+  store and rebuild only what customization changed;
+* the helpers both use: the examples' images, captions and fingerprint (:func:`examples_fingerprint`), the
+  learning-rate schedule and progress bars.
+
+Only imported through the lazily loaded adapter modules (it imports torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from genattr.harness.errors import UserError
+from genattr.harness.seeding import generator
+
+if TYPE_CHECKING:
+    from .common import DDPMAdapter
+
+#: Defaults of :meth:`DDPMAdapter.train`.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 100,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "seed": 0,
+    "caption_dropout": 0.0,
+    "flip": True,
+    "weight_decay": 0.0,
+    "warmup": None,  # steps of linear warm-up; None: min(100, steps // 10)
+    "lr_schedule": "cosine",  # "cosine" (decay to 0.1·lr) or "constant"
+    "grad_clip": 1.0,
+    "ema": 0.0,  # exponential moving average of the trained weights (0: off)
+    "train_text_encoder": None,  # None: the adapter's default
+    "guidance_scale": None,  # the model's default guidance scale after training with caption dropout
+    "exclude": None,  # ids of items left out by zero loss weight in the full set's batch sequence (coupled retrain)
+    "progress": False,
+}
+
+#: Defaults of :meth:`DDPMAdapter.customize` (Custom Diffusion: 250 steps, lr 1e-5 × batch scaling in the paper's
+#: SD setting; the tiny models need the larger rates of :func:`genattr.plugins.models.recipes.recipe_customize`).
+CUSTOMIZE_DEFAULTS: dict[str, Any] = {
+    "weights": "cross-attn-kv",
+    "steps": 300,
+    "lr": 1e-3,
+    "batch_size": 8,
+    "seed": 0,
+    "flip": True,
+    "init_word": None,  # the word whose embedding initialises the new token; None: the adapter's choice
+    "reg_dataset": None,  # a Dataset of regularisation images (the base set), or None
+    "reg_weight": 1.0,
+    "reg_batch_size": None,  # None: same as batch_size
+    "train_token": True,
+    "grad_clip": 1.0,
+    "progress": False,
+}
+
+TOKEN_EMBEDDING = "text_encoder.token_embedding"
+
+
+def _images_and_captions(data) -> tuple[torch.Tensor, list[tuple[str, ...]], list[str]]:
+    """(N×C×H×W images, captions per item, ids) of a Dataset or a sequence of Examples."""
+    if hasattr(data, "item") and hasattr(data, "__len__") and not isinstance(data, (list, tuple)):
+        n = len(data)
+        images = data.images(list(range(n)))
+        captions = [tuple(data.captions(i)) for i in range(n)]
+        ids = list(data.ids)
+        return images.float(), captions, ids
+    items = list(data)
+    if not items:
+        raise UserError("no examples given")
+    images = torch.stack([torch.as_tensor(e.image, dtype=torch.float32) for e in items])
+    return images, [tuple(e.captions) for e in items], [e.id for e in items]
+
+
+def examples_fingerprint(data) -> str:
+    """The fingerprint of a Dataset, or a sha256 over ids, captions and pixels of a sequence of Examples."""
+    fp = getattr(data, "fingerprint", None)
+    if isinstance(fp, str):
+        return fp
+    images, captions, ids = _images_and_captions(data)
+    h = hashlib.sha256()
+    h.update(f"{tuple(images.shape)}".encode())
+    for i, cs in zip(ids, captions):
+        h.update(str(i).encode() + b"\x00" + "\x1e".join(cs).encode() + b"\x00")
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        p = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+    raise UserError(f"unknown lr_schedule {schedule!r} (cosine, constant)")
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) -> dict:
+    """The body of :meth:`DDPMAdapter.train <genattr.plugins.models.common.DDPMAdapter.train>` (see there):
+    train ``model`` in place on ``dataset``; returns the report."""
+    cfg = {**TRAIN_DEFAULTS, **dict(config or {})}
+    unknown = set(cfg) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    images, captions, ids = _images_and_captions(dataset)
+    if tuple(images.shape[1:]) != (model.channels, model.resolution, model.resolution):
+        raise UserError(f"{model.name}: images are {tuple(images.shape[1:])}, the model takes "
+                        f"{(model.channels, model.resolution, model.resolution)}")
+    weight = None
+    if cfg["exclude"]:
+        pos = {str(i): k for k, i in enumerate(ids)}
+        missing = [str(i) for i in cfg["exclude"] if str(i) not in pos]
+        if missing:
+            raise UserError(f"training option exclude names {len(missing)} id(s) not in the training set, "
+                            f"e.g. {missing[0]!r}")
+        weight = torch.ones(len(ids))
+        weight[[pos[str(i)] for i in cfg["exclude"]]] = 0.0
+        if not bool(weight.any()):
+            raise UserError("training option exclude leaves no training item")
+        weight = weight.to(model.device)  # once, not per step
+    train_te = model.train_text_encoder_default if cfg["train_text_encoder"] is None else cfg["train_text_encoder"]
+    params = list(model.unet.parameters()) + (list(model.text_encoder.parameters()) if train_te else [])
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps, bs, seed = int(cfg["steps"]), int(cfg["batch_size"]), int(cfg["seed"])
+    warmup = min(100, steps // 10) if cfg["warmup"] is None else int(cfg["warmup"])
+    ema = float(cfg["ema"])
+    ema_state = {n: p.detach().clone() for n, p in model._named_trainable(train_te)} if ema > 0 else None
+    n = images.shape[0]
+    perms: dict[int, torch.Tensor] = {}
+
+    def index(pos: int) -> int:
+        e = pos // n
+        if e not in perms:
+            perms.clear()
+            perms[e] = torch.randperm(n, generator=generator(seed, "train-epoch", e))
+        return int(perms[e][pos % n])
+
+    model.unet.train()
+    if train_te:
+        model.text_encoder.train()
+    losses = []
+    t0 = time.perf_counter()
+    try:
+        for step in _progress(range(steps), cfg["progress"], f"training {model.name}"):
+            g = generator(seed, "train", step)
+            idx = [index(step * bs + k) for k in range(bs)]
+            cap_pick = torch.randint(0, 1 << 30, (bs,), generator=g)
+            caps = [captions[i][int(c) % len(captions[i])] for i, c in zip(idx, cap_pick)]
+            t = torch.randint(0, model.num_train_timesteps, (bs,), generator=g)
+            noise = torch.randn((bs,) + model.latent_shape(), generator=g)
+            flips = torch.rand(bs, generator=g) < 0.5
+            drop = torch.rand(bs, generator=g) < float(cfg["caption_dropout"])
+            if not cfg["flip"]:
+                flips[:] = False
+            caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+            lat = model._batch_latents(images[idx], flips)
+            for group in opt.param_groups:
+                group["lr"] = cfg["lr"] * _lr_factor(step, steps, warmup, cfg["lr_schedule"])
+            if train_te:
+                emb = model.text_embeddings(caps)
+            else:
+                with torch.no_grad():
+                    emb = model.text_embeddings(caps)
+            per = model.denoise_loss(lat, emb, t.to(model.device), noise.to(model.device))
+            if weight is None:
+                loss = per.mean()
+            else:
+                loss = (per * weight[idx]).sum() / bs
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(params, float(cfg["grad_clip"]))
+            opt.step()
+            if ema_state is not None:
+                with torch.no_grad():
+                    for nme, p in model._named_trainable(train_te):
+                        ema_state[nme].lerp_(p.detach(), 1 - ema)
+            losses.append(float(loss.detach()))
+    finally:
+        model.unet.eval()
+        model.text_encoder.eval()
+    if ema_state is not None:
+        with torch.no_grad():
+            for nme, p in model._named_trainable(train_te):
+                p.copy_(ema_state[nme])
+    seconds = time.perf_counter() - t0
+    if float(cfg["caption_dropout"]) > 0 and cfg["guidance_scale"] is not None:
+        model.guidance_scale = float(cfg["guidance_scale"])
+    model.history.append({"op": "train", "dataset": examples_fingerprint(dataset),
+                          "config": {k: v for k, v in cfg.items() if k != "progress"}})
+    model._invalidate()
+    return {"losses": losses, "seconds": seconds, "images_per_second": steps * bs / max(seconds, 1e-9),
+            "steps": steps, "batch_size": bs}
+
+
+def customize(base: DDPMAdapter, exemplars, token: str, config: Mapping[str, Any] | None = None) -> DDPMAdapter:
+    """The body of :meth:`DDPMAdapter.customize <genattr.plugins.models.common.DDPMAdapter.customize>` (see
+    there): a copy of ``base`` fine-tuned on ``exemplars`` with the new token ``token``."""
+    cfg = {**CUSTOMIZE_DEFAULTS, **dict(config or {})}
+    unknown = set(cfg) - set(CUSTOMIZE_DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown customization option(s): {', '.join(sorted(unknown))}")
+    if not token or any(ch.isspace() for ch in token):
+        raise UserError(f"the new token must be one non-empty word without spaces, got {token!r}")
+    images, captions, _ = _images_and_captions(exemplars)
+    captions = [tuple(c if token in c else f"{token} {c}" for c in cs) for cs in captions]
+    reg = cfg["reg_dataset"]
+    reg_images = reg_captions = None
+    if reg is not None and len(reg) > 0 and float(cfg["reg_weight"]) > 0:
+        reg_images, reg_captions, _ = _images_and_captions(reg)
+
+    model = base.clone()
+    model.base_fingerprint = base.base_fingerprint or base.fingerprint
+    if base.base_fingerprint is None:
+        model.added_tokens, model.delta_names = [], []
+    new_id = model.add_token(token, cfg["init_word"])
+    selected = model.parameters(cfg["weights"])
+    for p in model.unet.parameters():
+        p.requires_grad_(False)
+    for p in model.text_encoder.parameters():
+        p.requires_grad_(False)
+    for p in selected.values():
+        p.requires_grad_(True)
+    emb = model.text_encoder.get_input_embeddings().weight
+    train_token = bool(cfg["train_token"])
+    emb.requires_grad_(train_token)
+    frozen_rows = emb.detach().clone()
+    trainable = list(selected.values()) + ([emb] if train_token else [])
+    opt = torch.optim.AdamW(trainable, lr=float(cfg["lr"]), weight_decay=0.0)
+    steps, bs, seed = int(cfg["steps"]), int(cfg["batch_size"]), int(cfg["seed"])
+    rbs = int(cfg["reg_batch_size"] or bs)
+    n = images.shape[0]
+    losses = []
+    model.unet.train()
+    t0 = time.perf_counter()
+    try:
+        for step in _progress(range(steps), cfg["progress"], f"customizing {base.name}"):
+            g = generator(seed, "customize", token, step)
+            idx = torch.randint(0, n, (bs,), generator=g).tolist()
+            cap_pick = torch.randint(0, 1 << 30, (bs,), generator=g)
+            caps = [captions[i][int(c) % len(captions[i])] for i, c in zip(idx, cap_pick)]
+            t = torch.randint(0, model.num_train_timesteps, (bs,), generator=g)
+            noise = torch.randn((bs,) + model.latent_shape(), generator=g)
+            flips = (torch.rand(bs, generator=g) < 0.5) & bool(cfg["flip"])
+            lat = model._batch_latents(images[idx], flips)
+            loss = model.denoise_loss(lat, model.text_embeddings(caps), t.to(model.device),
+                                      noise.to(model.device)).mean()
+            if reg_images is not None:
+                gr = generator(seed, "customize-reg", token, step)
+                ridx = torch.randint(0, reg_images.shape[0], (rbs,), generator=gr).tolist()
+                rpick = torch.randint(0, 1 << 30, (rbs,), generator=gr)
+                rcaps = [reg_captions[i][int(c) % len(reg_captions[i])] for i, c in zip(ridx, rpick)]
+                rt = torch.randint(0, model.num_train_timesteps, (rbs,), generator=gr)
+                rnoise = torch.randn((rbs,) + model.latent_shape(), generator=gr)
+                rflips = (torch.rand(rbs, generator=gr) < 0.5) & bool(cfg["flip"])
+                rlat = model._batch_latents(reg_images[ridx], rflips)
+                loss = loss + float(cfg["reg_weight"]) * model.denoise_loss(
+                    rlat, model.text_embeddings(rcaps), rt.to(model.device), rnoise.to(model.device)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(trainable, float(cfg["grad_clip"]))
+            opt.step()
+            if train_token:  # only the new row learns
+                with torch.no_grad():
+                    keep = torch.ones(emb.shape[0], dtype=torch.bool)
+                    keep[new_id] = False
+                    emb[keep] = frozen_rows[keep]
+            losses.append(float(loss.detach()))
+    finally:
+        model.unet.eval()
+        for p in model.unet.parameters():
+            p.requires_grad_(True)
+        for p in model.text_encoder.parameters():
+            p.requires_grad_(True)
+    model.delta_names = sorted(set(model.delta_names) | set(selected))
+    record = {k: v for k, v in cfg.items() if k not in ("progress", "reg_dataset")}
+    record["reg_dataset"] = examples_fingerprint(reg) if reg is not None else None
+    model.history.append({"op": "customize", "token": token, "exemplars": examples_fingerprint(exemplars),
+                          "config": record, "seconds": time.perf_counter() - t0,
+                          "loss_first": losses[0] if losses else None,
+                          "loss_last": losses[-1] if losses else None})
+    model.customize_report = {"losses": losses, "seconds": time.perf_counter() - t0}
+    model._invalidate()
+    return model
+
+
+def save_delta(model: DDPMAdapter, path: str) -> None:
+    """The body of :meth:`DDPMAdapter.save_delta <genattr.plugins.models.common.DDPMAdapter.save_delta>`
+    (see there): store what customization changed in the directory ``path``."""
+    from safetensors.torch import save_file
+
+    if model.base_fingerprint is None:
+        raise UserError("save_delta: this model is not a customized model (use save)")
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    unet = dict(model.unet.named_parameters())
+    tensors = {f"unet.{n}": unet[n].detach().cpu().contiguous() for n in model.delta_names}
+    if model.added_tokens:
+        ids = [model.token_ids(t)[0] for t in model.added_tokens]
+        emb = model.text_encoder.get_input_embeddings().weight.detach().cpu()
+        tensors[TOKEN_EMBEDDING + ".new"] = emb[ids].contiguous()
+    save_file(tensors, str(p / "delta.safetensors"))
+    meta = {"format": "genattr-delta", "model": model.name, "version": model.version,
+            "base_fingerprint": model.base_fingerprint, "tokens": list(model.added_tokens),
+            "unet_tensors": list(model.delta_names), "guidance_scale": model.guidance_scale,
+            "history": model.history}
+    (p / "delta.json").write_text(json.dumps(meta, indent=1, default=str))
+
+
+def load_delta(base_model: DDPMAdapter, path: str) -> DDPMAdapter:
+    """Rebuild a customized model from its base and a directory written by :meth:`DDPMAdapter.save_delta`."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    meta = json.loads((p / "delta.json").read_text())
+    if meta.get("format") != "genattr-delta":
+        raise UserError(f"{path} is not a genattr customization delta")
+    if meta["base_fingerprint"] != base_model.fingerprint:
+        raise UserError(f"delta {path} was made from base model {meta['base_fingerprint'][:12]}, "
+                        f"not {base_model.fingerprint[:12]}")
+    tensors = load_file(str(p / "delta.safetensors"))
+    model = base_model.clone()
+    model.base_fingerprint = meta["base_fingerprint"]
+    model.added_tokens, model.delta_names = [], []
+    new = tensors.get(TOKEN_EMBEDDING + ".new")
+    for k, token in enumerate(meta["tokens"]):
+        tid = model.add_token(token)
+        with torch.no_grad():
+            model.text_encoder.get_input_embeddings().weight[tid] = new[k]
+    unet = dict(model.unet.named_parameters())
+    with torch.no_grad():
+        for n in meta["unet_tensors"]:
+            unet[n].copy_(tensors[f"unet.{n}"])
+    model.delta_names = list(meta["unet_tensors"])
+    model.guidance_scale = float(meta.get("guidance_scale", model.guidance_scale))
+    model.history = list(meta.get("history", []))
+    model._invalidate()
+    return model
