@@ -14,7 +14,7 @@ import click
 
 from . import __version__
 from .harness.errors import UserError, did_you_mean
-from .harness.registry import KINDS
+from .harness.registry import KINDS, SINGULAR
 
 EXIT_USAGE = 2
 
@@ -58,13 +58,23 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "include_builtin", is_flag=True, help="Include built-in plugins.")
 def plugins_command(as_json: bool, include_builtin: bool):
-    """List installed plugins: name, version, hooks, and what each registered."""
-    from .harness.manager import all_plugins, registry
+    """List installed plugins: name, version, hooks, and what each registered.
+
+    A component name registered by two plugins (a clash) is shown with both plugins and how to fix it."""
+    from .harness.manager import all_plugins, clashes, registry
 
     registered: dict[str, dict[str, list[str]]] = {}
     for kind in KINDS:
-        for entry in registry(kind):
-            registered.setdefault(entry.plugin, {}).setdefault(kind, []).append(entry.name)
+        for entry in registry(kind).all_entries():
+            names = registered.setdefault(entry.plugin, {}).setdefault(kind, [])
+            if entry.name not in names:
+                names.append(entry.name)
+    clash_list = clashes()
+    clashed: dict[str, list[dict]] = {}
+    for c in clash_list:
+        for p in c["plugins"]:
+            others = [o for o in c["plugins"] if o != p] or [p]
+            clashed.setdefault(p, []).append({"kind": c["kind"], "name": c["name"], "with": others})
     rows = []
     for p in all_plugins(include_builtin):
         rows.append({
@@ -75,13 +85,13 @@ def plugins_command(as_json: bool, include_builtin: bool):
             "hooks": p.hooks,
             "registered": registered.get(p.name, {}),
             "error": p.error,
+            "clashes": clashed.get(p.name, []),
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no plugins installed (use --all to include built-ins)")
-        return
     for r in rows:
         head = f"{r['name']} {r['version'] or ''}".strip()
         if r["distribution"] and r["distribution"] != r["name"]:
@@ -91,18 +101,32 @@ def plugins_command(as_json: bool, include_builtin: bool):
             click.echo("  hooks: " + ", ".join(r["hooks"]))
         for kind, names in r["registered"].items():
             click.echo(f"  {kind}: " + ", ".join(names))
+        for c in r["clashes"]:
+            click.echo(f"  clash: {SINGULAR[c['kind']]} {c['name']!r} is also registered by "
+                       + ", ".join(repr(o) for o in c["with"]))
+    for c in clash_list:
+        click.echo(f"clash: {c['message']}")
 
 
 @cli.command(name="list")
 @click.argument("kind")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(kind: str, as_json: bool):
-    """List registered components of KIND (methods, models, metrics, datasets, benchmarks, executors)."""
+    """List registered components of KIND (methods, models, metrics, datasets, benchmarks, executors).
+
+    A name registered by two plugins is listed once per plugin, marked as a clash; using it is an error until the
+    clash is fixed."""
     if kind not in KINDS:
         fail(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; choose from {', '.join(KINDS)}")
     from .harness.manager import registry
 
-    rows = [e.to_json() for e in registry(kind)]
+    reg = registry(kind)
+    rows = []
+    for e in reg.all_entries():
+        row = e.to_json()
+        if e.name in reg.clashes:
+            row["clash"] = list(dict.fromkeys(o.plugin for o in reg.clashes[e.name]))
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -111,9 +135,12 @@ def list_command(kind: str, as_json: bool):
         return
     from tabulate import tabulate
 
-    table = [[r["name"], r["version"], r["plugin"], r["description"]] for r in rows]
+    table = [[r["name"] + (" (clash)" if "clash" in r else ""), r["version"], r["plugin"], r["description"]]
+             for r in rows]
     click.echo(tabulate(table, headers=["name", "version", "plugin", "description"], tablefmt="simple",
                         maxcolwidths=[None, None, None, 70]))
+    for name in sorted(reg.clashes):
+        click.echo(f"clash: {reg.clash_message(name)}")
 
 
 _commands_added = False
@@ -124,17 +151,17 @@ def _add_plugin_commands() -> None:
     if _commands_added:
         return
     _commands_added = True
-    from .harness.manager import load_plugins, pm
+    from .harness.manager import add_commands
 
-    load_plugins()
-    pm.hook.register_commands(cli=cli)
+    add_commands(cli)  # a plugin that fails here is reported and skipped (strict mode: a PluginError)
 
 
 def main(argv=None) -> int:
     try:
         _add_plugin_commands()
     except UserError as e:  # strict mode and a broken plugin
-        click.echo(f"genattr: error: {e}", err=True)
+        text = str(e).strip()
+        click.echo(f"genattr: error: {text.splitlines()[0] if text else type(e).__name__}", err=True)
         return EXIT_USAGE
     return cli.main(args=argv if argv is not None else sys.argv[1:])
 

@@ -132,22 +132,71 @@ def test_every_hookspec_has_a_one_line_docstring():
 
 
 # -- registry behaviour -----------------------------------------------------------------------------------------
-def test_duplicate_name_is_an_error_naming_both_plugins(plugin):
+def _dup_plugins(plugin, name="dup-method"):
     class A:
         @genattr.hookimpl
         def register_methods(self, register):
-            register("dup-method", _Thing)
+            register(name, _Thing)
+            register("only-in-a", _Thing)
 
     class B:
         @genattr.hookimpl
         def register_methods(self, register):
-            register("dup-method", _Thing)
+            register(name, _Thing)
 
     plugin(A(), "plugin-a")
     plugin(B(), "plugin-b")
+
+
+def test_duplicate_name_is_recorded_and_only_asking_for_it_fails(plugin):
+    """A clash does not break the registry: other names work; asking for the clashing one is a one-line error
+    naming both plugins and the fix."""
+    _dup_plugins(plugin)
+    reg = registry("methods")  # builds without raising
+    assert "random" in reg and reg.get("only-in-a").plugin == "plugin-a"
+    assert genattr.get_method("random").name == "random"
+    assert sorted(e.plugin for e in reg.clashes["dup-method"]) == ["plugin-a", "plugin-b"]
+    assert "dup-method" not in {e.name for e in reg}  # not usable
+    assert "dup-method" in reg.names()
     with pytest.raises(PluginError) as err:
-        registry("methods")
-    assert "plugin-a" in str(err.value) and "plugin-b" in str(err.value) and "dup-method" in str(err.value)
+        genattr.get_method("dup-method")
+    msg = str(err.value)
+    assert "plugin-a" in msg and "plugin-b" in msg and "dup-method" in msg and "\n" not in msg
+    assert "GENATTR_LOAD_PLUGINS" in msg and "uninstall" in msg
+
+
+def test_plugins_and_list_commands_show_a_clash(plugin):
+    from genattr.cli import cli
+
+    _dup_plugins(plugin)
+    r = CliRunner().invoke(cli, ["plugins"])
+    assert r.exit_code == 0, r.output
+    assert "clash" in r.output and "plugin-a" in r.output and "plugin-b" in r.output
+    assert "GENATTR_LOAD_PLUGINS" in r.output
+    r = CliRunner().invoke(cli, ["plugins", "--json"])
+    rows = {p["name"]: p for p in json.loads(r.output)}
+    assert rows["plugin-a"]["clashes"] == [{"kind": "methods", "name": "dup-method", "with": ["plugin-b"]}]
+    assert rows["plugin-a"]["registered"] == {"methods": ["dup-method", "only-in-a"]}
+    r = CliRunner().invoke(cli, ["list", "methods"])
+    assert r.exit_code == 0, r.output
+    assert "dup-method (clash)" in r.output and "random" in r.output and "GENATTR_LOAD_PLUGINS" in r.output
+    r = CliRunner().invoke(cli, ["list", "methods", "--json"])
+    dup = [m for m in json.loads(r.output) if m["name"] == "dup-method"]
+    assert sorted(m["plugin"] for m in dup) == ["plugin-a", "plugin-b"]
+    assert sorted(dup[0]["clash"]) == ["plugin-a", "plugin-b"]
+
+
+def test_nameless_registration_is_reported_and_skipped(plugin):
+    class Nameless:
+        @genattr.hookimpl
+        def register_methods(self, register):
+            register("", _Thing)
+            register("named-one", _Thing)
+
+    plugin(Nameless(), "nameless-plugin")
+    with pytest.warns(RuntimeWarning, match="without a name"):
+        reg = registry("methods")
+    assert "named-one" in reg and "random" in reg
 
 
 def test_unknown_name_suggests_close_matches():
@@ -250,6 +299,87 @@ def test_broken_plugin_is_reported_and_skipped(fake_site):
     assert "skipping plugin 'brokenplug'" in r.stderr
     r = _genattr(["list", "methods"], fake_site)
     assert r.returncode == 0 and "good-method" in r.stdout
+
+
+EXITS = """
+    import sys
+    sys.exit(3)
+"""
+
+DUP = """
+    import genattr
+
+    class M:
+        version = "1"
+        needs_model = False
+        def __init__(self, **config):
+            self.config = config
+
+    @genattr.hookimpl
+    def register_methods(register):
+        register("good-method", M, version="1", description="a clash with goodplug")
+"""
+
+
+def test_plugin_calling_sys_exit_is_reported_and_skipped(fake_site, tmp_path):
+    _fake_dist(tmp_path, "exitplug", "exitplug_mod", EXITS)
+    r = _genattr(["plugins", "--json"], fake_site)
+    assert r.returncode == 0, r.stderr
+    rows = {p["name"]: p for p in json.loads(r.stdout)}
+    assert "sys.exit(3)" in rows["exitplug"]["error"]
+    assert "skipping plugin 'exitplug'" in r.stderr
+    r = _genattr(["list", "methods"], fake_site)
+    assert r.returncode == 0 and "good-method" in r.stdout
+    r = _genattr(["list", "methods"], {**fake_site, "GENATTR_STRICT_PLUGINS": "1"})
+    assert r.returncode == 2 and "exitplug" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_plugin_hookimpl_with_unknown_argument_is_reported_and_skipped(fake_site, tmp_path):
+    body = GOOD.replace("def register_methods(register):", "def register_methods(register, nonsense):")
+    _fake_dist(tmp_path, "argplug", "argplug_mod", body.replace("good-method", "arg-method"))
+    r = _genattr(["plugins", "--json"], fake_site)
+    assert r.returncode == 0, r.stderr
+    rows = {p["name"]: p for p in json.loads(r.stdout)}
+    assert "nonsense" in rows["argplug"]["error"] and "Traceback" not in r.stderr
+
+
+def test_two_installed_plugins_with_one_name(fake_site, tmp_path):
+    """The clash of two installed plugins: plugins/list work and show it; a run naming it fails in one line with
+    the fix; every other command works."""
+    _fake_dist(tmp_path, "dupplug", "dupplug_mod", DUP)
+    env = {**fake_site, "GENATTR_LOAD_PLUGINS": "goodplug,dupplug"}
+    r = _genattr(["plugins"], env)
+    assert r.returncode == 0, r.stderr
+    assert "clash" in r.stdout and "'goodplug'" in r.stdout and "'dupplug'" in r.stdout
+    assert "GENATTR_LOAD_PLUGINS" in r.stdout and "pip uninstall" in r.stdout
+    r = _genattr(["list", "methods"], env)
+    assert r.returncode == 0 and "good-method (clash)" in r.stdout and "random" in r.stdout
+    r = _genattr(["run", "--help"], env)
+    assert r.returncode == 0, r.stderr
+    r = _genattr(["run", "customized-model", "-m", "good-method", "--scale", "tiny", "--out",
+                  str(tmp_path / "out")], env)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "good-method" in lines[0] and "goodplug" in lines[0] and "dupplug" in lines[0], r.stderr
+    assert "GENATTR_LOAD_PLUGINS" in lines[0]
+    r = _genattr(["list", "methods", "--json"], {**env, "GENATTR_LOAD_PLUGINS": "dupplug"})
+    assert [m["plugin"] for m in json.loads(r.stdout) if m["name"] == "good-method"] == ["dupplug"]
+
+
+def test_a_failing_register_commands_is_reported_and_skipped(fake_site, tmp_path):
+    body = """
+        import genattr
+
+        @genattr.hookimpl
+        def register_commands(cli):
+            raise RuntimeError("command plugin broke")
+    """
+    _fake_dist(tmp_path, "cmdplug", "cmdplug_mod", body)
+    r = _genattr(["list", "methods"], fake_site)
+    assert r.returncode == 0 and "random" in r.stdout, r.stderr
+    assert "command plugin broke" in r.stderr and "Traceback" not in r.stderr
+    r = _genattr(["run", "--help"], fake_site)  # the built-in commands are still there
+    assert r.returncode == 0, r.stderr
 
 
 def test_strict_mode_aborts_on_a_broken_plugin(fake_site):

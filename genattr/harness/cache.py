@@ -4,7 +4,11 @@ An entry is a directory ``ROOT/<namespace>/<key[:2]>/<key>/`` holding the entry'
 sha256 of every file). Keys are sha256 digests of the canonical JSON of everything that changes the answer
 (component name and version, its configuration, the fingerprints of its inputs) — see :meth:`Cache.key`.
 Entries are written into a temporary directory and renamed into place, so a reader never sees half an entry; a
-checksum is verified on every read and an entry that fails it is deleted (and so recomputed by the caller).
+checksum is verified on every read. An entry that fails it — a file missing, truncated or changed, a manifest
+missing, truncated or garbage, a stray file where the entry's directory should be — is moved aside atomically
+(renamed to ``.trash-*`` next to it, then deleted) with one warning on the ``genattr.cache`` logger, and so is
+recomputed by the caller. A cache that cannot be written (read-only, full, not a directory) is a one-line
+:class:`~genattr.harness.errors.UserError` naming ``GENATTR_CACHE``.
 Tensors are stored as safetensors, arrays as ``.npz`` (loaded with ``allow_pickle=False``), metadata as JSON:
 nothing here unpickles.
 
@@ -14,8 +18,10 @@ The root defaults to the user cache directory (``~/.cache/genattr``); ``GENATTR_
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,7 +29,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import UserError
+
 MANIFEST = "MANIFEST.json"
+
+log = logging.getLogger("genattr.cache")
 
 
 def default_root() -> Path:
@@ -79,63 +89,123 @@ class Cache:
     def path(self, namespace: str, key: str) -> Path:
         return self.root / namespace / key[:2] / key
 
+    # -- errors ---------------------------------------------------------------------------------------------------
+    def unwritable(self, exc: OSError) -> UserError:
+        """The one-line error for a cache that cannot be written (read-only, full, not a directory)."""
+        reason = exc.strerror or type(exc).__name__
+        return UserError(f"cannot write the cache at {self.root} (GENATTR_CACHE): {reason}; "
+                         "set GENATTR_CACHE to a writable folder")
+
     # -- directories --------------------------------------------------------------------------------------------
-    def lookup(self, namespace: str, key: str) -> Path | None:
-        """The entry's directory if present and intact; a corrupt entry is removed and None returned."""
-        p = self.path(namespace, key)
-        man = p / MANIFEST
+    @staticmethod
+    def problem(path: Path) -> str | None:
+        """Why the entry at ``path`` cannot be used (manifest or a file missing, unreadable or changed), or None."""
+        if not path.is_dir():
+            return "not a directory"
+        man = path / MANIFEST
         if not man.is_file():
-            return None
+            return f"{MANIFEST} missing"
         try:
             manifest = json.loads(man.read_text())
-            files = manifest["files"]
-            for rel, digest in files.items():
-                f = p / rel
-                if not f.is_file() or sha256_file(f) != digest:
-                    raise ValueError(f"checksum mismatch for {rel}")
-        except (ValueError, KeyError, OSError, json.JSONDecodeError):
-            self.remove(namespace, key)
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            return f"{MANIFEST} unreadable ({type(exc).__name__})"
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            return f"{MANIFEST} malformed"
+        for rel, digest in sorted(files.items()):
+            f = path / rel
+            try:
+                if not f.is_file():
+                    return f"{rel} missing"
+                if sha256_file(f) != digest:
+                    return f"checksum mismatch for {rel}"
+            except OSError as exc:
+                return f"{rel} unreadable ({exc.strerror or type(exc).__name__})"
+        return None
+
+    def lookup(self, namespace: str, key: str) -> Path | None:
+        """The entry's directory if present and intact; an unusable entry is moved aside (one warning) and None
+        returned, so the caller recomputes it."""
+        p = self.path(namespace, key)
+        if not os.path.lexists(p):
             return None
-        return p
+        why = self.problem(p)
+        if why is None:
+            return p
+        self.discard(namespace, key, why)
+        return None
+
+    def discard(self, namespace: str, key: str, why: str) -> None:
+        """Move an unusable entry aside with one warning saying ``why``; the next lookup recomputes it."""
+        if self._move_aside(self.path(namespace, key)):
+            log.warning("cache entry %s/%s is unusable (%s); moved aside, it will be recomputed",
+                        namespace, key[:12], why)
 
     def remove(self, namespace: str, key: str) -> None:
-        p = self.path(namespace, key)
-        if p.exists():
-            trash = p.with_name(f".trash-{p.name}-{uuid.uuid4().hex[:8]}")
+        """Delete an entry (moved aside atomically first, so no reader sees it half deleted)."""
+        self._move_aside(self.path(namespace, key))
+
+    def _move_aside(self, p: Path) -> bool:
+        """Rename ``p`` to ``.trash-*`` beside it and delete that; False when ``p`` was already gone."""
+        trash = p.with_name(f".trash-{p.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(p, trash)
+        except FileNotFoundError:
+            return False  # another process moved it first
+        except OSError as exc:
+            raise self.unwritable(exc) from None
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
             with contextlib.suppress(OSError):
-                os.rename(p, trash)
-                p = trash
-            shutil.rmtree(p, ignore_errors=True)
+                os.unlink(trash)
+        return True
 
     @contextlib.contextmanager
     def writing(self, namespace: str, key: str, meta: dict | None = None) -> Iterator[Path]:
         """Yield a fresh temporary directory; on normal exit a manifest is written and the directory renamed into
-        place atomically. On an exception nothing is stored."""
+        place atomically. On an exception nothing is stored. A cache that cannot be written is a one-line
+        :class:`UserError` (before the caller computes anything)."""
         tmp_parent = self.root / ".tmp"
-        tmp_parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{namespace.replace('/', '_')}-", dir=tmp_parent))
+        try:
+            tmp_parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{namespace.replace('/', '_')}-", dir=tmp_parent))
+        except OSError as exc:
+            raise self.unwritable(exc) from None
         try:
             yield tmp
-            files = {}
-            for f in sorted(tmp.rglob("*")):
-                if f.is_file():
-                    with open(f, "rb+") as fh:
-                        os.fsync(fh.fileno())
-                    files[f.relative_to(tmp).as_posix()] = sha256_file(f)
-            (tmp / MANIFEST).write_text(json.dumps({"files": files, "meta": meta or {}}, indent=1, default=str))
-            final = self.path(namespace, key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists() and self.lookup(namespace, key) is not None:
-                return  # another writer stored it first; ours is discarded in ``finally``
             try:
-                os.rename(tmp, final)
-            except OSError:
-                if self.lookup(namespace, key) is None:  # pragma: no cover - lost a race with a corrupt writer
-                    raise
-            _fsync_dir(final.parent)
+                self._store(tmp, namespace, key, meta)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
+                    raise self.unwritable(exc) from None
+                raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _store(self, tmp: Path, namespace: str, key: str, meta: dict | None) -> None:
+        files = {}
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                files[f.relative_to(tmp).as_posix()] = sha256_file(f)
+        (tmp / MANIFEST).write_text(json.dumps({"files": files, "meta": meta or {}}, indent=1, default=str))
+        final = self.path(namespace, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            if self.lookup(namespace, key) is not None:
+                return  # another writer stored it first; ours is discarded by the caller
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                continue  # something took the place meanwhile: look again (an unusable one is moved aside)
+            _fsync_dir(final.parent)
+            return
+        raise OSError(errno.EEXIST, f"cannot store cache entry {final}: the place stays taken")
 
     def get_or_create(self, namespace: str, key: str, create: Callable[[Path], None], meta: dict | None = None) -> Path:
         """The entry's directory, calling ``create(tmpdir)`` to fill it first when missing or corrupt."""
@@ -149,13 +219,22 @@ class Cache:
         return p
 
     # -- typed helpers ------------------------------------------------------------------------------------------
-    def get_tensors(self, namespace: str, key: str) -> dict | None:
+    def _load(self, namespace: str, key: str, name: str, load: Callable[[Path], Any]) -> Any | None:
+        """``load(entry/name)``, or None (the entry moved aside) when the entry is missing, unusable or its file does
+        not load."""
         p = self.lookup(namespace, key)
         if p is None:
             return None
+        try:
+            return load(p / name)
+        except Exception as exc:  # noqa: BLE001 - whatever the loader raises, the entry is unusable
+            self.discard(namespace, key, f"{name} does not load: {type(exc).__name__}")
+            return None
+
+    def get_tensors(self, namespace: str, key: str) -> dict | None:
         from safetensors.torch import load_file
 
-        return load_file(str(p / "tensors.safetensors"))
+        return self._load(namespace, key, "tensors.safetensors", lambda f: load_file(str(f)))
 
     def put_tensors(self, namespace: str, key: str, tensors: dict, meta: dict | None = None) -> None:
         from safetensors.torch import save_file
@@ -173,13 +252,13 @@ class Cache:
         return value
 
     def get_arrays(self, namespace: str, key: str) -> dict | None:
-        p = self.lookup(namespace, key)
-        if p is None:
-            return None
         import numpy as np
 
-        with np.load(p / "arrays.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        def load(f: Path) -> dict:
+            with np.load(f, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+
+        return self._load(namespace, key, "arrays.npz", load)
 
     def put_arrays(self, namespace: str, key: str, arrays: dict, meta: dict | None = None) -> None:
         import numpy as np
@@ -197,10 +276,7 @@ class Cache:
         return value
 
     def get_json(self, namespace: str, key: str) -> Any | None:
-        p = self.lookup(namespace, key)
-        if p is None:
-            return None
-        return json.loads((p / "value.json").read_text())
+        return self._load(namespace, key, "value.json", lambda f: json.loads(f.read_text()))
 
     def put_json(self, namespace: str, key: str, value: Any, meta: dict | None = None) -> None:
         with self.writing(namespace, key, meta) as tmp:

@@ -2,9 +2,11 @@
 
 Installed plugins come from the entry-point group ``genattr``; ``GENATTR_LOAD_PLUGINS=a,b`` loads only those
 (entry-point or distribution names; set but empty: none). Built-in plugins are ordinary plugin modules listed in
-:data:`DEFAULT_PLUGINS`. A plugin that fails to import, implements a hook that does not exist, or raises while
-registering is reported (a warning, and ``genattr plugins``) and skipped — or aborts with
-``GENATTR_STRICT_PLUGINS=1``. Nothing here imports torch.
+:data:`DEFAULT_PLUGINS`. A plugin that fails to import (any exception, ``sys.exit()`` included — only Ctrl-C
+stops loading), implements a hook that does not exist or with arguments its spec lacks, or raises while registering
+is reported (a warning, and ``genattr plugins``) and skipped — or aborts with ``GENATTR_STRICT_PLUGINS=1``. Two
+plugins registering the same component name do not stop the others: the registry records the clash (see
+:mod:`~genattr.harness.registry`). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -67,6 +69,19 @@ def _genattr_version() -> str:
     return __version__
 
 
+def _failure(exc: BaseException) -> str:
+    """How a plugin failed, in one phrase: ``"ImportError: no module x"``, ``"it called sys.exit(3)"``."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})" if exc.code is not None else "it called sys.exit()"
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Exceptions that are the user's, not the plugin's: Ctrl-C (and the interpreter shutting down)."""
+    return isinstance(exc, (KeyboardInterrupt, GeneratorExit))
+
+
 def _report(name: str, message: str, exc: BaseException | None = None) -> None:
     info = plugin_info.setdefault(name, PluginInfo(name=name, builtin=False))
     info.error = message
@@ -87,7 +102,14 @@ def register_plugin(plugin, name: str, *, builtin: bool = False, distribution: s
                     version: str | None = None) -> bool:
     """Register a plugin object or module under ``name``; returns False (after reporting) when rejected."""
     with _lock:
-        pm.register(plugin, name=name)
+        try:
+            pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - pluggy rejects e.g. a hookimpl with arguments its spec lacks
+            if pm.get_plugin(name) is plugin:
+                pm.unregister(name=name)
+            plugin_info[name] = PluginInfo(name, builtin, distribution, version)
+            _report(name, f"cannot be registered: {_failure(exc)}", exc)
+            return False
         problem = _validate(name, plugin)
         if problem:
             pm.unregister(name=name)
@@ -129,9 +151,11 @@ def load_plugins() -> None:
             version = ep.dist.version if ep.dist is not None else None
             try:
                 module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+            except BaseException as exc:  # noqa: BLE001 - any import failure is the plugin's, sys.exit() too
+                if _fatal(exc):
+                    raise
                 plugin_info[ep.name] = PluginInfo(ep.name, False, dist, version)
-                _report(ep.name, f"import failed: {type(exc).__name__}: {exc}", exc)
+                _report(ep.name, f"import failed: {_failure(exc)}", exc)
                 continue
             register_plugin(module, ep.name, distribution=dist, version=version)
         for modname in DEFAULT_PLUGINS:
@@ -139,9 +163,11 @@ def load_plugins() -> None:
                 continue
             try:
                 module = importlib.import_module(modname)
-            except Exception as exc:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001
+                if _fatal(exc):
+                    raise
                 plugin_info[modname] = PluginInfo(modname, True, "genattr", _genattr_version())
-                _report(modname, f"import failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", exc)
+                _report(modname, f"import failed: {_failure(exc)}\n{traceback.format_exc()}", exc)
                 continue
             register_plugin(module, modname, builtin=True, distribution="genattr", version=_genattr_version())
 
@@ -173,20 +199,51 @@ def registry(kind: str) -> Registry:
                 if not description:
                     doc = (getattr(factory, "__doc__", None) or "").strip()
                     description = doc.splitlines()[0] if doc else ""
-                reg.add(Entry(kind, name, factory, _info.name, _info.distribution, _info.version,
-                              description, meta))
+                try:
+                    reg.add(Entry(kind, name, factory, _info.name, _info.distribution, _info.version,
+                                  description, meta))
+                except PluginError as exc:  # a nameless entry: skip it, keep the plugin's others
+                    _report(_info.name, str(exc), exc)
 
             kwargs = {a: register for a in impl.argnames if a == "register"}
             try:
                 impl.function(**kwargs)
             except PluginError:
                 raise
-            except Exception as exc:  # noqa: BLE001
-                _report(impl.plugin_name, f"register_{kind} raised {type(exc).__name__}: {exc}", exc)
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in a hook is the plugin's failure too
+                if _fatal(exc):
+                    raise
+                _report(impl.plugin_name, f"register_{kind} raised {_failure(exc)}", exc)
         if len(_registries) > 64:
             _registries.clear()
         _registries[key] = reg
         return reg
+
+
+def clashes() -> list[dict]:
+    """Every component name registered by more than one plugin: ``[{"kind", "name", "plugins", "message"}]``."""
+    out = []
+    for kind in KINDS:
+        reg = registry(kind)
+        for name, entries in sorted(reg.clashes.items()):
+            out.append({"kind": kind, "name": name, "plugins": list(dict.fromkeys(e.plugin for e in entries)),
+                        "message": reg.clash_message(name)})
+    return out
+
+
+def add_commands(cli) -> None:
+    """Call every plugin's ``register_commands(cli)``; one that raises is reported and skipped, not fatal."""
+    load_plugins()
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        kwargs = {a: cli for a in impl.argnames if a == "cli"}
+        try:
+            impl.function(**kwargs)
+        except PluginError:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            if _fatal(exc):
+                raise
+            _report(impl.plugin_name, f"register_commands raised {_failure(exc)}", exc)
 
 
 def all_plugins(include_builtin: bool = False) -> list[PluginInfo]:

@@ -1,7 +1,10 @@
 """Typed registries of components, filled by the ``register_*`` hooks.
 
 Each entry records its factory and the plugin that registered it (plugin name, distribution name and version).
-A duplicate name is an error naming both plugins; an unknown name is an error listing close matches.
+An unknown name is an error listing close matches. Two plugins registering the same name is a *clash*: the
+registry records it instead of refusing to build, so everything that does not need that name keeps working
+(``genattr plugins`` and ``genattr list`` show the clash); asking for the name is an error naming both plugins and
+how to fix it.
 """
 
 from __future__ import annotations
@@ -79,35 +82,69 @@ class Registry:
         if kind not in KINDS:
             raise ValueError(kind)
         self.kind = kind
+        #: usable entries by name (a clashing name is not here)
         self.entries: dict[str, Entry] = {}
+        #: names registered more than once: every entry that claimed the name, in registration order
+        self.clashes: dict[str, list[Entry]] = {}
 
     def add(self, entry: Entry) -> None:
+        """Add ``entry``; a name already taken becomes a clash (recorded, not raised). A nameless entry is a
+        :class:`PluginError`."""
         if not isinstance(entry.name, str) or not entry.name:
             raise PluginError(f"plugin {entry.plugin!r} registered a {SINGULAR[self.kind]} without a name")
-        old = self.entries.get(entry.name)
+        if entry.name in self.clashes:
+            self.clashes[entry.name].append(entry)
+            return
+        old = self.entries.pop(entry.name, None)
         if old is not None:
-            raise PluginError(
-                f"duplicate {SINGULAR[self.kind]} name {entry.name!r}: registered by plugin {old.plugin!r} "
-                f"and by plugin {entry.plugin!r}"
-            )
+            self.clashes[entry.name] = [old, entry]
+            return
         self.entries[entry.name] = entry
+
+    def clash_message(self, name: str) -> str:
+        """One line: which plugins registered ``name`` and how to fix it."""
+        claimants = self.clashes[name]
+        builtin = {e.plugin for e in claimants if e.distribution == "genattr"}
+        plugins = list(dict.fromkeys(e.plugin for e in claimants))
+        who = " and by ".join(f"the built-in plugin {p!r}" if p in builtin else f"plugin {p!r}" for p in plugins)
+        if len(plugins) == 1:
+            who += " (twice)"
+        dists = list(dict.fromkeys(e.distribution or e.plugin for e in claimants if e.plugin not in builtin))
+        if not dists:
+            fix = "report it to genattr"
+        elif builtin or len(dists) == 1:
+            fix = f"fix: pip uninstall {dists[0]}"
+        else:
+            fix = f"fix: pip uninstall one of {', '.join(dists)}"
+        return (f"{SINGULAR[self.kind]} name {name!r} is registered by {who}; {fix}, or load only the plugins you "
+                f"want with GENATTR_LOAD_PLUGINS=name,... (see 'genattr plugins')")
 
     def get(self, name: str) -> Entry:
         try:
             return self.entries[name]
         except KeyError:
-            raise UserError(
-                f"unknown {SINGULAR[self.kind]} {name!r}{did_you_mean(name, self.entries)}; "
-                f"see 'genattr list {self.kind}'"
-            ) from None
+            pass
+        if name in self.clashes:
+            raise PluginError(self.clash_message(name))
+        raise UserError(
+            f"unknown {SINGULAR[self.kind]} {name!r}{did_you_mean(name, self.names())}; "
+            f"see 'genattr list {self.kind}'"
+        )
 
     def names(self) -> list[str]:
-        return sorted(self.entries)
+        """Every registered name, clashing ones included (asking for those is an error)."""
+        return sorted({*self.entries, *self.clashes})
+
+    def all_entries(self) -> list[Entry]:
+        """Usable and clashing entries, by name then registration order."""
+        out = list(self.entries.values()) + [e for es in self.clashes.values() for e in es]
+        return sorted(out, key=lambda e: e.name)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.entries
+        return name in self.entries or name in self.clashes
 
     def __iter__(self):
+        """The usable entries (clashing names left out), by name."""
         return iter(sorted(self.entries.values(), key=lambda e: e.name))
 
     def __len__(self) -> int:

@@ -3,8 +3,13 @@
 
 Appends are atomic at the line level: each row is one ``os.write`` of one complete line on a descriptor opened with
 ``O_APPEND``, followed by ``fsync``. A process killed mid-write can at worst leave a truncated last line; readers
-skip it and the next writer cuts it off before appending, so a killed run never breaks reading or resuming.
+skip it and the next writer cuts it off before appending, so a killed run never breaks reading or resuming. A write
+that fails (a full disk) is cut back to the file's size before it and reported in one line.
 ``run.json`` is replaced atomically (written to a temporary file, fsync'd, renamed).
+
+Both are validated when read (:func:`validate_row`, :func:`validate_run`: a typed check of the layouts below, written
+as code): a line that parses but does not have the layout is an error naming the file and the line, never silently
+half-used by the leaderboard or by resume.
 
 Nothing here imports torch: the leaderboard reads results without models.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import math
 import os
@@ -21,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypedDict
 
+from . import faults
 from .cache import hash_json
 from .errors import UserError
 
@@ -34,7 +41,9 @@ RUN_FILE = "run.json"
 class ResultRow(TypedDict, total=False):
     """One line of ``results.jsonl``: one finished benchmark cell.
 
-    Every field but ``extra`` is always present.
+    The runner writes every field but ``extra``; readers require ``config_hash``, ``cell_id`` and ``metrics`` (the
+    resume key and the numbers) and check the type of every other field that is present (:func:`validate_row`).
+    Keys not listed here are allowed (a later writer's additions).
     """
 
     # Layout version of this row (SCHEMA_VERSION).
@@ -102,6 +111,130 @@ def config_hash(bench_hash: str, method: str, version: str, config: dict) -> str
     return hash_json({"benchmark": bench_hash, "method": method, "version": str(version), "config": config})
 
 
+# -- validation ----------------------------------------------------------------------------------------------------
+# A small typed check instead of a JSON Schema dependency. A spec maps a key to (required, check); a check returns
+# None or what is wrong ("must be ..."). Unknown keys are allowed.
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _string(v: Any) -> str | None:
+    return None if isinstance(v, str) else "must be a string"
+
+
+def _nonempty_string(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else "must be a non-empty string"
+
+
+def _object(v: Any) -> str | None:
+    return None if isinstance(v, dict) else "must be an object"
+
+
+def _list_of_objects(v: Any) -> str | None:
+    if not isinstance(v, list):
+        return "must be a list"
+    bad = next((i for i, x in enumerate(v) if not isinstance(x, dict)), None)
+    return None if bad is None else f"item {bad} must be an object"
+
+
+def _schema_version(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 1 else "must be an integer >= 1"
+
+
+def _integer(v: Any) -> str | None:
+    return None if _is_int(v) else "must be an integer"
+
+
+def _values(check_value, what: str):
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return "must be an object"
+        bad = next((k for k, x in v.items() if check_value(x) is not None), None)
+        return None if bad is None else f"entry {bad!r} must be {what}"
+
+    return check
+
+
+_number_or_null = _values(lambda x: None if x is None or _is_number(x) else "bad", "a number or null")
+_bool_or_null = _values(lambda x: None if x is None or isinstance(x, bool) else "bad", "true, false or null")
+_objects = _values(lambda x: None if isinstance(x, dict) else "bad", "an object")
+
+#: The row layout (:class:`ResultRow`): key -> (required, check).
+ROW_SPEC: dict[str, tuple[bool, Any]] = {
+    "schema_version": (False, _schema_version),
+    "benchmark": (False, _nonempty_string),
+    "benchmark_version": (False, _string),
+    "benchmark_config_hash": (False, _string),
+    "method": (False, _nonempty_string),
+    "method_version": (False, _string),
+    "method_config": (False, _object),
+    "config_hash": (True, _nonempty_string),
+    "cell_id": (True, _nonempty_string),
+    "params": (False, _object),
+    "group": (False, _object),
+    "metrics": (True, _number_or_null),
+    "higher_is_better": (False, _bool_or_null),
+    "seed": (False, _integer),
+    "scale": (False, _string),
+    "timings": (False, _number_or_null),
+    "worker": (False, _object),
+    "finished_at": (False, _string),
+    # "extra": anything
+}
+
+#: The run.json layout: key -> (required, check). Only ``schema_version`` is required (a run.json is written before
+#: the first cell and grows as the run goes); everything the leaderboard or resume reads is type-checked.
+RUN_SPEC: dict[str, tuple[bool, Any]] = {
+    "schema_version": (True, _schema_version),
+    "genattr_version": (False, _string),
+    "created_at": (False, _string),
+    "updated_at": (False, _string),
+    "status": (False, _string),
+    "seed": (False, _integer),
+    "scale": (False, _string),
+    "benchmarks": (False, _objects),
+    "methods": (False, _objects),
+    "config": (False, _object),
+    "config_hash": (False, _string),
+    "seeds": (False, _object),
+    "plugins": (False, _list_of_objects),
+    "environment": (False, _object),
+    "executor": (False, _object),
+    "invocations": (False, _list_of_objects),
+    "timings": (False, _object),
+}
+
+
+def _validate(doc: Any, spec: dict[str, tuple[bool, Any]], what: str) -> list[str]:
+    if not isinstance(doc, dict):
+        return [f"{what} must be a JSON object, not {type(doc).__name__}"]
+    problems = []
+    for key, (required, check) in spec.items():
+        if key not in doc:
+            if required:
+                problems.append(f"{key!r} is missing")
+            continue
+        why = check(doc[key])
+        if why is not None:
+            problems.append(f"{key!r} {why}")
+    return problems
+
+
+def validate_row(row: Any) -> list[str]:
+    """What is wrong with a results row (empty: nothing): a required key missing or a key of the wrong type."""
+    return _validate(row, ROW_SPEC, "a row")
+
+
+def validate_run(doc: Any) -> list[str]:
+    """What is wrong with a run.json document (empty: nothing)."""
+    return _validate(doc, RUN_SPEC, "run.json")
+
+
 # -- results.jsonl --------------------------------------------------------------------------------------------------
 def _repair_tail(path: Path) -> None:
     """Cut a truncated last line (no trailing newline) left by a killed writer."""
@@ -142,12 +275,34 @@ class ResultsWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, row: dict) -> None:
+        """Append ``row`` as one line (one ``os.write`` + ``fsync``). A write that fails leaves the file as it was
+        (cut back to its size before) and is a one-line :class:`UserError`."""
         line = (json.dumps(clean_json(row), ensure_ascii=False, allow_nan=False) + "\n").encode()
-        view = memoryview(line)
+        before = os.fstat(self._fd).st_size
+        try:
+            if faults.armed("append"):  # the fault suite: a kill here leaves half a line behind
+                half = len(line) // 2
+                self._write(line[:half])
+                faults.checkpoint("append")
+                self._write(line[half:])
+            else:
+                self._write(line)
+            os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, before)
+                os.fsync(self._fd)
+            where = self.path
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"disk full while writing {where}; free space and re-run to resume") from None
+            raise UserError(f"cannot write {where}: {exc.strerror or type(exc).__name__}; "
+                            "re-run to resume once it is fixed") from None
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:  # os.write on a regular file writes everything in one go; loop only for safety
             n = os.write(self._fd, view)
             view = view[n:]
-        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -163,7 +318,8 @@ class ResultsWriter:
 
 def iter_rows(directory: str | os.PathLike) -> Iterator[dict]:
     """The rows of ``DIR/results.jsonl``; a truncated or unreadable line is skipped (a warning unless it is the
-    unterminated last line a killed run leaves)."""
+    unterminated last line a killed run leaves). A line that parses but is not a valid row
+    (:func:`validate_row`) is a one-line :class:`UserError` naming the file and the line."""
     path = Path(directory) / RESULTS_FILE
     if not path.is_file():
         return
@@ -182,8 +338,13 @@ def iter_rows(directory: str | os.PathLike) -> Iterator[dict]:
             continue
         if last_unterminated:
             continue  # complete JSON but never terminated: the write did not finish (no fsync'd newline)
-        if isinstance(row, dict):
-            yield row
+        problems = validate_row(row)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" \
+                if len(problems) > 1 else ""
+            raise UserError(f"{path} line {i + 1}: {problems[0]}{more}; fix or delete that line (the cell is "
+                            "then run again)")
+        yield row
 
 
 def read_rows(directory: str | os.PathLike) -> list[dict]:
@@ -197,14 +358,20 @@ def done_keys(rows: Iterable[dict]) -> set[tuple[str, str]]:
 
 # -- run.json ------------------------------------------------------------------------------------------------------
 def read_run(directory: str | os.PathLike) -> dict | None:
+    """``DIR/run.json``, or None when there is none; an unreadable or invalid one (:func:`validate_run`) is a
+    one-line :class:`UserError`."""
     path = Path(directory) / RUN_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}); move it away to start a new run there") from None
-    return data if isinstance(data, dict) else None
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is unreadable ({reason}); move it away to start a new run there") from None
+    problems = validate_run(data)
+    if problems:
+        raise UserError(f"{path}: {problems[0]}; move it away to start a new run there")
+    return data
 
 
 def write_run(directory: str | os.PathLike, run: dict) -> None:
