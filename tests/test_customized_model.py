@@ -97,7 +97,6 @@ def test_lazy_extra_computes_once_on_demand():
 
 def _cases_from_renderings(swap: bool):
     """Cases whose 'queries' are perfect renderings of their prompts' scenes (or another concept's, when swapped)."""
-    from genattr.benchmarks.customized_model import _render_as
     from genattr.datasets.shapes import make_concepts
     from genattr.harness.api import Query
 
@@ -106,7 +105,7 @@ def _cases_from_renderings(swap: bool):
     for k, c in enumerate(concepts):
         same_kind = [o for o in concepts if o.kind == c.kind]
         src = same_kind[(same_kind.index(c) + 1) % len(same_kind)] if swap else c
-        imgs = [_render_as(src, spec, 16) for spec in c.query_specs]
+        imgs = [src.render(spec, 16) for spec in c.query_specs]
         case = ConceptCase(id=c.id, split="object-centric" if c.kind == "object" else "artist-style",
                            token=c.token, exemplars=c.exemplars, prompts=c.query_prompts, seeds=[0, 1, 2],
                            concept=c)

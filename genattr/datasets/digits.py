@@ -79,3 +79,21 @@ class Digits(InMemoryDataset):
                          meta={"resolution": int(resolution), "seed": int(seed),
                                "captions_per_image": int(captions_per_image)})
         self.labels = [int(v) for v in labels]
+        self._limit = None if limit is None else int(limit)
+
+    def take(self, n: int) -> "Digits":
+        """The first ``n`` images (a ``Digits`` again, so ``labels`` stay available)."""
+        if int(n) >= len(self):
+            return self
+        m = self.meta
+        return Digits(resolution=m["resolution"], captions_per_image=m["captions_per_image"], limit=int(n),
+                      seed=m["seed"])
+
+    def heldout(self, n: int, count: int) -> list[tuple[str, tuple[str, ...]]]:
+        """The captions of every image after the first ``n`` (all of them when ``n`` covers the set: digit
+        captions only name the digit, so their wording can be reused): ``[(id, captions)]``."""
+        m = self.meta
+        full = self if self._limit is None else Digits(resolution=m["resolution"],
+                                                       captions_per_image=m["captions_per_image"], seed=m["seed"])
+        held = [(full.ids[i], full.captions(i)) for i in range(int(n), len(full))]
+        return held or [(full.ids[i], full.captions(i)) for i in range(len(full))]

@@ -57,7 +57,7 @@ class MSCOCO(InMemoryDataset):
     version = "1"
 
     def __init__(self, root, split: str = "train2017", annotations=None, resolution: int = 64,
-                 limit: int | None = None, latents=None):
+                 limit: int | None = None, latents=None, query_split: str = "val2017", query_annotations=None):
         from ._images import load_images
 
         root = Path(os.path.expanduser(str(root)))
@@ -86,6 +86,16 @@ class MSCOCO(InMemoryDataset):
                          meta={"split": split, "resolution": int(resolution), "root": str(root)})
         self.file_names = [files[i] for i in image_ids]
         self.latents = _load_latents(latents, ids) if latents is not None else None
+        self._args = {"root": str(root), "resolution": int(resolution), "query_split": query_split,
+                      "query_annotations": query_annotations}
+
+    def heldout(self, n: int, count: int) -> list[tuple[str, tuple[str, ...]]]:
+        """Captions of ``count`` images of the held-out split (``query_split``, e.g. ``val2017``; its captions
+        file ``query_annotations``), as the paper synthesized its queries from COCO validation prompts."""
+        a = self._args
+        held = MSCOCO(a["root"], split=a["query_split"], annotations=a["query_annotations"],
+                      resolution=a["resolution"], limit=int(count))
+        return [(held.ids[i], held.captions(i)) for i in range(len(held))]
 
 
 def _load_latents(path, ids):

@@ -1,7 +1,11 @@
-"""A dataset held in memory: the shared implementation behind the built-in datasets.
+"""Dataset building blocks shared by the built-in datasets and benchmarks (and offered to plugins).
 
-``InMemoryDataset(name, version, ids, images, captions)`` implements the :class:`~genattr.harness.api.Dataset`
-protocol over a ``N×C×H×W`` float tensor in ``[-1, 1]`` and one caption tuple per image.
+* ``InMemoryDataset(name, version, ids, images, captions)`` implements the :class:`~genattr.harness.api.Dataset`
+  protocol over a ``N×C×H×W`` float tensor in ``[-1, 1]`` and one caption tuple per image.
+* ``ConcatDataset(name, parts)`` — datasets one after another, read from the parts on demand (a pool on disk stays
+  on disk).
+* :func:`take` and :func:`heldout` — the optional ``take(n)`` / ``heldout(n, count)`` protocol methods with the
+  generic fallbacks benchmarks use.
 """
 
 from __future__ import annotations
@@ -105,3 +109,135 @@ class InMemoryDataset:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} N={len(self)} {self.channels}×{self.resolution}px>"
+
+
+class ConcatDataset:
+    """Datasets one after another (a :class:`~genattr.harness.api.Dataset`; ids must not collide). Items are read
+    from the parts on demand, so a pool on disk stays on disk."""
+
+    version = "1"
+
+    def __init__(self, name: str, parts: Sequence[Any]):
+        self.name = name
+        self.parts = list(parts)
+        if len({(p.channels, p.resolution) for p in self.parts}) > 1:
+            raise ValueError("ConcatDataset: parts differ in channels or resolution")
+        self._offsets = [0]
+        for p in self.parts:
+            self._offsets.append(self._offsets[-1] + len(p))
+        self._ids = [i for p in self.parts for i in p.ids]
+        if len(set(self._ids)) != len(self._ids):
+            raise ValueError(f"dataset {name!r} has duplicate ids")
+        self._index = {i: k for k, i in enumerate(self._ids)}
+        self._fp = None
+
+    resolution = property(lambda self: self.parts[0].resolution)
+    channels = property(lambda self: self.parts[0].channels)
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def index_of(self, item_id: str) -> int:
+        return self._index[item_id]
+
+    def _locate(self, i: int):
+        import bisect
+
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self._offsets, i) - 1
+        return self.parts[k], i - self._offsets[k]
+
+    def item(self, i: int):
+        part, j = self._locate(int(i))
+        return part.item(j)
+
+    def captions(self, i: int):
+        part, j = self._locate(int(i))
+        return part.captions(j)
+
+    def images(self, indices: Sequence[int] | None = None):
+        import torch
+
+        indices = list(range(len(self))) if indices is None else [int(i) for i in indices]
+        if not indices:
+            return torch.empty((0, self.channels, self.resolution, self.resolution))
+        out = [None] * len(indices)
+        by_part: dict = {}
+        for pos, i in enumerate(indices):
+            part, j = self._locate(i)
+            by_part.setdefault(id(part), (part, []))[1].append((pos, j))
+        for part, items in by_part.values():  # one batched read per part
+            imgs = part.images([j for _, j in items])
+            for (pos, _), img in zip(items, imgs):
+                out[pos] = img.float()
+        return torch.stack(out)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            import hashlib
+
+            h = hashlib.sha256(self.name.encode())
+            for p in self.parts:
+                h.update(p.fingerprint.encode())
+            self._fp = h.hexdigest()
+        return self._fp
+
+    def subset(self, ids: Sequence[str]):
+        idx = [self._index[i] for i in ids]
+        return InMemoryDataset(self.name, self.version, list(ids), self.images(idx), [self.captions(i) for i in idx])
+
+    def __repr__(self) -> str:
+        return f"<ConcatDataset {self.name} N={len(self)} parts={len(self.parts)}>"
+
+
+# -- the optional take / heldout protocol -----------------------------------------------------------------------
+#: Keyword arguments by which a dataset's constructor may take its size (``limit`` keeps the first items, ``n``
+#: generates that many); benchmarks pass the size there when a dataset has one, instead of building more first.
+SIZE_OPTIONS = ("limit", "n")
+
+
+def size_option(factory) -> str | None:
+    """The keyword (one of :data:`SIZE_OPTIONS`) by which ``factory`` (a dataset class or function, or a registry
+    ``lazy`` factory) takes its size, or None."""
+    import inspect
+
+    target = factory.resolve() if hasattr(factory, "resolve") else factory
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((k for k in SIZE_OPTIONS if k in params), None)
+
+
+def take(dataset, n: int):
+    """The first ``n`` items: ``dataset.take(n)`` when the dataset offers it (it may keep its own type and
+    attributes, e.g. labels), else ``subset`` of the first ``n`` ids."""
+    if int(n) >= len(dataset):
+        return dataset
+    own = getattr(dataset, "take", None)
+    if callable(own):
+        return own(int(n))
+    return dataset.subset(dataset.ids[: int(n)])
+
+
+def heldout(dataset, n: int, count: int) -> list[tuple[str, tuple[str, ...]]]:
+    """Captions of items that are not among the first ``n`` (held out of a training set made of them):
+    ``dataset.heldout(n, count)`` when the dataset offers it, else the items after the first ``n`` of ``dataset``
+    itself. May return more than ``count`` (the caller picks); an error when there are none."""
+    from .errors import UserError
+
+    own = getattr(dataset, "heldout", None)
+    held = own(int(n), int(count)) if callable(own) else [(dataset.ids[i], tuple(dataset.captions(i)))
+                                                          for i in range(int(n), len(dataset))]
+    if not held:
+        raise UserError(f"dataset {getattr(dataset, 'name', '?')!r} has no items beyond the first {n} to take "
+                        "held-out captions from; lower n or give the dataset a heldout(n, count) method")
+    return held

@@ -95,3 +95,22 @@ class Shapes(InMemoryDataset):
                          meta={"resolution": int(resolution), "seed": int(seed), "max_objects": int(max_objects),
                                "start": int(start), "captions_per_image": int(captions_per_image)})
         self.specs = specs
+
+    #: The Customized Model benchmark's concept source (``concepts(split=..., ...)``, see :func:`make_concepts`).
+    concepts = staticmethod(make_concepts)
+
+    def _kwargs(self, **change) -> dict:
+        m = self.meta
+        return {"resolution": m["resolution"], "seed": m["seed"], "max_objects": m["max_objects"],
+                "captions_per_image": m["captions_per_image"], "start": m["start"], **change}
+
+    def take(self, n: int) -> "Shapes":
+        """The first ``n`` scenes (a ``Shapes`` again, so ``specs`` stay available)."""
+        if int(n) >= len(self):
+            return self
+        return Shapes(n=int(n), **self._kwargs())
+
+    def heldout(self, n: int, count: int) -> list[tuple[str, tuple[str, ...]]]:
+        """``count`` scenes after the first ``n`` (same distribution, other draws): ``[(id, captions)]``."""
+        held = Shapes(n=int(count), **self._kwargs(start=self.meta["start"] + int(n)))
+        return [(held.ids[i], held.captions(i)) for i in range(len(held))]

@@ -89,6 +89,16 @@ class Concept:
     exemplar_specs: list[dict] = field(default_factory=list)
     query_specs: list[dict] = field(default_factory=list)
 
+    def render(self, spec: dict, resolution: int):
+        """``spec`` as this concept shows it (``3×H×W`` in [-1, 1]); see :func:`render_concept_scene`."""
+        return render_concept_scene(self, spec, resolution)
+
+    @staticmethod
+    def render_plain(spec: dict, resolution: int):
+        """``spec`` as the plain base data shows it: no style, novel glyphs drawn as circles."""
+        objs = [dict(o, shape="circle") if o["shape"] not in SHAPES else o for o in spec["objects"]]
+        return render_scene({"objects": objs}, resolution)
+
 
 def _glyph_exemplar_spec(glyph: str) -> dict:
     return {"objects": [{"shape": glyph, "colour": GLYPH_COLOURS[glyph], "size": "large", "position": "centre"}]}

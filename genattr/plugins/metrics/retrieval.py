@@ -77,6 +77,9 @@ class RecallAtK:
             raise ValueError(f"recall-at-k: k must be >= 1, got {k}")
         self.k = k
         self.config = {"k": k}
+        #: The result column and the label a benchmark reports this metric under.
+        self.column = f"recall@{k}"
+        self.display = f"Recall@{k}"
 
     def __call__(self, scores, positives: Sequence[int]) -> float:
         return recall_at_k(scores, positives, self.k)
@@ -93,6 +96,10 @@ class AveragePrecision:
     version = "1"
     kind = "retrieval"
     higher_is_better = True
+
+    #: The result column (AbC's name) and the label of its mean over queries.
+    column = "ap"
+    display = "mAP"
 
     def __init__(self):
         self.config = {}

@@ -40,35 +40,44 @@ def train_key(dataset, model_config: Mapping[str, Any], train_config: Mapping[st
 
 
 def load_or_train(cache, dataset, model_config: Mapping[str, Any], train_config: Mapping[str, Any], seed: int = 0,
-                  model: str = "tiny-t2i", progress: bool = False):
+                  model: str = "tiny-t2i", progress: bool = False, device: str = "cpu"):
     """The model ``model`` built for ``dataset`` (``cls.for_dataset`` when the class has it) with
     ``model_config`` and trained with ``train_config`` (``seed`` overrides its seed) — from the cache when
-    stored there, else trained and stored."""
+    stored there, else trained and stored. On an accelerator (``device`` not ``cpu``) a missing model is trained
+    there (stored under the same key, weights on the CPU) and the returned model is moved to the device."""
     cls = _model_class(model)
     key = train_key(dataset, model_config, train_config, seed, model)
     tc = {**dict(train_config), "seed": int(seed), "progress": progress}
+    device = str(device or "cpu")
 
     def create(tmp):
         build = getattr(cls, "for_dataset", None)
         m = build(dataset, **dict(model_config)) if build is not None else cls(**dict(model_config))
+        if device != "cpu" and hasattr(m, "to"):
+            m = m.to(device)
         report = m.train(dataset, tc)
+        if device != "cpu" and hasattr(m, "to"):
+            m = m.to("cpu")
         m.save(str(tmp / "model"))
         import json
 
         (tmp / "train_report.json").write_text(json.dumps(
-            {k: report[k] for k in ("seconds", "images_per_second", "steps", "batch_size")}
-            | {"loss_first": report["losses"][0] if report["losses"] else None,
-               "loss_last": report["losses"][-1] if report["losses"] else None}))
+            {k: report.get(k) for k in ("seconds", "images_per_second", "steps", "batch_size")}
+            | {"device": device,
+               "loss_first": report["losses"][0] if report.get("losses") else None,
+               "loss_last": report["losses"][-1] if report.get("losses") else None}))
 
     meta = {"model": model, "dataset": dataset.fingerprint, "seed": int(seed)}
     for attempt in range(2):
         path = cache.get_or_create(NS_TRAINED, key, create, meta)
         try:
-            return cls.load(str(path / "model"))
+            m = cls.load(str(path / "model"))
         except Exception:
             if attempt:
                 raise
             cache.remove(NS_TRAINED, key)
+            continue
+        return m.to(device) if device != "cpu" and hasattr(m, "to") else m
     raise AssertionError("unreachable")  # pragma: no cover
 
 

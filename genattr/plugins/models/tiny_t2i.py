@@ -149,6 +149,19 @@ class TinyT2I(DDPMAdapter):
             arch["max_length"] = max(8, longest + 2 + 2)  # + <bos>/<eos> + room for a new token and a word
         return cls(resolution=dataset.resolution, channels=dataset.channels, vocab=build_vocab(caps), **arch)
 
+    @classmethod
+    def pin_config(cls, dataset, config: dict) -> dict:
+        """``config`` with what :meth:`for_dataset` would derive from ``dataset`` fixed: the caption length
+        ``max_length`` (the longest caption + 4 tokens, at least 8). Benchmarks that retrain on subsets of one
+        training set pin it once, from the full set, so a retrain's architecture never depends on which items it
+        leaves out."""
+        out = dict(config)
+        if "max_length" not in out:
+            longest = max((len(caption_words(c)) for i in range(len(dataset)) for c in dataset.captions(i)),
+                          default=0)
+            out["max_length"] = max(8, longest + 4)
+        return out
+
     # -- parts --------------------------------------------------------------------------------------------------
     def config(self) -> dict:
         return {"resolution": self.resolution, "channels": self.channels, "vocab": list(self.vocab),

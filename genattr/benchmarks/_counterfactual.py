@@ -1,0 +1,265 @@
+"""What the counterfactual benchmarks (leave-K-out, LDS) share: a training set and held-out query captions from a
+registered dataset, θ0 trained from scratch through the model cache, queries synthesized by θ0, retraining on
+subsets of the training set (``coupled`` or ``independent``), and the query losses ΔL is made of.
+
+Everything is resolved through the registries: ``dataset`` (a registered dataset, built with ``dataset_config`` and,
+when its constructor takes one, the size ``n`` as ``limit``/``n``; the held-out captions come from its
+``heldout(n, count)`` when it has one, else from the items after the first ``n``), ``model`` (a registered model
+adapter, trained through :mod:`genattr.plugins.models.cache`; an adapter class with ``pin_config(dataset, config)``
+fixes what it would derive from the training set once, from the full set, so a retrain never changes the
+architecture) and the recipe (``recipe``: a scale of :mod:`genattr.plugins.models.recipes`, with ``model_config`` /
+``train_config`` overrides).
+
+Retraining modes (:data:`RETRAIN_MODES`):
+
+* ``independent`` — train from scratch on the remaining items with the same recipe and seed. The batch sequence is a
+  permutation of the smaller set, so every batch differs from θ0's: the retrain carries the full reshuffling noise of
+  SGD on top of the removal's effect (the paper's Random row, ΔL 3.5·10⁻³, is mostly this noise floor).
+* ``coupled`` — train from scratch on the full set's batch sequence (same permutation, noise, timesteps, captions)
+  with the removed items' loss terms weighted 0 (``exclude`` of the adapter's ``train``). The removed items are then
+  literally the only difference between θ0 and the retrain, which lowers the noise floor by a large factor (common
+  random numbers).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from genattr.harness.api import Query
+from genattr.harness.cache import hash_json
+from genattr.harness.errors import UserError
+
+RETRAIN_MODES = ("coupled", "independent")
+
+
+class CounterfactualState:
+    """What setup builds once per process: the training set, θ0, the queries and the recipe."""
+
+    def __init__(self):
+        self.train = None
+        self.base = None
+        self.queries: list[Query] = []
+        self.model_config: dict = {}
+        self.train_config: dict = {}
+        self.train_seed = 0
+        self.provenance: dict = {}
+
+
+class Counterfactual:
+    """Mixin of the counterfactual benchmarks. Needs ``self.config`` with ``dataset``, ``dataset_config``, ``n``,
+    ``model``, ``recipe``, ``model_config``, ``train_config``, ``train_seed``, ``num_queries``, ``query_steps``,
+    ``guidance_scale``, ``loss_stride``, ``retrain``; ``NAME`` and ``VERSION`` key its cache entries."""
+
+    NAME = "counterfactual"
+    VERSION = "1"
+
+    # -- datasets ---------------------------------------------------------------------------------------------------
+    def _dataset_factory(self):
+        from genattr.harness.manager import registry
+
+        return registry("datasets").get(self.config["dataset"]).factory
+
+    def _datasets(self, seed: int):
+        """(training set, picked query captions ``[(source id, caption)]``)."""
+        import numpy as np
+
+        import genattr
+        from genattr.harness.data import heldout, size_option, take
+        from genattr.harness.seeding import numpy_rng
+
+        cfg = self.config
+        name = cfg["dataset"]
+        rec = self._recipe_parts()[2]
+        size_key = size_option(self._dataset_factory())
+        rec_n = next((rec[k] for k in ("limit", "n") if rec.get(k)), None)
+        dcfg = {**{k: v for k, v in rec.items() if k not in ("limit", "n")}, **dict(cfg["dataset_config"] or {})}
+        n = cfg["n"] if cfg["n"] is not None else rec_n
+        if n is not None and size_key is not None:
+            dcfg[size_key] = int(n)
+        try:
+            source = genattr.get_dataset(name, **dcfg)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{self.NAME}: bad configuration for dataset {name!r}: {str(exc).splitlines()[0]}") from None
+        n = len(source) if n is None else int(n)
+        if n > len(source):
+            raise UserError(f"{self.NAME}: dataset {name!r} has {len(source)} items, n={n} asked")
+        train = take(source, n)
+        q = int(cfg["num_queries"])
+        held = heldout(source, n, q)
+        # one caption per query: held-out items in a seeded order when there are more than needed
+        rng = numpy_rng(seed, "leave-k-out/captions")
+        order = rng.permutation(len(held)) if len(held) > q else np.arange(len(held))
+        picked = []
+        for j in range(q):
+            src, caps = held[int(order[j % len(held)])]
+            picked.append((src, caps[int(numpy_rng(seed, "leave-k-out/caption", j).integers(len(caps)))]))
+        return train, picked
+
+    # -- recipe -----------------------------------------------------------------------------------------------------
+    def _recipe_parts(self) -> tuple[dict, dict, dict]:
+        """(model config, training config, dataset keyword arguments) of the recipe, with the config's overrides."""
+        cfg = self.config
+        model_config: dict = {}
+        train_config: dict = {}
+        dataset_kw: dict = {}
+        if cfg.get("recipe"):
+            from genattr.plugins.models.recipes import recipe
+
+            r = recipe(cfg["dataset"], cfg["recipe"])
+            model_config = dict(r.get("model") or {})
+            train_config = dict(r.get("train") or {})
+            dataset_kw = dict(r.get("dataset") or {})
+        if cfg.get("model_config"):
+            model_config.update(cfg["model_config"])
+        if cfg.get("train_config"):
+            train_config.update(cfg["train_config"])
+        return model_config, train_config, dataset_kw
+
+    def _recipe(self, train) -> tuple[dict, dict]:
+        """The recipe every training of this benchmark uses (θ0 and every retrain), with what the model adapter
+        derives from the data pinned from the full training set (``pin_config``)."""
+        from genattr.plugins.models.cache import _model_class
+
+        model_config, train_config, _ = self._recipe_parts()
+        pin = getattr(_model_class(self.config["model"]), "pin_config", None)
+        if callable(pin):
+            model_config = pin(train, model_config)
+        return model_config, train_config
+
+    def _train(self, dataset, env, state: CounterfactualState, exclude: Sequence[str] | None = None):
+        """``load_or_train`` with the benchmark's recipe and seed (θ0 and every retrain go through here);
+        ``exclude`` (item ids) is the coupled retrain's removal."""
+        from genattr.plugins.models.cache import load_or_train
+
+        train_config = dict(state.train_config)
+        if exclude:
+            train_config["exclude"] = sorted(str(i) for i in exclude)
+        return load_or_train(env.cache, dataset, state.model_config, train_config, seed=state.train_seed,
+                             model=self.config["model"], progress=env.progress, device=str(env.device or "cpu"))
+
+    def retrain_key(self, dataset, state: CounterfactualState, exclude: Sequence[str] | None = None) -> str:
+        """The identity of the model trained on ``dataset`` (without the ids ``exclude``, coupled mode) with the
+        benchmark's recipe and seed."""
+        parts = ["leave-k-out/retrain", self.config["model"], state.model_config, state.train_config,
+                 state.train_seed, dataset.fingerprint]
+        if exclude:
+            parts.append(["coupled", sorted(str(i) for i in exclude)])
+        return hash_json(parts)
+
+    def retrain_without(self, removed: Sequence[int], env, state: CounterfactualState):
+        """``(model, retrain key)`` trained without the training indices ``removed`` (cached), in the configured
+        retraining mode."""
+        removed = sorted(int(i) for i in removed)
+        if self.config["retrain"] == "coupled":
+            exclude = [state.train.ids[i] for i in removed]
+            subset = state.train
+        else:
+            exclude = None
+            rset = set(removed)
+            subset = state.train.subset([i for k, i in enumerate(state.train.ids) if k not in rset])
+        return (lambda: self._train(subset, env, state, exclude)), self.retrain_key(subset, state, exclude)
+
+    # -- setup ------------------------------------------------------------------------------------------------------
+    def _setup_state(self, env) -> CounterfactualState:
+        """Build (or load from the cache) the training set, θ0 and the queries."""
+        import torch
+
+        from genattr.harness import progress
+
+        cfg = self.config
+        st = CounterfactualState()
+        st.train_seed = int(cfg["train_seed"] if cfg["train_seed"] is not None else env.seed)
+        st.train, picked = self._datasets(int(env.seed))
+        st.model_config, st.train_config = self._recipe(st.train)
+        with progress.stage(f"setup {self.NAME}: training θ0 ({cfg['dataset']}, n={len(st.train)})"):
+            st.base = self._train(st.train, env, st)
+        base_fp = st.base.fingerprint
+        steps = int(cfg["query_steps"])
+        prompts = [c for _, c in picked]
+        seeds = [int(derive(env.seed, "leave-k-out/query", j)) for j in range(len(picked))]
+        guidance = cfg["guidance_scale"]
+        gkw = {} if guidance is None else {"guidance_scale": float(guidance)}
+
+        def make():
+            with torch.no_grad():
+                imgs = [st.base.generate([p], [s], steps=steps, **gkw)[0] for p, s in zip(prompts, seeds)]
+            return {"images": torch.stack(imgs).float().cpu()}
+
+        # the query images are the same for every counterfactual benchmark with the same θ0 and captions
+        qkey = env.cache.key("leave-k-out", "1", "queries", base_fp, prompts, seeds, steps, guidance)
+        with progress.stage(f"setup {self.NAME}: synthesizing {len(prompts)} queries"):
+            images = env.cache.tensors("leave-k-out/queries", qkey, make)["images"]
+        st.queries = [
+            Query(id=f"q{j:03d}", image=images[j], prompt=prompts[j],
+                  meta={"seed": seeds[j], "steps": steps, "guidance_scale": guidance, "source_id": picked[j][0],
+                        "dataset": cfg["dataset"]})
+            for j in range(len(picked))
+        ]
+        st.provenance = {
+            "datasets": {f"{cfg['dataset']}-train": st.train.fingerprint},
+            "models": {"base": base_fp},
+            "n": len(st.train),
+            "queries": [{"id": qq.id, "prompt": qq.prompt, "seed": qq.meta["seed"], "source_id": qq.meta["source_id"]}
+                        for qq in st.queries],
+            "recipe": {"model": cfg["model"], "model_config": st.model_config, "train_config": st.train_config,
+                       "seed": st.train_seed},
+            "retrain": cfg["retrain"],
+        }
+        return st
+
+    def base_losses(self, query: Query, env, st: CounterfactualState):
+        """θ0's per-timestep losses of ``query`` (cached)."""
+        import numpy as np
+
+        from genattr.plugins.metrics.counterfactual import query_loss
+
+        stride = int(self.config["loss_stride"])
+        key = env.cache.key("leave-k-out", "1", "query-loss", st.base.fingerprint, query.id, query.prompt,
+                            query.meta.get("seed"), query.meta.get("steps"), stride, int(env.seed))
+        losses = env.cache.arrays("leave-k-out/query-loss", key, lambda: {
+            "losses": query_loss(st.base, query, seed=int(env.seed), stride=stride)})["losses"]
+        return np.asarray(losses)
+
+    def method_scores(self, method, queries: Sequence[Query], env, st: CounterfactualState, preset_hint=None):
+        """The method's scores ``(len(queries), N)`` at θ0, cached per (method, resolved config, θ0, training set,
+        query): queries without cached scores are scored together in one ``attribute`` call."""
+        import numpy as np
+
+        from genattr.harness.api import AttributionContext
+        from genattr.harness.scoring import method_name, score
+
+        mname = method_name(method)
+        mcfg = (env.method_configs or {}).get(mname)
+        if mcfg is None:
+            mcfg = getattr(method, "config", {})
+        keys = [env.cache.key(self.NAME_SCORES, self.VERSION_SCORES, "scores", mname, getattr(method, "version", "0"),
+                              mcfg, self.config["scale"], st.base.fingerprint, st.train.fingerprint, q.id, q.prompt,
+                              q.meta.get("seed"), q.meta.get("steps"), int(env.seed)) for q in queries]
+        ns = f"{self.NAME_SCORES}/scores"
+        out: list = [None] * len(queries)
+        todo = []
+        for j, k in enumerate(keys):
+            got = env.cache.get_arrays(ns, k)
+            if got is not None:
+                out[j] = np.asarray(got["scores"])
+            else:
+                todo.append(j)
+        if todo:
+            ctx = AttributionContext(model=st.base, train_set=st.train, cache=env.cache, device=env.device,
+                                     seed=int(env.seed), scale=self.config["scale"], progress=env.progress,
+                                     extra={"benchmark": self.NAME, "preset_hint": preset_hint})
+            s = score(method, ctx, [queries[j] for j in todo])
+            for row, j in zip(s, todo):
+                env.cache.put_arrays(ns, keys[j], {"scores": row})
+                out[j] = row
+        return np.stack(out) if out else np.zeros((0, len(st.train)))
+
+    #: The namespace and version the scores are cached under (the leave-K-out names, so both benchmarks share them).
+    NAME_SCORES = "leave-k-out"
+    VERSION_SCORES = "1"
+
+
+def derive(*keys) -> int:
+    from genattr.harness.seeding import derive_seed
+
+    return derive_seed(*keys) % (2**31 - 1)

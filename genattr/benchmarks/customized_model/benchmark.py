@@ -1,0 +1,208 @@
+"""The Customized Model benchmark class: cells, setup, the context a method sees, scoring a concept's queries."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from genattr.harness.api import AttributionContext, Cell, RunEnv
+from genattr.harness.errors import UserError
+
+from .cases import BuiltinData, ConceptCase, LazyExtra, State
+from .config import SPLIT_ORDER, SPLITS, benchmark_config, mean_se, pool_column
+from .pools import resolve_metrics, score_pools
+
+
+class CustomizedModelBenchmark:
+    """Customized Model benchmark (see :mod:`genattr.benchmarks.customized_model`). Config: ``scale`` plus any key
+    of :data:`~.config.COMMON_DEFAULTS` / :data:`~.config.SCALE_DEFAULTS`."""
+
+    name = "customized-model"
+    #: 2: the built-in style concepts a 16 px model can learn (test: night, sunset, stripes, glow; train: sepia,
+    #: palette-shift, crimson, shadow); the pool carries its base dataset's name.
+    version = "2"
+    #: The paper ran unlearning with other hyperparameters on this protocol: methods with presets pick theirs.
+    preset_hint = "customized"
+
+    def __init__(self, **config):
+        self.config = benchmark_config(config)
+        self._metrics = resolve_metrics(self.config["metrics"])
+        columns = [c for c, _, _ in self._metrics]
+        self.metrics = {pool_column(c, p): info["higher_is_better"]
+                        for p in self.config["pools"] for c, _, info in self._metrics}
+        self.metric_info = {pool_column(c, p): {**info, "display": info["display"] + ("" if p == "own" else f" ({p})")}
+                            for p in self.config["pools"] for c, _, info in self._metrics}
+        self.columns = columns
+        self._states: dict = {}
+        self._builtin = BuiltinData(self.config)
+        self._current_model = (None, None)  # AbC: (case id, loaded model)
+
+    @property
+    def real_data(self) -> bool:
+        return bool(self.config["data_root"])
+
+    # -- cells --------------------------------------------------------------------------------------------------
+    def concept_specs(self) -> list[dict]:
+        """``[{"id", "split", "queries", "has_weights"}]`` without building any model (cheap)."""
+        if self.real_data:
+            from .abc_data import abc_selection
+
+            return [{"id": e["id"], "split": e["split"], "queries": len(e["queries"]), "has_weights": bool(e["weights"])}
+                    for e in abc_selection(self.config)]
+        return [
+            {"id": c.id, "split": SPLITS[c.kind], "queries": self.config["queries_per_concept"], "has_weights": True}
+            for c in self._builtin.concepts(resolution=8)  # ids and splits only: any resolution will do
+        ]
+
+    def cells(self, methods: Sequence[str]) -> list[Cell]:
+        """``method × concept × query``; the queries of one concept share a batch (one ``attribute`` call)."""
+        specs = sorted(self.concept_specs(), key=lambda s: (SPLIT_ORDER.index(s["split"]), s["id"]))
+        out = []
+        for m in methods:
+            needs_model = _method_needs_model(m)
+            for s in specs:
+                if needs_model and not s["has_weights"]:
+                    continue
+                for q in range(s["queries"]):
+                    out.append(Cell(
+                        id=f"{m}/{s['id']}/q{q:02d}", method=m,
+                        params={"concept": s["id"], "query": q, "split": s["split"]},
+                        group={"split": s["split"]}, batch=s["id"],
+                    ))
+        return out
+
+    # -- setup --------------------------------------------------------------------------------------------------
+    def setup(self, env: RunEnv) -> dict:
+        return self._load(env).provenance
+
+    def _load(self, env: RunEnv, split: str = "test") -> State:
+        """The state of the ``test`` concepts (what cells measure) or, built-in data only, of the ``train`` concepts
+        (for methods that learn and for :func:`~.calibration.calibrate`). Built once per process; models, queries and
+        the base model come from the cache."""
+        key = (str(env.cache.root), int(env.seed), str(env.device), split)
+        if key in self._states:
+            return self._states[key]
+        if self.real_data:
+            if split != "test":
+                raise UserError("customized-model: AbC data has no training concepts")
+            from .abc_data import abc_build_state
+
+            state = abc_build_state(self, env)
+        else:
+            state = self._builtin.build(env, split, self._load)
+        self._states[key] = state
+        return state
+
+    # -- the context a method sees ------------------------------------------------------------------------------
+    def context(self, case_id: str, method, env: RunEnv, split: str = "test") -> AttributionContext:
+        """The :class:`AttributionContext` a method sees for one concept: model = the concept's customized model,
+        train set = the ``all`` pool; ``extra``: ``preset_hint``, ``base_model`` (the model every customized model
+        derives from, e.g. for a Fisher shared by all of them; built-in data) and ``training_concepts`` (built on
+        first access)."""
+        state = self._load(env, split)
+        case = state.cases[case_id]
+        model = self._model_for(case, env) if getattr(method, "needs_model", True) else None
+        factories = {}
+        if state.training_concepts is not None:
+            factories["training_concepts"] = state.training_concepts
+        data = {"benchmark": self.name, "preset_hint": self.preset_hint}
+        if state.base_model is not None:
+            data["base_model"] = state.base_model
+        return AttributionContext(model=model, train_set=state.pool, cache=env.cache, device=env.device,
+                                  seed=int(env.seed), scale=self.config["scale"], progress=env.progress,
+                                  extra=LazyExtra(data, factories))
+
+    def _model_for(self, case: ConceptCase, env: RunEnv):
+        if case.model is not None:
+            return case.model
+        if not case.weights:
+            raise UserError(f"customized-model: no weights for model {case.id!r} (looked in weights_dir)")
+        cid, m = self._current_model
+        if cid == case.id:
+            return m
+        self._current_model = (None, None)
+        from .abc_data import abc_load_model
+
+        m = abc_load_model(self.config, case, env)
+        self._current_model = (case.id, m)
+        return m
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell, method, env: RunEnv) -> dict:
+        return self.evaluate(cell.params["concept"], int(cell.params["query"]), method, env)
+
+    def run_cells(self, cells: Sequence[Cell], method, env: RunEnv):
+        """The cells of one concept: every query scored in one ``attribute`` call."""
+        by_concept: dict[str, list[Cell]] = {}
+        for c in cells:
+            by_concept.setdefault(c.params["concept"], []).append(c)
+        for concept, group in by_concept.items():
+            rows = self.evaluate_many(concept, [int(c.params["query"]) for c in group], method, env)
+            yield from zip(group, rows)
+
+    def evaluate(self, case_id: str, query: int, method, env: RunEnv, split: str = "test") -> dict:
+        """Metrics of ``method`` on one query of one concept (``split`` ``train``: a training concept, used by
+        :func:`~.calibration.calibrate`)."""
+        return self.evaluate_many(case_id, [query], method, env, split)[0]
+
+    def evaluate_many(self, case_id: str, queries: Sequence[int], method, env: RunEnv,
+                      split: str = "test") -> list[dict]:
+        """Metrics of ``method`` on several queries of one concept, scored together (one ``attribute`` call)."""
+        from genattr.harness import media
+        from genattr.harness.scoring import score
+
+        state = self._load(env, split)
+        if case_id not in state.cases:
+            raise UserError(f"customized-model: unknown concept {case_id!r}")
+        case = state.cases[case_id]
+        for query in queries:
+            if not 0 <= query < len(case.queries):
+                raise UserError(f"customized-model: concept {case_id!r} has {len(case.queries)} queries, "
+                                f"not {query + 1}")
+        qs = [case.queries[i] for i in queries]
+        ctx = self.context(case_id, method, env, split)
+        timings: dict = {}
+        scores = score(method, ctx, qs, timings=timings)
+        out = []
+        for q, s in zip(qs, scores):
+            row, extra = score_pools(s, state.n_base, case.own_idx, self.config["pools"], self._metrics)
+            extra.update({"concept": case.id, "query_id": q.id, "prompt": q.prompt,
+                          "verified": case.verification.get("passed"), "prepare_s": timings["prepare_s"],
+                          "attribute_s": round(timings["attribute_s"] / len(qs), 6), "batch_queries": len(qs)})
+            if split == "test":
+                pics = media.attribution_media(env.out, q.image, state.pool, s)
+                if pics is not None:
+                    extra["media"] = pics
+            row["extra"] = extra
+            out.append(row)
+        return out
+
+    # -- summaries ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def summarize(rows: Sequence[Mapping]) -> dict:
+        """``{method: {split: {column: {"mean", "se", "n"}}}}`` over result rows (mean ± standard error over
+        queries)."""
+        groups: dict = {}
+        for r in rows:
+            split = (r.get("group") or {}).get("split", "all")
+            for col, v in (r.get("metrics") or {}).items():
+                if col == "extra" or v is None:
+                    continue
+                groups.setdefault(r["method"], {}).setdefault(split, {}).setdefault(col, []).append(float(v))
+        return {m: {s: {c: mean_se(v) for c, v in cols.items()} for s, cols in splits.items()}
+                for m, splits in groups.items()}
+
+
+def _method_needs_model(name: str) -> bool:
+    try:
+        from genattr.harness.manager import registry
+
+        entry = registry("methods").get(name)
+    except Exception:  # unknown here: assume it needs the model (conservative)
+        return True
+    v = entry.meta.get("needs_model")
+    if v is None:
+        v = getattr(getattr(entry.factory, "resolve", lambda: entry.factory)(), "needs_model", True)
+    return bool(v)
+
+
+__all__ = ["CustomizedModelBenchmark"]
