@@ -18,7 +18,7 @@ from genattr.harness.cache import Cache
 from genattr.harness.data import InMemoryDataset
 from genattr.harness.errors import UserError
 from genattr.harness.seeding import item_noise
-from genattr.plugins.methods import _gradients as G
+from genattr.harness import gradients as G
 from genattr.plugins.methods.datainf import DataInfMethod
 from genattr.plugins.methods.trak import DTrakMethod, JourneyTrakMethod, TrakMethod
 
@@ -285,7 +285,7 @@ def test_journeytrak_trajectory_and_aggregation(toy, train_set, tmp_path):
     feats = m.query_features(ctx, toy, [q_seed])[0]
     assert feats.shape == (m.config["feature_steps"], m.config["proj_dim"])
     mean = m.attribute(ctx, [q_seed, q_img])
-    kphi = m.kernel_features(ctx, toy).double()
+    kphi = m.kernel_features(ctx, toy)
     per_step = (feats.double() @ kphi.T).numpy()
     assert np.allclose(mean[0], per_step.mean(0), rtol=1e-6)
     mx = JourneyTrakMethod(aggregate="max").attribute(ctx, [q_seed])
@@ -342,7 +342,7 @@ def test_datainf_matches_direct_numpy(toy, train_set, tmp_path):
     ctx = _ctx(toy, train_set, tmp_path)
     qs = [Query("g", _images(1, seed=5)[0], "dot ring"), *_train_queries(train_set, [8])]
     got = m.attribute(ctx, qs)
-    Gt = m.train_gradients(ctx).double().numpy()
+    Gt = np.asarray(m.train_gradients(ctx).array[:, 0], dtype=np.float64)
     gf = m._grad_fn(ctx)
     assert len(gf.layout.names) == 4  # to_k / to_v of two blocks: four layers
     items = [G.GradItem(f"query:{q.id}", q.image, (q.prompt,)) for q in qs]

@@ -48,7 +48,7 @@ def test_training_image_query_ranks_itself_first(name, tiny, session_cache):
 
 
 def test_per_sample_gradients_use_vmap_on_the_real_adapter(tiny):
-    from genattr.plugins.methods import _gradients as G
+    from genattr.harness import gradients as G
 
     model, pool = tiny
     gf = G.PerSampleGrad(model, G.select_parameters(model, "cross-attn-kv"))

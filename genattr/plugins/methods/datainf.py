@@ -22,9 +22,11 @@ for the query (its prompt and mask). ``draws="shared"`` (default): the same time
 query (common random numbers, as for TRAK); ``"per-item"``: seeded by each item's id. Captions cycle (draw j uses
 caption j mod n). On the tiny digits model, training images as their own queries ranked themselves first 24/30
 times with shared draws and 3/30 with per-item draws. They are
-kept unprojected (DataInf is exact in the selected weights), cached as an ``N×P`` float32 tensor in ``ctx.cache``
-(namespace ``methods/datainf/gradients``): fine for K/V weights at the built-in scales, too large for a full SD
-UNet — at ``paper`` scale select fewer weights (``include``) as the paper did with LoRA.
+kept unprojected (DataInf is exact in the selected weights) in the shared gradient store
+(:mod:`genattr.harness.gradstore`: an ``N × P`` float32 ``.npy`` in the cache, memory-mapped and streamed in chunks,
+so memory does not grow with the pool; a second run with the same settings reuses the entry).
+Fine for K/V weights at the built-in scales, too large on disk for a full SD UNet — at ``paper`` scale select fewer
+weights (``include``) as the paper did with LoRA.
 
 dattri (PyPI ``dattri``) implements DataInf as ``IFAttributorDataInf``; it is not used here: it needs its own
 ``AttributionTask`` (a loss function over a flat parameter vector and data loaders) rather than our model adapters,
@@ -83,8 +85,20 @@ class DataInfMethod(ScalePresets):
         return cfg
 
     # -- gradients ----------------------------------------------------------------------------------------------
+    def _spec(self, ctx):
+        """The gradient-store spec of the training gradients (unprojected; see :mod:`genattr.harness.gradstore`)."""
+        from genattr.harness.gradstore import GradientSpec
+
+        cfg = self.config
+        shared = cfg["draws"] == "shared"
+        draws = {"kind": "random", "count": int(cfg["num_timesteps"]),
+                 "namespace": "datainf" if shared else "datainf/train", "shared": shared, "captions": cfg["captions"]}
+        return GradientSpec(selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
+                            output="loss", draws=draws, flips=False, reduce="mean", projection="identity",
+                            seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"])
+
     def _grad_fn(self, ctx):
-        from ._gradients import PerSampleGrad, select_parameters
+        from genattr.harness.gradients import PerSampleGrad, select_parameters
 
         cfg = self.config
         key = ("gf", id(ctx.model), cfg["selection"], tuple(cfg["include"] or ()), cfg["grad_mode"])
@@ -94,7 +108,7 @@ class DataInfMethod(ScalePresets):
         return self._memo[key]
 
     def _draws(self, ctx, role: str):
-        from ._gradients import random_draws
+        from genattr.harness.gradients import random_draws
 
         n, T = int(self.config["num_timesteps"]), int(ctx.model.num_train_timesteps)
         caps, shared = self.config["captions"], self.config["draws"] == "shared"
@@ -102,34 +116,34 @@ class DataInfMethod(ScalePresets):
         return lambda item: random_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
 
     def train_gradients(self, ctx):
-        """``N×P`` float32 training gradients (cached)."""
-        from ._gradients import dataset_items, gradient_features
+        """The training gradients: a :class:`~genattr.harness.gradstore.StoredGradients` (``N × 1 × P`` float32,
+        memory-mapped) from the shared gradient store."""
+        from genattr.harness.gradstore import store_for
 
         if ctx.model is None:
             raise UserError("datainf needs a model (no model in the attribution context)")
-        cfg = self.config
-        key = ctx.cache.key(self.name, self.version,
-                            {k: cfg[k] for k in ("selection", "include", "num_timesteps", "captions", "draws")},
-                            ctx.model.fingerprint, ctx.train_set.fingerprint, int(ctx.seed))
-        if ("G", key) in self._memo:
-            return self._memo[("G", key)]
+        return store_for(ctx.cache).get(ctx.model, ctx.train_set, self._spec(ctx), device=ctx.device,
+                                        progress=ctx.progress, desc="datainf gradients")
 
-        def compute():
-            gf = self._grad_fn(ctx)
-            g = gradient_features(ctx.model, dataset_items(ctx.train_set), len(ctx.train_set), self._draws(ctx, "train"),
-                                  gf, None, reduce="mean", batch_size=int(cfg["batch_size"]), seed=ctx.seed,
-                                  device=ctx.device, progress=ctx.progress, desc="datainf gradients")
-            return {"grads": g}
+    def _layer_norms(self, G, layout):
+        """``N × L`` squared norms ‖g_l(z_j)‖² per layer (one streamed pass; cached in memory per store entry)."""
+        import torch
 
-        G = ctx.cache.tensors("methods/datainf/gradients", key, compute, meta={"config": cfg})["grads"]
-        self._memo[("G", key)] = G
-        return G
+        mk = ("norms", G.key)
+        if mk not in self._memo:
+            out = torch.zeros(len(G), len(layout.names), dtype=torch.float64)
+            for a, g in G.chunks():
+                g = g[:, 0].double()
+                for li, sl in enumerate(layout.slices()):
+                    out[a:a + g.shape[0], li] = (g[:, sl] ** 2).sum(dim=1)
+            self._memo[mk] = out
+        return self._memo[mk]
 
-    def layer_lambdas(self, G, layout) -> list[float]:
-        """λ_l per layer (see the module docstring)."""
+    def layer_lambdas(self, norms, layout) -> list[float]:
+        """λ_l per layer (see the module docstring) from the ``N × L`` squared gradient norms."""
         out = []
-        for sl, d in zip(layout.slices(), layout.sizes):
-            ms = float((G[:, sl].double() ** 2).sum(dim=1).mean())
+        for li, d in enumerate(layout.sizes):
+            ms = float(norms[:, li].mean())
             if self.config["lambda_per_element"]:
                 ms /= d
             out.append(float(self.config["lambda_scale"]) * max(ms, 1e-30))
@@ -138,37 +152,48 @@ class DataInfMethod(ScalePresets):
     # -- protocol -----------------------------------------------------------------------------------------------
     def prepare(self, ctx) -> None:
         self._config_for(ctx)
-        self.train_gradients(ctx)
+        G = self.train_gradients(ctx)
+        self._layer_norms(G, self._grad_fn(ctx).layout)
 
     def attribute(self, ctx, queries: Sequence, candidates: Sequence[int] | None = None) -> np.ndarray:
+        """Two streamed passes over the stored training gradients for all queries together: the first accumulates
+        ``Σ_j c_j g_l(z_j)`` per layer, the second scores ``Σ_l ⟨u_l, g_l(z_k)⟩/λ_l``."""
         import torch
 
-        from ._gradients import GradItem, gradient_features
+        from genattr.harness.gradients import GradItem, gradient_features
 
         self._config_for(ctx)
         queries = list(queries)
         G = self.train_gradients(ctx)
-        n = G.shape[0]
+        n = len(G)
         idx = None
         if candidates is not None:
-            idx = torch.as_tensor(list(candidates), dtype=torch.long)
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            idx = [int(i) for i in candidates]
+            if idx and (min(idx) < 0 or max(idx) >= n):
                 raise UserError(f"candidate indices must be in 0..{n - 1}")
         if not queries:
             return np.zeros((0, n if idx is None else len(idx)))
         gf = self._grad_fn(ctx)
+        layout = gf.layout
         items = [GradItem(f"query:{q.id}", q.image, (q.prompt,), q.mask) for q in queries]
         V = gradient_features(ctx.model, lambda r: items[r], len(items), self._draws(ctx, "query"), gf, None,
                               reduce="mean", batch_size=int(self.config["batch_size"]), seed=ctx.seed,
                               device=ctx.device).double()
-        lams = self.layer_lambdas(G, gf.layout)
-        scores = torch.zeros(len(queries), n if idx is None else len(idx), dtype=torch.float64)
-        for sl, lam in zip(gf.layout.slices(), lams):
-            Gl = G[:, sl].double()
-            Vl = V[:, sl]
-            A = Vl @ Gl.T  # Q × N: ⟨v, g_j⟩
-            c = A / (n * (lam + (Gl ** 2).sum(dim=1)))
-            U = Vl - c @ Gl
-            Gc = Gl if idx is None else Gl[idx]
-            scores += (U @ Gc.T) / lam
-        return scores.numpy()
+        norms = self._layer_norms(G, layout)
+        lams = self.layer_lambdas(norms, layout)
+        slices = layout.slices()
+        U = V.clone()
+        for a, g in G.chunks():  # pass 1: U_l = v_l − Σ_j c_j g_l(z_j)
+            g = g[:, 0].double()
+            for li, (sl, lam) in enumerate(zip(slices, lams)):
+                A = V[:, sl] @ g[:, sl].T  # Q × chunk: ⟨v, g_j⟩
+                c = A / (n * (lam + norms[a:a + g.shape[0], li]))
+                U[:, sl] -= c @ g[:, sl]
+        scores = np.zeros((len(queries), n if idx is None else len(idx)), dtype=np.float64)
+        for a, g in G.chunks(idx):  # pass 2: Σ_l ⟨u_l, g_l(z_k)⟩ / λ_l
+            g = g[:, 0].double()
+            s = torch.zeros(len(queries), g.shape[0], dtype=torch.float64)
+            for sl, lam in zip(slices, lams):
+                s += (U[:, sl] @ g[:, sl].T) / lam
+            scores[:, a:a + g.shape[0]] = s.numpy()
+        return scores

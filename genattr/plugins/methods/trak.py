@@ -5,7 +5,7 @@ All three score a query ẑ against every training item z_i with
     τ(ẑ, z_i) = φ(ẑ)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z_i),        Φ = [φ(z_1); …; φ(z_N)] ∈ R^{N×k},
 
 where φ(z) = Pᵀ ∇θ f(z) is a randomly projected per-sample gradient over a parameter selection (see
-``_gradients.py``: pure-torch Rademacher/Gaussian projector, not ``traker``'s). Higher = more influential. They
+``genattr.harness.gradients``: pure-torch Rademacher/Gaussian projector, not ``traker``'s). Higher = more influential. They
 differ in the output function f, in the timesteps the gradient is taken at, and in the query features:
 
 * **TRAK** (Park et al., ICML 2023; the diffusion variant of Georgiev et al. 2023): f = the DDPM loss
@@ -47,9 +47,12 @@ D-TRAK), because with N ≲ k an unregularised kernel is the hat matrix (every t
 elsewhere) and the papers' absolute λ depends on their gradient scale. The draw and caption defaults and D-TRAK's
 0.01 were chosen by training-image self-retrieval on the tiny digits model (docs/methods/trak.md).
 
-Caching: training features Φ per model checkpoint in ``ctx.cache`` (namespace ``methods/<name>/features``) keyed on
-the method name and version, the feature configuration, the model and dataset fingerprints and the run seed; the
-kernel-applied features Φ(ΦᵀΦ+λI)⁻¹ are cached on top, keyed with λ (so sweeping λ reuses the gradients).
+Caching: training features Φ per model checkpoint come from the shared gradient store
+(:mod:`genattr.harness.gradstore`, namespace ``gradients``: memory-mapped ``.npy``, keyed on the model and dataset
+fingerprints, the weights, the output function, the draws, the projection and the run seed — so D-TRAK and TRAK
+share nothing, but a second run, a second λ or another method with the same settings reuses them). The k×k kernel
+(ΦᵀΦ+λI)⁻¹ is cached on top (namespace ``methods/<name>/kernel``), keyed with λ. Φ is streamed in chunks for the
+Gram matrix and for scoring, so peak memory does not grow with the pool.
 """
 
 from __future__ import annotations
@@ -63,8 +66,6 @@ from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets
 
-# keys that change the training features (the cache key of Φ)
-_FEATURE_KEYS = ("selection", "include", "proj_dim", "projection", "num_timesteps", "draws", "captions")
 
 
 class _KernelMethod(ScalePresets):
@@ -129,25 +130,40 @@ class _KernelMethod(ScalePresets):
         return [ctx.model]
 
     # -- features -----------------------------------------------------------------------------------------------
+    def _spec(self, ctx, model=None):
+        """The gradient-store spec of the training features Φ (see :mod:`genattr.harness.gradstore`)."""
+        from genattr.harness.gradstore import GradientSpec
+
+        cfg = self.config
+        shared = cfg["draws"] == "shared"
+        draws = {"kind": "strided" if self.timesteps == "strided" else "random", "count": int(cfg["num_timesteps"]),
+                 "namespace": self.name if shared else f"{self.name}/train", "shared": shared,
+                 "captions": cfg["captions"]}
+        return GradientSpec(
+            selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
+            output=self.target, draws=draws, flips=False, reduce=self.reduce, projection=cfg["projection"],
+            proj_dim=None if cfg["projection"] == "identity" else int(cfg["proj_dim"]), proj_seed=int(ctx.seed),
+            seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
+            max_projector_bytes=int(cfg["max_projector_bytes"]),
+        )
+
     def _tools(self, model, ctx):
-        """(PerSampleGrad, Projector or None) for ``model``."""
-        from ._gradients import PerSampleGrad, Projector, select_parameters
+        """(PerSampleGrad, Projector or None) for ``model``: the projector is the gradient store's own, so query
+        features are projected with the matrix the training features were."""
+        from genattr.harness.gradients import PerSampleGrad
+        from genattr.harness.gradstore import store_for
 
         cfg = self.config
         key = ("tools", id(model), cfg["selection"], tuple(cfg["include"] or ()), cfg["proj_dim"], cfg["projection"],
-               ctx.seed, self.target, cfg["grad_mode"])
+               ctx.seed, self.target, cfg["grad_mode"], str(ctx.device))
         if key not in self._memo:
-            params = select_parameters(model, cfg["selection"], cfg["include"])
-            gf = PerSampleGrad(model, params, target=self.target, mode=cfg["grad_mode"])
-            proj = None
-            if cfg["projection"] != "identity":
-                proj = Projector(gf.layout.dim, int(cfg["proj_dim"]), seed=ctx.seed, kind=cfg["projection"],
-                                 device=ctx.device, max_cached_bytes=int(cfg["max_projector_bytes"]))
-            self._memo[key] = (gf, proj)
+            store, spec = store_for(ctx.cache), self._spec(ctx, model)
+            gf = PerSampleGrad(model, store.parameters(model, spec), target=self.target, mode=cfg["grad_mode"])
+            self._memo[key] = (gf, store.projector(model, spec, ctx.device))
         return self._memo[key]
 
     def _draw_fn(self, ctx, model, role: str):
-        from ._gradients import random_draws, strided_draws
+        from genattr.harness.gradients import random_draws, strided_draws
 
         n, T = int(self.config["num_timesteps"]), int(model.num_train_timesteps)
         shared = self.config["draws"] == "shared"
@@ -157,77 +173,60 @@ class _KernelMethod(ScalePresets):
             return lambda item: strided_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
         return lambda item: random_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
 
-    def _train_draws(self, ctx, model):
-        return self._draw_fn(ctx, model, "train")
-
     def _query_draws(self, ctx, model):
         return self._draw_fn(ctx, model, "query")
 
-    def _feature_key(self, ctx, model) -> str:
-        cfg = self.config
-        return ctx.cache.key(
-            self.name, self.version, {k: cfg.get(k) for k in self._feature_keys()}, model.fingerprint,
-            ctx.train_set.fingerprint, int(ctx.seed),
-        )
-
-    def _feature_keys(self):
-        return _FEATURE_KEYS
-
     def train_features(self, ctx, model):
-        """Φ (``N×k`` float32 tensor) of ``model`` over ``ctx.train_set`` (cached)."""
-        from ._gradients import dataset_items, gradient_features
+        """Φ of ``model`` over ``ctx.train_set``: a :class:`~genattr.harness.gradstore.StoredGradients`
+        (``N × 1 × k``, memory-mapped) from the shared gradient store."""
+        from genattr.harness.gradstore import store_for
 
-        key = self._feature_key(ctx, model)
-        mk = ("phi", key)
-        if mk in self._memo:
-            return self._memo[mk]
+        spec = self._spec(ctx, model)
+        return store_for(ctx.cache).get(model, ctx.train_set, spec, device=ctx.device, progress=ctx.progress,
+                                        desc=f"{self.name} train features")
 
-        def compute():
-            gf, proj = self._tools(model, ctx)
-            load = dataset_items(ctx.train_set)
-            phi = gradient_features(
-                model, load, len(ctx.train_set), self._train_draws(ctx, model), gf, proj, reduce=self.reduce,
-                batch_size=int(self.config["batch_size"]), seed=ctx.seed, device=ctx.device, progress=ctx.progress,
-                desc=f"{self.name} train features",
-            )
-            return {"phi": phi}
-
-        phi = ctx.cache.tensors(f"methods/{self.name}/features", key, compute,
-                                meta={"method": self.name, "config": self.config})["phi"]
-        self._memo[mk] = phi
-        return phi
-
-    def _lambda(self, phi) -> float:
+    def _lambda_from_gram(self, gram) -> float:
         lam = float(self.config["lambda_reg"])
         if self.config["lambda_mode"] == "relative":
-            k = phi.shape[1]
-            lam *= float((phi.double() ** 2).sum()) / k
+            lam *= float(gram.diagonal().sum()) / gram.shape[0]
         return lam
 
-    def kernel_features(self, ctx, model):
-        """Φ(ΦᵀΦ + λI)⁻¹ (``N×k`` float32, cached)."""
-        from ._gradients import kernel_solve
+    def kernel(self, ctx, model):
+        """``(ΦᵀΦ + λI)⁻¹`` (``k × k`` float64 tensor; a pseudo-inverse with λ = 0), cached: ΦᵀΦ is accumulated over
+        chunks of the stored features, so memory does not grow with the pool."""
+        from genattr.harness.gradients import kernel_inverse
 
-        fkey = self._feature_key(ctx, model)
-        key = ctx.cache.key(fkey, self.config["lambda_reg"], self.config["lambda_mode"], "kernel")
-        mk = ("kphi", key)
+        store = self.train_features(ctx, model)
+        key = ctx.cache.key(self.name, self.version, "kernel", store.key, self.config["lambda_reg"],
+                            self.config["lambda_mode"])
+        mk = ("kernel", key)
         if mk in self._memo:
             return self._memo[mk]
 
         def compute():
             import torch
 
-            phi = self.train_features(ctx, model)
-            dev = ctx.device if str(ctx.device).startswith("cuda") else "cpu"
-            return {"kphi": kernel_solve(phi.to(dev), self._lambda(phi)).to("cpu", torch.float32)}
+            gram = torch.zeros(store.dim, store.dim, dtype=torch.float64)
+            for _, g in store.chunks():
+                f = g[:, 0].double()
+                gram += f.T @ f
+            return {"kernel": kernel_inverse(gram, self._lambda_from_gram(gram))}
 
-        kphi = ctx.cache.tensors(f"methods/{self.name}/kernel", key, compute)["kphi"]
-        self._memo[mk] = kphi
-        return kphi
+        k = ctx.cache.tensors(f"methods/{self.name}/kernel", key, compute,
+                              meta={"method": self.name, "config": self.config})["kernel"].double()
+        self._memo[mk] = k
+        return k
+
+    def kernel_features(self, ctx, model):
+        """Φ(ΦᵀΦ + λI)⁻¹ (``N×k`` float64 tensor, for inspection: attribution streams Φ instead)."""
+        import torch
+
+        store, k = self.train_features(ctx, model), self.kernel(ctx, model)
+        return torch.cat([g[:, 0].double() @ k for _, g in store.chunks()])
 
     def query_features(self, ctx, model, queries) -> "list":
         """One ``S×k`` tensor per query (``S`` = 1 except for JourneyTRAK's per-step features)."""
-        from ._gradients import GradItem, gradient_features
+        from genattr.harness.gradients import GradItem, gradient_features
 
         items = [GradItem(f"query:{q.id}", q.image, (q.prompt,), q.mask) for q in queries]
         gf, proj = self._tools(model, ctx)
@@ -244,9 +243,11 @@ class _KernelMethod(ScalePresets):
     def prepare(self, ctx) -> None:
         self._config_for(ctx)
         for model in self._models(ctx):
-            self.kernel_features(ctx, model)
+            self.kernel(ctx, model)
 
     def attribute(self, ctx, queries: Sequence, candidates: Sequence[int] | None = None) -> np.ndarray:
+        """Scores ``φ(ẑ)ᵀ(ΦᵀΦ + λI)⁻¹φ(z_i)``: every query's ``φ(ẑ)ᵀ(ΦᵀΦ + λI)⁻¹`` first, then one streamed pass over
+        the stored training features for all queries together."""
         import torch
 
         self._config_for(ctx)
@@ -259,16 +260,18 @@ class _KernelMethod(ScalePresets):
                 raise UserError(f"candidate indices must be in 0..{n - 1}")
         width = n if idx is None else len(idx)
         total = np.zeros((len(queries), width), dtype=np.float64)
+        if not queries:
+            return total
         models = self._models(ctx)
         for model in models:
-            kphi = self.kernel_features(ctx, model)
-            if idx is not None:
-                kphi = kphi[torch.as_tensor(idx)]
-            kphi = kphi.double()
-            feats = self.query_features(ctx, model, queries) if queries else []
+            store, k = self.train_features(ctx, model), self.kernel(ctx, model)
+            feats = self.query_features(ctx, model, queries)
+            w = torch.cat([f.double() for f in feats]) @ k  # (Σ S) × k
+            scores = store.dot(w, rows=None if idx is None else idx.tolist())[:, 0, :]  # width × Σ S
+            a = 0
             for qi, f in enumerate(feats):
-                per_step = (f.double() @ kphi.T).numpy()  # S × width
-                total[qi] += self._aggregate(per_step)
+                total[qi] += self._aggregate(scores[:, a:a + f.shape[0]].T)
+                a += f.shape[0]
         return total / len(models)
 
 
@@ -376,7 +379,7 @@ class JourneyTrakMethod(_KernelMethod):
         return traj
 
     def query_features(self, ctx, model, queries):
-        from ._gradients import Draw, GradItem, gradient_features
+        from genattr.harness.gradients import Draw, GradItem, gradient_features
 
         gf, proj = self._tools(model, ctx)
         R = int(self.config["resamplings"])
@@ -397,9 +400,6 @@ class JourneyTrakMethod(_KernelMethod):
             )
             out.append(feats)
         return out
-
-    def _feature_keys(self):
-        return _FEATURE_KEYS
 
 
 # -- sampling helpers (JourneyTRAK) ------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Per-sample gradient features and random projections (shared by TRAK, D-TRAK, JourneyTRAK and DataInf).
+"""Per-sample gradient features and random projections (the host's machinery behind the gradient store,
+:mod:`genattr.harness.gradstore`, which TRAK, D-TRAK, JourneyTRAK, DataInf and the unlearning prescreen share).
 
 Per-sample gradients
-    :class:`PerSampleGrad` takes gradients of one scalar per example — the model adapter's
-    ``denoise_loss(..., target="loss")`` (the DDPM loss) or ``target="eps-sq-norm"`` (D-TRAK's ‖ε_θ‖²/d) — with
+    :class:`PerSampleGrad` takes gradients of one scalar per example — an *output function* from :data:`OUTPUTS`:
+    ``"loss"`` (the model adapter's ``denoise_loss(..., target="loss")``, the DDPM loss) or ``"eps-sq-norm"``
+    (``target="eps-sq-norm"``, D-TRAK's ‖ε_θ‖²/d); :func:`register_output` adds others — with
     respect to a parameter selection (``cross-attn-kv`` … ``full``, optionally narrowed by name substrings), using
     ``torch.func.vmap(torch.func.grad(f))`` over the adapter's ``params=`` override (``functional_call``). Examples
     are processed in chunks of ``batch_size`` so memory stays at ``batch_size × P`` gradients plus activations.
@@ -30,6 +32,14 @@ Feature extraction
     ``seeding.item_noise(seed, noise_key, index, t, latent_shape)`` with the item's id as key (per-item draws) or a
     key shared by every item and query (shared draws, common random numbers) — never batch positions, so features
     do not depend on the batch size.
+
+Draw schemes
+    :func:`random_draws` (random timesteps, TRAK / JourneyTRAK / DataInf), :func:`strided_draws` (D-TRAK) and
+    :func:`grid_draws` (every scored caption × every given timestep, with the noise of
+    ``item_noise(seed, item id, caption index, t)`` — exactly the rows the unlearning score averages).
+    :func:`make_draws` builds one from a JSON-able description (what the gradient store keys on).
+
+Nothing here imports a built-in plugin: this is host code.
 """
 
 from __future__ import annotations
@@ -48,6 +58,27 @@ from genattr.harness.seeding import derive_seed, item_noise
 log = logging.getLogger(__name__)
 
 PROJECTION_KINDS = ("rademacher", "gaussian", "identity")
+
+
+# -- output functions -----------------------------------------------------------------------------------------------
+def _denoise_output(target: str):
+    def out(model, latents, text_emb, timesteps, noise, mask=None, params=None):
+        return model.denoise_loss(latents, text_emb, timesteps, noise, mask=mask, params=params, target=target)
+
+    return out
+
+
+#: Output functions per-sample gradients can be taken of: ``name -> f(model, latents, text_emb, timesteps, noise,
+#: mask=None, params=None) -> B`` values (one scalar per example).
+OUTPUTS: dict[str, Callable] = {"loss": _denoise_output("loss"), "eps-sq-norm": _denoise_output("eps-sq-norm")}
+
+
+def register_output(name: str, fn: Callable) -> None:
+    """Make ``fn`` (signature as in :data:`OUTPUTS`) available as output function ``name`` (for a gradient store key
+    the name must identify the function: register a changed function under a new name)."""
+    if name in OUTPUTS and OUTPUTS[name] is not fn:
+        raise UserError(f"gradient output function {name!r} is already registered")
+    OUTPUTS[name] = fn
 
 
 # -- parameter selection --------------------------------------------------------------------------------------------
@@ -102,8 +133,8 @@ class PerSampleGrad:
     each example flattened in :attr:`layout` order."""
 
     def __init__(self, model, params: Mapping[str, torch.Tensor], target: str = "loss", mode: str = "vmap"):
-        if target not in ("loss", "eps-sq-norm"):
-            raise UserError(f"unknown gradient target {target!r}; use 'loss' or 'eps-sq-norm'")
+        if target not in OUTPUTS:
+            raise UserError(f"unknown gradient target {target!r}; use one of {', '.join(OUTPUTS)}")
         if mode not in ("vmap", "loop"):
             raise UserError(f"unknown per-sample gradient mode {mode!r}; use 'vmap' or 'loop'")
         self.model = model
@@ -114,10 +145,8 @@ class PerSampleGrad:
 
     def _f(self, params, latent, emb, t, eps, mask):
         m = None if mask is None else mask.unsqueeze(0)
-        out = self.model.denoise_loss(
-            latent.unsqueeze(0), emb.unsqueeze(0), t.unsqueeze(0), eps.unsqueeze(0), mask=m, params=params,
-            target=self.target,
-        )
+        out = OUTPUTS[self.target](self.model, latent.unsqueeze(0), emb.unsqueeze(0), t.unsqueeze(0),
+                                   eps.unsqueeze(0), mask=m, params=params)
         return out.reshape(())
 
     def _flat(self, grads: Mapping[str, torch.Tensor], batch: int) -> torch.Tensor:
@@ -257,13 +286,14 @@ class Draw:
         return self.caption if self.noise_index is None else self.noise_index
 
 
-def dataset_items(dataset, indices: Sequence[int] | None = None) -> Callable[[int], GradItem]:
-    """A loader ``row -> GradItem`` over ``dataset`` (rows index ``indices`` when given)."""
+def dataset_items(dataset, indices: Sequence[int] | None = None, flip: bool = False) -> Callable[[int], GradItem]:
+    """A loader ``row -> GradItem`` over ``dataset`` (rows index ``indices`` when given); ``flip``: the horizontally
+    flipped image under the same id (so it gets the same noise, as the unlearning score's flipped rows do)."""
     idx = list(range(len(dataset))) if indices is None else list(indices)
 
     def load(row: int) -> GradItem:
         ex = dataset.item(idx[row])
-        return GradItem(ex.id, ex.image, tuple(ex.captions))
+        return GradItem(ex.id, ex.image.flip(-1) if flip else ex.image, tuple(ex.captions))
 
     load.count = len(idx)  # type: ignore[attr-defined]
     return load
@@ -302,11 +332,9 @@ def gradient_features(
         # keep only what a chunk needs: re-load lazily below for large sets
         if count <= 4096:
             items[row] = it
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
-        bar = tqdm(total=len(plan), desc=desc, leave=False)
+    bar = progress_bar(total=len(plan), desc=desc, unit="grad", enabled=progress)
     latent_shape = None
     with torch.no_grad():
         for a in range(0, len(plan), batch_size):
@@ -342,10 +370,8 @@ def gradient_features(
             if projector is not None:
                 g = projector(g)
             out.index_add_(0, torch.tensor(rows), g.detach().to("cpu", torch.float64))
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+            bar.update(len(chunk))
+    bar.close()
     if reduce == "mean":
         out /= counts[:, None]
     return out.float()
@@ -399,13 +425,46 @@ def strided_draws(seed: int, namespace: str, item: GradItem, count: int, num_tra
     return [Draw(int(t), int(c), key, 0 if shared else None) for t, c in zip(ts, caps)]
 
 
-def kernel_solve(phi: torch.Tensor, lam: float, rtol: float = 1e-10, dtype=torch.float64) -> torch.Tensor:
-    """``Φ (ΦᵀΦ + λI)⁻¹`` (``N×k``), by an eigendecomposition of the ``k×k`` Gram matrix in ``dtype``; with
-    ``λ = 0`` a pseudo-inverse (eigenvalues below ``rtol × max`` dropped)."""
-    f = phi.to(dtype)
-    gram = f.T @ f
-    evals, evecs = torch.linalg.eigh(gram)
+def grid_draws(item: GradItem, timesteps: Sequence[int], captions: int | None = None) -> list[Draw]:
+    """Every (caption, timestep) pair of the item's first ``captions`` captions (all when None) and ``timesteps``,
+    each with the noise ``item_noise(seed, item id, caption index, t)`` — the rows the unlearning score averages."""
+    n = len(item.captions) if captions is None else min(int(captions), len(item.captions))
+    return [Draw(int(t), c, item.id) for c in range(max(n, 1)) for t in timesteps]
+
+
+DRAW_KINDS = ("random", "strided", "grid")
+
+
+def make_draws(spec: Mapping, seed: int, num_train_timesteps: int) -> Callable[[GradItem], list[Draw]]:
+    """The draw function of a JSON-able description: ``{"kind": "random" | "strided", "count", "namespace",
+    "shared", "captions"}`` (:func:`random_draws`, :func:`strided_draws`) or ``{"kind": "grid", "timesteps": [...],
+    "captions": k or None}`` (:func:`grid_draws`)."""
+    kind = spec.get("kind")
+    if kind in ("random", "strided"):
+        fn = random_draws if kind == "random" else strided_draws
+        count, ns = int(spec["count"]), str(spec["namespace"])
+        shared, caps = bool(spec.get("shared", False)), str(spec.get("captions", "cycle"))
+        return lambda item: fn(seed, ns, item, count, num_train_timesteps, shared=shared, captions=caps)
+    if kind == "grid":
+        ts = [int(t) for t in spec["timesteps"]]
+        if not ts or min(ts) < 0 or max(ts) >= num_train_timesteps:
+            raise UserError(f"grid draws need timesteps in 0..{num_train_timesteps - 1}, got {ts}")
+        caps = spec.get("captions")
+        return lambda item: grid_draws(item, ts, caps)
+    raise UserError(f"unknown draw scheme {kind!r}; choose one of {', '.join(DRAW_KINDS)}")
+
+
+def kernel_inverse(gram: torch.Tensor, lam: float, rtol: float = 1e-10, dtype=torch.float64) -> torch.Tensor:
+    """``(G + λI)⁻¹`` of a symmetric ``k×k`` Gram matrix by an eigendecomposition in ``dtype``; with ``λ = 0`` a
+    pseudo-inverse (eigenvalues below ``rtol × max`` dropped)."""
+    evals, evecs = torch.linalg.eigh(gram.to(dtype))
     evals = evals + lam
     keep = evals > rtol * evals.abs().max().clamp_min(torch.finfo(dtype).tiny)
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
-    return ((f @ evecs) * inv) @ evecs.T
+    return (evecs * inv) @ evecs.T
+
+
+def kernel_solve(phi: torch.Tensor, lam: float, rtol: float = 1e-10, dtype=torch.float64) -> torch.Tensor:
+    """``Φ (ΦᵀΦ + λI)⁻¹`` (``N×k``), by :func:`kernel_inverse` of the ``k×k`` Gram matrix."""
+    f = phi.to(dtype)
+    return f @ kernel_inverse(f.T @ f, lam, rtol, dtype)
