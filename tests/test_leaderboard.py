@@ -1,4 +1,5 @@
-"""The leaderboard renders from stored results alone: numbers, best marks, formats, figures, HTML page."""
+"""The leaderboard renders from stored results alone: numbers, paired intervals, separated best marks, formats
+(markdown within 120 columns, CSV, JSON), figures and the static site (pages, thumbnails, provenance)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import io
 import json
 import math
 import re
+import struct
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,21 +20,26 @@ import pytest
 from genattr.cli import main
 from genattr.harness import leaderboard, results
 
-# (method, K, query) -> values; loss is lower-is-better
-LKO = {("unlearning", 1): [0.9, 0.7, 0.8], ("unlearning", 4): [1.6, 1.2, 1.7],
-       ("random", 1): [0.2, 0.4, 0.3], ("random", 4): [0.5, 0.3, 0.4]}
+# (method, K) -> per-query values; "loss" is lower-is-better
+LKO = {("unlearning", 1): [0.9, 0.7, 0.8, 0.85, 0.75], ("unlearning", 4): [1.6, 1.2, 1.7, 1.5, 1.4],
+       ("random", 1): [0.2, 0.4, 0.3, 0.25, 0.35], ("random", 4): [0.5, 0.3, 0.4, 0.45, 0.35]}
 CM = {("unlearning", "object"): [1.0, 0.5], ("unlearning", "style"): [1.0, 1.0],
       ("pixel", "object"): [1.0, 1.0], ("pixel", "style"): [0.5, 0.0]}
 
 
-def _row(bench, method, cell_id, group, metrics, hib, bhash="b" * 64, mcfg=None, scale="tiny"):
+def _row(bench, method, cell_id, group, metrics, hib, bhash="b" * 64, mcfg=None, scale="tiny", params=None,
+         extra=None):
     mcfg = mcfg or {}
-    return {"schema_version": 1, "benchmark": bench, "benchmark_version": "1", "benchmark_config_hash": bhash,
-            "method": method, "method_version": "1", "method_config": mcfg,
-            "config_hash": results.config_hash(bhash, method, "1", mcfg), "cell_id": cell_id, "params": {},
-            "group": group, "metrics": metrics, "higher_is_better": hib, "seed": 0, "scale": scale,
-            "timings": {"cell_s": 0.1, "setup_s": 0.0}, "worker": {"executor": "local"},
-            "finished_at": "2026-01-01T00:00:00+00:00"}
+    row = {"schema_version": 1, "benchmark": bench, "benchmark_version": "1", "benchmark_config_hash": bhash,
+           "method": method, "method_version": "1", "method_config": mcfg,
+           "config_hash": results.config_hash(bhash, method, "1", mcfg), "cell_id": cell_id,
+           "params": params if params is not None else {"cell": cell_id.split("/", 1)[-1]},
+           "group": group, "metrics": metrics, "higher_is_better": hib, "seed": 0, "scale": scale,
+           "timings": {"cell_s": 0.1, "setup_s": 0.0}, "worker": {"executor": "local"},
+           "finished_at": "2026-01-01T00:00:00+00:00"}
+    if extra is not None:
+        row["extra"] = extra
+    return row
 
 
 def _write(directory, rows, run=None):
@@ -50,17 +59,23 @@ def run_dir(tmp_path):
     for (m, k), vals in LKO.items():
         for q, v in enumerate(vals):
             rows.append(_row("leave-k-out", m, f"{m}/K{k}/q{q}", {"K": k, "K_frac": k / 100},
-                             {"delta-loss": v, "loss": -v},
-                             {"delta-loss": True, "loss": False}))
+                             {"delta-loss": v, "loss": -v}, {"delta-loss": True, "loss": False},
+                             params={"K": k, "K_frac": k / 100, "query": q}))
     for (m, split), vals in CM.items():
         for q, v in enumerate(vals):
             rows.append(_row("customized-model", m, f"{m}/{split}/q{q}", {"split": split},
-                             {"recall@10": v, "ap": v / 2}, {"recall@10": True, "ap": True}, bhash="e" * 64))
+                             {"recall@10": v, "ap": v / 2}, {"recall@10": True, "ap": True}, bhash="e" * 64,
+                             params={"concept": f"c-{split}", "query": q, "split": split}))
     _write(tmp_path / "run", rows)
     return tmp_path / "run"
 
 
-def test_mean_standard_error_and_best_from_results_alone(run_dir):
+def _widths(text):
+    return [len(ln) for ln in text.splitlines()]
+
+
+# -- numbers ----------------------------------------------------------------------------------------------------
+def test_mean_standard_error_paired_differences_and_best_from_results_alone(run_dir):
     doc = json.loads(leaderboard.render([run_dir], "json"))
     boards = {b["benchmark"]: b for b in doc["benchmarks"]}
     assert set(boards) == {"leave-k-out", "customized-model"}
@@ -68,35 +83,100 @@ def test_mean_standard_error_and_best_from_results_alone(run_dir):
     # K_frac is determined by K: left out of the labels, kept as a group key
     assert lko["groups"] == ["K=1", "K=4"] and lko["metrics"] == ["delta-loss", "loss"]
     assert lko["group_keys"] == ["K", "K_frac"] and lko["label_keys"] == ["K"]
+    assert lko["columns"]["delta-loss"]["display"] == "ΔL" and lko["reference"] == "random"
     got = {(r["method"], r["group"], r["metric"]): r for r in lko["summary"]}
     for (m, k), vals in LKO.items():
         r = got[(m, f"K={k}", "delta-loss")]
         assert r["mean"] == pytest.approx(np.mean(vals))
         assert r["sem"] == pytest.approx(np.std(vals, ddof=1) / math.sqrt(len(vals)))
-        assert r["n"] == 3
-    # higher is better for ΔL, lower for loss: both make unlearning the best here
-    assert got[("unlearning", "K=1", "delta-loss")]["best"] and not got[("random", "K=1", "delta-loss")]["best"]
+        assert r["n"] == 5
+    # paired over the same queries: unlearning − random at K=1 is the mean of the per-query differences
+    u = got[("unlearning", "K=1", "delta-loss")]
+    diffs = np.subtract(LKO[("unlearning", 1)], LKO[("random", 1)])
+    assert u["diff_reference"] == pytest.approx(diffs.mean()) and u["n_reference"] == 5
+    assert u["diff_reference_lo"] > 0 and u["best_other"] == "random"
+    assert got[("random", "K=1", "delta-loss")]["diff_reference"] is None
+    # higher is better for ΔL, lower for loss: both make unlearning the best here, separated on 5 queries
+    assert u["best"] and not got[("random", "K=1", "delta-loss")]["best"]
     assert got[("unlearning", "K=4", "loss")]["best"] and not got[("random", "K=4", "loss")]["best"]
     cm = {(r["method"], r["group"], r["metric"]): r for r in boards["customized-model"]["summary"]}
     assert boards["customized-model"]["groups"] == ["object", "style"]
-    assert cm[("pixel", "object", "recall@10")]["best"] and not cm[("unlearning", "object", "recall@10")]["best"]
-    assert cm[("unlearning", "style", "ap")]["best"]
+    assert boards["customized-model"]["columns"]["ap"]["display"] == "mAP"
+    # two queries never separate anything: no best, however far apart the means are
+    assert not any(r["best"] for r in cm.values())
     assert cm[("unlearning", "style", "recall@10")]["sem"] == pytest.approx(0.0)
 
 
-def test_markdown_tables_mark_the_best(run_dir):
+def test_best_is_not_claimed_inside_the_noise(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.2, size=(3, 12))
+    rows = []
+    for i, m in enumerate(("a", "b", "random")):
+        for q in range(12):
+            rows.append(_row("noisy", m, f"{m}/q{q}", {}, {"score": 0.5 + 0.01 * i + noise[i, q],
+                                                           "clear": q * 0.01 + (1.0 if m == "a" else 0.0)},
+                             {"score": True, "clear": True}, params={"query": q}))
+    _write(tmp_path / "noisy", rows)
+    doc = json.loads(leaderboard.render([tmp_path / "noisy"], "json"))
+    s = {(r["method"], r["metric"]): r for r in doc["benchmarks"][0]["summary"]}
+    assert not any(s[(m, "score")]["best"] for m in ("a", "b", "random"))  # highest mean, but not separated
+    assert s[("a", "clear")]["best"]
+    md = leaderboard.render([tmp_path / "noisy"], "md")
+    assert md.count("**") == 2  # only the separated column is bold
+
+
+def test_a_column_where_every_method_ties_has_no_best(tmp_path):
+    hib = {"recall": True}
+    rows = [_row("t", m, f"{m}/q{q}", {}, {"recall": 0.0}, hib) for m in ("a", "b") for q in range(6)]
+    _write(tmp_path / "tie", rows)
+    doc = json.loads(leaderboard.render([tmp_path / "tie"], "json"))
+    assert not any(r["best"] for r in doc["benchmarks"][0]["summary"])
+
+
+# -- markdown / terminal ----------------------------------------------------------------------------------------
+def test_markdown_tables_fit_120_columns_with_display_names_and_n(run_dir):
     md = leaderboard.render([run_dir], "md")
     assert "## leave-k-out" in md and "## customized-model" in md
-    header = next(ln for ln in md.splitlines() if ln.startswith("| method") and "K=1" in ln)
-    assert "delta-loss ↑ K=1" in header and "loss ↓ K=4" in header
-    unl = next(ln for ln in md.splitlines() if ln.startswith("| unlearning") and "**" in ln and "0.8" in ln)
-    assert f"**{np.mean(LKO[('unlearning', 1)]):.4g} ± " in unl
-    rnd = next(ln for ln in md.splitlines() if ln.startswith("| random"))
-    assert "**" not in rnd
-    pix = next(ln for ln in md.splitlines() if ln.startswith("| pixel"))
-    assert pix.count("**") == 4  # best recall@10 and ap on object, not on style
+    assert max(_widths(md)) <= leaderboard.MD_WIDTH
+    header = next(ln for ln in md.splitlines() if ln.startswith("| K ") and "ΔL" in ln)
+    assert "| n " in header and "ΔL ↑" in header and "loss ↓" in header
+    unl = next(ln for ln in md.splitlines() if "| unlearning" in ln and "**" in ln)
+    assert f"**{np.mean(LKO[('unlearning', 1)]):.3f} ± " in unl and "| 5 " in unl
+    assert "Recall@10 ↑" in md and "mAP ↑" in md and "ap ↑" not in md
+    assert "ΔL − random (95% CI)" in md
+    # no leftover empty header rows: every table's first line names its columns
+    lines = md.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("|") and (i == 0 or not lines[i - 1].startswith("|")):
+            assert all(c.strip() for c in ln.strip("|").split("|")), ln
 
 
+def test_wide_boards_split_by_metric_to_fit_120_columns(tmp_path):
+    metrics = {f"metric-with-a-long-name-{i}": float(i) for i in range(9)}
+    hib = {k: True for k in metrics}
+    rows = [_row("wide", meth, f"{meth}/{s}/q{q}", {"split": s}, {k: v + q / 7 for k, v in metrics.items()}, hib,
+                 params={"split": s, "query": q})
+            for meth in ("a-method-with-a-long-name", "b") for s in ("x", "y") for q in range(3)]
+    _write(tmp_path / "wide", rows)
+    md = leaderboard.render([tmp_path / "wide"], "md")
+    assert max(_widths(md)) <= leaderboard.MD_WIDTH
+    headers = [ln for ln in md.splitlines() if ln.startswith("| split")]
+    assert len(headers) >= 3
+    assert all("| method" in h and "| n " in h for h in headers)  # the row labels repeat in every split table
+    seen = [k for k in metrics if any(k in h for h in headers)]
+    assert seen == list(metrics)  # every metric in some table, in order
+
+
+def test_terminal_output_of_a_customized_model_board_fits(tmp_path):
+    d = build_site_results(tmp_path)
+    md = leaderboard.render(d, "md")
+    assert max(_widths(md)) <= leaderboard.MD_WIDTH
+    assert "Pool /all" in md and "Headline pool" in md
+    assert "obj-c" in md and "excluded" in md  # the unverified concept is named once, in the note
+    assert "LDS" in md and "ΔG (MSE)" in md  # display names, run.json's metric_info first
+
+
+# -- other formats ----------------------------------------------------------------------------------------------
 def test_csv_is_the_long_summary(run_dir):
     text = leaderboard.render([run_dir], "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -104,21 +184,11 @@ def test_csv_is_the_long_summary(run_dir):
     r = next(r for r in rows if r["benchmark"] == "leave-k-out" and r["method"] == "random" and r["group"] == "K=4"
              and r["metric"] == "delta-loss")
     assert float(r["mean"]) == pytest.approx(0.4) and r["group.K"] in ("4", "4.0") and r["best"] == "False"
-
-
-def test_html_page_is_self_contained_with_every_table_figure_and_provenance(run_dir, tmp_path):
-    out = tmp_path / "board.html"
-    assert main(["leaderboard", str(run_dir), "--format", "html", "--out", str(out)]) == 0
-    page = out.read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    for bench in ("leave-k-out", "customized-model"):
-        assert f'id="table-{bench}"' in page
-    assert page.count("<img ") == 2 and page.count("data:image/png;base64,") == 2
-    assert not re.search(r'(src|href)="(https?:|//)', page)  # nothing fetched from elsewhere
-    assert "<strong>" in page and "Provenance" in page and "f" * 16 in page  # dataset fingerprint
-    # every row of every table appears
-    for method in ("unlearning", "random", "pixel"):
-        assert f"<th>{method}</th>" in page
+    u = next(r for r in rows if r["benchmark"] == "leave-k-out" and r["method"] == "unlearning"
+             and r["group"] == "K=4" and r["metric"] == "delta-loss")
+    assert float(u["diff_reference"]) == pytest.approx(np.mean(LKO[("unlearning", 4)]) - 0.4)
+    assert float(u["diff_reference_lo"]) <= float(u["diff_reference"]) <= float(u["diff_reference_hi"])
+    assert u["display"] == "ΔL" and u["n"] == "5"
 
 
 def test_markdown_out_and_figures(run_dir, tmp_path):
@@ -135,13 +205,16 @@ def test_markdown_out_and_figures(run_dir, tmp_path):
     assert (out.parent / "board-customized-model.png").is_file()
 
 
-def test_renders_without_torch(run_dir):
+def test_renders_without_torch(run_dir, tmp_path):
+    site = tmp_path / "site"
     code = ("import sys; from genattr.harness import leaderboard; "
-            f"leaderboard.render([{str(run_dir)!r}], 'html'); leaderboard.render([{str(run_dir)!r}], 'md'); "
+            f"leaderboard.render([{str(run_dir)!r}], 'html', out={str(site)!r}); "
+            f"leaderboard.render([{str(run_dir)!r}], 'md'); "
             "print('torch' in sys.modules, 'diffusers' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["False", "False"]
+    assert (site / "index.html").is_file()
 
 
 def test_configurations_are_kept_apart(tmp_path):
@@ -162,23 +235,241 @@ def test_configurations_are_kept_apart(tmp_path):
     assert tiny[0]["mean"] == 1.5 and tiny[0]["group"] == "all" and not tiny[0]["best"]  # nothing to compare
 
 
-def test_wide_boards_split_into_several_markdown_tables(tmp_path):
-    metrics = {f"m{i}": float(i) for i in range(6)}
-    hib = {k: True for k in metrics}
-    rows = [_row("wide", meth, f"{meth}/{s}/q{q}", {"split": s}, {k: v + q for k, v in metrics.items()}, hib)
-            for meth in ("a", "b") for s in ("x", "y") for q in range(2)]
-    _write(tmp_path / "wide", rows)
-    md = leaderboard.render([tmp_path / "wide"], "md")
-    headers = [ln for ln in md.splitlines() if ln.startswith("| method")]
-    per_table = leaderboard.MD_MAX_COLUMNS // 2
-    assert len(headers) == -(-6 // per_table)
-    assert all(h.count("|") - 2 <= leaderboard.MD_MAX_COLUMNS for h in headers)
-    assert "m0 ↑ x" in headers[0] and "m5 ↑ y" in headers[-1]
+# -- user mistakes ----------------------------------------------------------------------------------------------
+def _one_line_error(capsys, argv):
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(err) == 1, err
+    return err[0]
 
 
-def test_a_column_where_every_method_ties_has_no_best(tmp_path):
-    hib = {"recall": True}
-    rows = [_row("t", m, f"{m}/q{q}", {}, {"recall": 0.0}, hib) for m in ("a", "b") for q in range(2)]
-    _write(tmp_path / "tie", rows)
-    doc = json.loads(leaderboard.render([tmp_path / "tie"], "json"))
-    assert [r["best"] for r in doc["benchmarks"][0]["summary"]] == [False, False]
+def test_a_file_is_not_a_results_directory(tmp_path, capsys):
+    f = tmp_path / "results.jsonl"
+    f.write_text("")
+    assert "is not a directory" in _one_line_error(capsys, ["leaderboard", f])
+    assert "does not exist" in _one_line_error(capsys, ["leaderboard", tmp_path / "nope"])
+
+
+def test_an_empty_results_file_says_no_results_yet(tmp_path, capsys):
+    d = tmp_path / "fresh"
+    d.mkdir()
+    (d / "results.jsonl").write_text("")
+    assert f"no results yet in '{d}'" in _one_line_error(capsys, ["leaderboard", d])
+    assert "no results yet" in _one_line_error(capsys, ["leaderboard", d, "--format", "html", "--out",
+                                                        tmp_path / "site"])
+
+
+def test_html_needs_a_site_directory(run_dir, tmp_path, capsys):
+    assert "--out SITE/" in _one_line_error(capsys, ["leaderboard", run_dir, "--format", "html"])
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    assert "is a file" in _one_line_error(capsys, ["leaderboard", run_dir, "--format", "html", "--out", f])
+    assert "directory" in _one_line_error(capsys, ["leaderboard", run_dir, "--format", "html", "--out",
+                                                   tmp_path / "board.html"])
+
+
+# -- the site ---------------------------------------------------------------------------------------------------
+def png(width: int, height: int, rgb) -> bytes:
+    """A small RGB PNG (no imaging library): ``rgb(x, y) -> (r, g, b)``."""
+    raw = b"".join(b"\x00" + bytes(v for x in range(width) for v in rgb(x, y)) for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+SITE_METHODS = ("unlearning", "pixel", "d-trak", "random")
+CM_COLUMNS = ("recall@10", "recall@5", "recall@100", "ap")
+
+
+def build_site_results(root: Path) -> list[Path]:
+    """Two run directories as the runner writes them (with the optional fields of the data contract):
+
+    * ``suite``: customized-model (2 splits × 6 queries, pools own and /all, concept ``obj-c`` unverified, every
+      row with a query image and its top-10) and leave-k-out (K = 10, 40; 6 queries), run.json with
+      ``metric_info`` and per-benchmark resolved method configurations;
+    * ``lds``: an ``lds`` benchmark (no groups) with an older run.json (``methods[M]["config"]``).
+    Unlearning is clearly best on objects; on styles every method is inside the noise."""
+    rng = np.random.default_rng(1)
+    suite = root / "suite"
+    media = suite / "media"
+    (media / "train").mkdir(parents=True)
+    (media / "queries").mkdir()
+    for j in range(30):
+        (media / "train" / f"item{j:02d}.png").write_bytes(png(16, 16, lambda x, y, j=j: (8 * j % 256, 16 * x, 16 * y)))
+    concepts = {"obj-a": "object-centric", "obj-b": "object-centric", "obj-c": "object-centric",
+                "sty-a": "artist-style", "sty-b": "artist-style"}
+    for c in concepts:
+        (media / "train" / f"{c}-ex.png").write_bytes(png(16, 16, lambda x, y: (255, 255 * (x > y), 0)))
+    bh_cm, bh_lko = "a" * 64, "d" * 64
+    configs = {m: {"customized-model": {"alpha": 1e-3} if m == "unlearning" else {},
+                   "leave-k-out": {"alpha": 3e-3} if m == "unlearning" else {}} for m in SITE_METHODS}
+    hib_cm = {f"{c}{p}": True for p in ("", "/all") for c in CM_COLUMNS}
+    rows = []
+    for c, split in concepts.items():
+        for q in range(2 if c == "obj-c" else 3):
+            qfile = f"media/queries/{c}-q{q}.png"
+            (suite / qfile).write_bytes(png(16, 16, lambda x, y, q=q: (40 * q, 200, 16 * x)))
+            for m in SITE_METHODS:
+                skill = {"unlearning": 0.9, "pixel": 0.5, "d-trak": 0.4, "random": 0.05}[m]
+                if split == "artist-style":
+                    skill = 0.3
+                v = float(np.clip(skill + rng.normal(0, 0.08 if split == "object-centric" else 0.25), 0, 1))
+                metrics = {}
+                for p in ("", "/all"):
+                    metrics.update({f"recall@10{p}": v, f"recall@5{p}": v * 0.8, f"recall@100{p}": min(1, v * 1.5),
+                                    f"ap{p}": v * 0.7})
+                top = [{"id": f"{c}-ex" if (k == 0 and v > 0.5) else f"item{(q * 7 + k * 3) % 30:02d}",
+                        "score": 1.0 - k / 10,
+                        "image": f"media/train/{c}-ex.png" if (k == 0 and v > 0.5)
+                        else f"media/train/item{(q * 7 + k * 3) % 30:02d}.png",
+                        "positive": k == 0 and v > 0.5} for k in range(10)]
+                extra = {"concept": c, "query_id": f"{c}/q{q:02d}", "prompt": f"a <v*> {split} picture number {q}",
+                         "verified": c != "obj-c", "media": {"query": qfile, "top": top}}
+                rows.append(_row("customized-model", m, f"{m}/{c}/q{q:02d}", {"split": split}, metrics, hib_cm,
+                                 bhash=bh_cm, mcfg=configs[m]["customized-model"], extra=extra,
+                                 params={"concept": c, "query": q, "split": split}))
+    for k in (10, 40):
+        for q in range(6):
+            for m in SITE_METHODS:
+                gain = {"unlearning": 3.0, "pixel": 2.0, "d-trak": 2.5, "random": 1.0}[m]
+                dl = (gain * k / 10 + rng.normal(0, 0.3)) * 1e-4
+                rows.append(_row("leave-k-out", m, f"{m}/K{k}/q{q:03d}", {"K": k, "K_frac": k / 480},
+                                 {"delta-loss": dl, "delta-gen-mse": dl / 3, "delta-gen-sim": 1 - dl},
+                                 {"delta-loss": True, "delta-gen-mse": True, "delta-gen-sim": False}, bhash=bh_lko,
+                                 mcfg=configs[m]["leave-k-out"], params={"K": k, "K_frac": k / 480, "query": q},
+                                 extra={"query_id": f"q{q:03d}", "prompt": f"a digit {q}"}))
+    hashes = {m: {b: results.config_hash(h, m, "1", configs[m][b])
+                  for b, h in (("customized-model", bh_cm), ("leave-k-out", bh_lko))} for m in SITE_METHODS}
+    run = {"schema_version": 1, "genattr_version": "0.1.0", "status": "complete", "seed": 0, "scale": "tiny",
+           "config_hash": "c" * 64, "seeds": {"run": 0, "cells": "derive_seed(run seed, cell id)"},
+           "environment": {"python": "3.11", "platform": "linux", "packages": {"torch": "2.13.0"},
+                           "git": {"commit": "0123456789abcdef" * 2, "dirty": False}, "devices": ["cpu"]},
+           "benchmarks": {
+               "customized-model": {"version": "1", "config_hash": bh_cm, "config": {"scale": "tiny"},
+                                    "metric_info": {"recall@10": {"display": "Recall@10", "higher_is_better": True,
+                                                                  "metric": "recall-at-k", "unit": None},
+                                                    "ap": {"display": "mAP", "higher_is_better": True,
+                                                           "metric": "average-precision", "unit": None}},
+                                    "provenance": {"datasets": {"shapes": "5" * 64}, "models": {"base": "6" * 64}}},
+               "leave-k-out": {"version": "1", "config_hash": bh_lko, "config": {"scale": "tiny"},
+                               "metric_info": {"delta-gen-mse": {"display": "ΔG (MSE)", "higher_is_better": True,
+                                                                 "metric": "delta-gen-mse", "unit": None}},
+                               "provenance": {"datasets": {"digits": "7" * 64}}}},
+           "methods": {m: {"version": "1", "plugin": "genattr.plugins.methods", "configs": configs[m],
+                           "config_hashes": hashes[m]} for m in SITE_METHODS},
+           "plugins": [{"name": "genattr.plugins.methods", "version": "0.1.0", "distribution": "genattr"}],
+           "invocations": [{"argv": ["run", "customized-model", "leave-k-out"], "started_at": "2026-01-01",
+                            "status": "complete", "cells_run": 10, "cells_skipped": 0}]}
+    _write(suite, rows, run)
+    lds = root / "lds"
+    lrows = []
+    for q in range(8):
+        for m in SITE_METHODS:
+            v = {"unlearning": 0.4, "pixel": 0.2, "d-trak": 0.35, "random": 0.0}[m] + rng.normal(0, 0.05)
+            lrows.append(_row("lds", m, f"{m}/q{q}", {}, {"lds": v}, {"lds": True}, bhash="9" * 64,
+                              params={"query": q}))
+    _write(lds, lrows, {"schema_version": 1, "genattr_version": "0.1.0", "status": "complete",
+                        "methods": {m: {"version": "1", "config": {}} for m in SITE_METHODS}})
+    return [suite, lds]
+
+
+@pytest.fixture
+def site(tmp_path):
+    dirs = build_site_results(tmp_path / "runs")
+    out = tmp_path / "site"
+    assert main(["leaderboard", *map(str, dirs), "--format", "html", "--out", str(out)]) == 0
+    return out
+
+
+def test_site_pages_figures_and_thumbnails(site):
+    files = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
+    pages = [f for f in files if f.endswith(".html")]
+    assert pages == ["index.html"] + [f"method-{m}.html" for m in sorted(SITE_METHODS)]
+    figs = [f for f in files if f.startswith("figures/")]
+    assert figs == sorted(["figures/customized-model-headline.svg", "figures/customized-model-all.svg",
+                           "figures/leave-k-out-headline.svg", "figures/lds-headline.svg"])
+    for f in figs:
+        assert (site / f).read_text().lstrip().startswith(("<?xml", "<svg"))
+    thumbs = [f for f in files if f.startswith("media/")]
+    assert all(f.startswith("media/1-suite/media/") for f in thumbs)  # copied beside the pages, by run
+    assert sum("/queries/" in f for f in thumbs) == 14  # every query image
+    assert sum(re.search(r"/train/item\d+\.png$", f) is not None for f in thumbs) == 30  # every top-10 item
+    index = (site / "index.html").read_text()
+    assert index.startswith("<!DOCTYPE html>") and index.rstrip().endswith("</html>")
+    assert not re.search(r'(src|href)="(https?:|//)', index)  # nothing fetched from elsewhere
+    for page in pages:
+        text = (site / page).read_text()
+        assert not re.search(r'(src|href)="(https?:|//)', text)
+        for ref in re.findall(r'(?:src|href)="([^"#]+)', text):
+            assert (site / ref).is_file(), (page, ref)  # every local link resolves
+
+
+def test_site_index_tables_best_flags_and_provenance(site):
+    index = (site / "index.html").read_text()
+    for tid in ("table-customized-model-headline-object-centric", "table-customized-model-headline-artist-style",
+                "table-customized-model-all-object-centric", "table-leave-k-out-headline-K-10",
+                "table-leave-k-out-headline-by-K", "table-lds-headline-all"):
+        assert f'id="{tid}"' in index, tid
+    assert "Recall@10" in index and "mAP" in index and "ΔG (MSE)" in index and "LDS" in index
+    assert "ΔL ×10⁻³" in index
+    assert "Recall@10 − random" in index and "Recall@10 − best other" in index
+    obj = index.split('id="table-customized-model-headline-object-centric"')[1].split("</table>")[0]
+    sty = index.split('id="table-customized-model-headline-artist-style"')[1].split("</table>")[0]
+    assert "<strong>" in obj and "<strong>" not in sty  # separated on objects, inside the noise on styles
+    assert "obj-c" in index and "excluded from every number" in index
+    # provenance: versions, resolved configurations, config hashes, seeds, fingerprints
+    assert "5" * 16 in index and "7" * 16 in index and "0123456789abcdef" in index
+    assert results.config_hash("a" * 64, "unlearning", "1", {"alpha": 1e-3})[:12] in index
+    assert "&#34;alpha&#34;: 0.001" in index or '"alpha": 0.001' in index
+    assert "genattr run customized-model leave-k-out" in index
+
+
+def test_site_method_page_per_query_results_and_images(site):
+    page = (site / "method-unlearning.html").read_text()
+    assert 'id="queries-customized-model"' in page and 'id="queries-leave-k-out"' in page
+    assert page.count('class="query-image"') == 14  # every customized-model query, unverified ones flagged
+    assert page.count('class="thumb"') == 140
+    assert "unverified (excluded)" in page and "a &lt;v*&gt; object-centric picture number 2" in page
+    assert 'class="positive"' in page
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (site / src).read_bytes()[:4] == b"\x89PNG"
+    assert "Resolved configuration" in page
+
+
+def test_site_rerender_removes_its_own_stale_files_only(tmp_path):
+    dirs = build_site_results(tmp_path / "runs")
+    out = tmp_path / "site"
+    assert main(["leaderboard", *map(str, dirs), "--format", "html", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main(["leaderboard", str(dirs[1]), "--format", "html", "--out", str(out)]) == 0
+    assert not (out / "figures" / "customized-model-headline.svg").exists()
+    assert not list((out / "media").rglob("*.png"))
+    assert (out / "notes.txt").read_text() == "mine" and (out / "method-random.html").is_file()
+
+
+def test_unverified_cells_can_be_included(tmp_path):
+    dirs = build_site_results(tmp_path / "runs")
+    plain = json.loads(leaderboard.render(dirs[:1], "json"))["benchmarks"][0]
+    kept = json.loads(leaderboard.render(dirs[:1], "json", include_unverified=True))["benchmarks"][0]
+    assert plain["unverified_concepts"] == ["obj-c"] and plain["unverified_cells"] == 8
+    n = {(r["method"], r["group"]): r["n"] for r in plain["summary"] if r["metric"] == "ap"}
+    n_all = {(r["method"], r["group"]): r["n"] for r in kept["summary"] if r["metric"] == "ap"}
+    assert n[("random", "object-centric")] == 6 and n_all[("random", "object-centric")] == 8
+    assert kept["unverified_included"] is True
+
+
+def test_media_outside_the_run_directory_is_never_copied(tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(2, 2, lambda x, y: (0, 0, 0)))
+    extra = {"media": {"query": "../secret.png", "top": [{"id": "x", "score": 1.0, "image": "/etc/hostname"}]}}
+    rows = [_row("b", m, f"{m}/q{q}", {}, {"score": float(q)}, {"score": True}, extra=extra)
+            for m in ("a", "random") for q in range(2)]
+    _write(tmp_path / "run", rows)
+    out = tmp_path / "site"
+    leaderboard.render([tmp_path / "run"], "html", out=out)
+    assert not (out / "media").exists() or not list((out / "media").rglob("*"))
+    assert "no image" in (out / "method-a.html").read_text()

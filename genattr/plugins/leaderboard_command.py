@@ -1,6 +1,6 @@
 """The built-in ``genattr leaderboard`` command (registered by :mod:`genattr.plugins.commands`).
 
-Nothing heavy is imported at module import: pandas, matplotlib and Jinja2 load only when the command runs.
+Nothing heavy is imported at module import: numpy, matplotlib and Jinja2 load only when the command runs.
 """
 
 from __future__ import annotations
@@ -13,15 +13,21 @@ LEADERBOARD_FORMATS = ("md", "csv", "html", "json")
 @click.command(name="leaderboard")
 @click.argument("dirs", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(LEADERBOARD_FORMATS), default="md", show_default=True)
-@click.option("--out", metavar="PATH", help="Write to PATH instead of stdout (markdown: figures as PNG beside it).")
-@click.option("--figures", metavar="DIR", help="Also save every figure as a PNG in DIR.")
-def leaderboard_command(dirs, fmt, out, figures):
-    """Tables (mean ± standard error, best per column marked), figures and an HTML page from the results in DIRS
-    alone — no models needed."""
+@click.option("--out", metavar="PATH",
+              help="md/csv/json: write to the file PATH instead of stdout (markdown: figures as PNG beside it). "
+                   "html: the directory the site is written into (required).")
+@click.option("--figures", metavar="DIR", help="Also save every benchmark's figure as a PNG in DIR.")
+@click.option("--include-unverified", is_flag=True,
+              help="Keep cells of customized models that failed verification in the numbers (flagged either way).")
+def leaderboard_command(dirs, fmt, out, figures, include_unverified):
+    """Tables (mean ± s.e. and n, paired differences with 95 % bootstrap intervals, best marked only when
+    separated), figures and a static HTML site from the results in DIRS alone — no models needed."""
     from genattr.harness import leaderboard
 
-    text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures)
+    text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures, include_unverified=include_unverified)
     if out is None:
         click.echo(text, nl=False)
+    elif fmt == "html":
+        click.echo(f"genattr: wrote the site {out} (open {out.rstrip('/')}/index.html)", err=True)
     else:
         click.echo(f"genattr: wrote {out}", err=True)

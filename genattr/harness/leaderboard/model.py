@@ -1,0 +1,461 @@
+"""Loading stored results and summarising them into boards: one per (benchmark, benchmark configuration).
+
+A board holds, for every (method, group, metric column), the mean ± standard error over the group's cells, n, and
+the paired comparisons of :mod:`genattr.harness.statistics` (rows of different methods are paired by the canonical
+JSON of their ``params``: the query's identity). Cells of customized models that failed their verification
+(``extra.verified == False``) are left out of every number unless asked otherwise, and listed on the board.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import statistics
+from ..errors import UserError
+from ..results import RESULTS_FILE, SCHEMA_VERSION, read_rows, read_run
+
+#: The method every other one is compared with (a paired difference column), when it is on the board.
+REFERENCE_METHOD = "random"
+
+#: Display names of the built-in metric columns (run.json's ``metric_info`` overrides them).
+DISPLAY = {"ap": "mAP", "map": "mAP", "delta-loss": "ΔL", "delta-gen-mse": "ΔG-MSE", "delta-gen-sim": "ΔG-sim",
+           "lds": "LDS", "loss": "loss", "score": "score"}
+
+#: What a pool suffix means, where the benchmark is known (shown under the pool's tables).
+POOL_NOTES = {
+    ("customized-model", None): "The base training items plus the customized model's own exemplars (the own "
+                                "pool).",
+    ("customized-model", "all"): "Every concept's exemplars in the pool: other concepts' exemplars are "
+                                 "distractors (columns with the suffix /all).",
+}
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
+def slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-")
+    return s or "x"
+
+
+# -- loading ---------------------------------------------------------------------------------------------------
+def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]]:
+    """All rows of the given run directories (duplicates of the same cell dropped) and their run.json documents."""
+    if not dirs:
+        raise UserError("give at least one results directory")
+    rows: list[dict] = []
+    runs: dict[str, dict] = {}
+    seen: set[tuple] = set()
+    for d in dirs:
+        p = Path(d).expanduser()
+        if not p.exists():
+            raise UserError(f"results directory {str(d)!r} does not exist")
+        if not p.is_dir():
+            raise UserError(f"{str(d)!r} is not a directory; give the run directory that holds {RESULTS_FILE}")
+        if not (p / RESULTS_FILE).is_file():
+            raise UserError(f"no {RESULTS_FILE} in {str(d)!r}; run 'genattr run --out {d}' first")
+        runs[str(d)] = read_run(p) or {}
+        got = read_rows(p)
+        if not got:
+            raise UserError(f"no results yet in {str(d)!r}")
+        for r in got:
+            if int(r.get("schema_version", 0) or 0) > SCHEMA_VERSION:
+                raise UserError(f"{p / RESULTS_FILE} was written by a newer genattr; upgrade genattr to read it")
+            key = (r.get("config_hash"), r.get("cell_id"))
+            if key in seen:
+                continue
+            seen.add(key)
+            r["_dir"] = str(d)
+            rows.append(r)
+    return rows, runs
+
+
+# -- columns and number formats -----------------------------------------------------------------------------------
+def default_display(base: str) -> str:
+    m = re.fullmatch(r"recall@(\d+)", base)
+    if m:
+        return f"Recall@{m.group(1)}"
+    return DISPLAY.get(base, base)
+
+
+@dataclass
+class Column:
+    """One metric column of a board, with how it is shown."""
+
+    key: str                      # as stored in the rows, e.g. "recall@10/all"
+    base: str                     # without the pool suffix, e.g. "recall@10"
+    pool: str | None              # the suffix after "/" ("all"), None for the headline pool
+    display: str                  # e.g. "Recall@10"
+    unit: str | None = None
+    higher_is_better: bool | None = None
+    metric: str | None = None     # the registered metric that produced it, when run.json says
+    exp: int = 0                  # values are shown × 10^exp (exp = 3 → "×10⁻³")
+    decimals: int = 3
+
+    @property
+    def scale_label(self) -> str:
+        return f"×10{str(-self.exp).translate(_SUPERSCRIPT)}" if self.exp else ""
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better is True else "↓" if self.higher_is_better is False else ""
+
+    def header(self, arrow: bool = True, pool: bool = False) -> str:
+        parts = [self.display + (f" ({self.pool})" if pool and self.pool else "")]
+        if self.unit:
+            parts.append(f"[{self.unit}]")
+        if self.scale_label:
+            parts.append(self.scale_label)
+        if arrow and self.arrow:
+            parts.append(self.arrow)
+        return " ".join(parts)
+
+    def num(self, x: Any, signed: bool = False) -> str:
+        if not _finite(x):
+            return "–"
+        v = float(x) * 10.0 ** self.exp
+        text = f"{v:+.{self.decimals}f}" if signed else f"{v:.{self.decimals}f}"
+        if text.lstrip("+-").strip("0.") == "":  # rounds to zero: no sign
+            text = f"{0.0:.{self.decimals}f}"
+        return text
+
+    def mean_se(self, stat: dict | None) -> str:
+        if not stat or not _finite(stat.get("mean")):
+            return "–"
+        if stat.get("n", 0) < 2 or not _finite(stat.get("se")):
+            return self.num(stat["mean"])
+        return f"{self.num(stat['mean'])} ± {self.num(stat['se'])}"
+
+    def interval(self, r: dict | None, name: bool = False) -> str:
+        if not r or not _finite(r.get("diff")):
+            return "–"
+        text = self.num(r["diff"], signed=True)
+        if r.get("n", 0) < statistics.MIN_PAIRS:  # too few pairs for a percentile interval to mean anything
+            text += f" (n={r.get('n', 0)})"
+        elif _finite(r.get("lo")) and _finite(r.get("hi")):
+            text += f" [{self.num(r['lo'], signed=True)}, {self.num(r['hi'], signed=True)}]"
+        if name and r.get("method"):
+            text += f" {r['method']}"
+        return text
+
+
+def _choose_format(col: Column, stats: list[dict]) -> None:
+    """One scale and one number of decimals per column: values below 0.01 are shown ×10⁻³ (or ×10⁻⁶); decimals
+    give the smallest standard error two significant digits (between 1 and 6)."""
+    means = [abs(s["mean"]) for s in stats if _finite(s.get("mean"))]
+    top = max(means, default=0.0)
+    exp = 0
+    if 0 < top < 0.01:
+        exp = 3
+        while top * 10.0 ** exp < 0.1 and exp < 12:
+            exp += 3
+    ses = [s["se"] * 10.0 ** exp for s in stats if _finite(s.get("se")) and s["se"] > 0]
+    if ses:
+        dec = 1 - math.floor(math.log10(min(ses)))
+    else:
+        scaled = top * 10.0 ** exp
+        dec = 2 - math.floor(math.log10(scaled)) if scaled > 0 else 2
+    col.exp = exp
+    col.decimals = int(min(6, max(1, dec)))
+
+
+# -- boards ------------------------------------------------------------------------------------------------------
+@dataclass
+class Board:
+    """One benchmark (at one configuration): columns, groups, methods and their statistics."""
+
+    title: str
+    benchmark: str
+    version: str
+    config_hash: str
+    scale: str | None
+    group_keys: list[str]
+    label_keys: list[str]           # group keys that tell groups apart (keys determined by earlier ones left out)
+    groups: list[str]               # group labels in display order
+    group_values: dict[str, dict]   # label -> the group dict
+    columns: dict[str, Column]      # metric column key -> Column, in display order
+    methods: list[str]              # method labels (name, or name@hash when one name has several configurations)
+    method_names: dict[str, str]    # label -> registered method name
+    method_hashes: dict[str, str]   # label -> the (benchmark, method) configuration hash of its rows
+    stats: dict[tuple[str, str, str], dict]  # (method, group, column) -> mean, se, n, best, vs_reference, ...
+    rows: list[dict]                # the rows behind the numbers
+    excluded: list[dict]            # rows left out (unverified concepts)
+    unverified: list[str]           # concepts whose customized model failed verification
+    include_unverified: bool
+    reference: str | None
+    directories: list[str] = field(default_factory=list)
+    figure: bytes | None = None
+
+    @property
+    def slug(self) -> str:
+        return slug(self.title)
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def higher_is_better(self) -> dict[str, bool | None]:
+        return {k: c.higher_is_better for k, c in self.columns.items()}
+
+    @property
+    def cells(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pools(self) -> list[str | None]:
+        return list(dict.fromkeys(c.pool for c in self.columns.values()))
+
+    def pool_columns(self, pool: str | None) -> list[Column]:
+        return [c for c in self.columns.values() if c.pool == pool]
+
+    def headline(self, pool: str | None = None) -> Column:
+        """The column the difference columns report: the first one the benchmark declares in the pool."""
+        return self.pool_columns(pool)[0]
+
+    def pool_note(self, pool: str | None) -> str:
+        note = POOL_NOTES.get((self.benchmark, pool))
+        if note:
+            return note
+        return f"Columns with the suffix /{pool}." if pool else ""
+
+    def n_label(self, method: str, group: str) -> int:
+        ns = [self.stats.get((method, group, k), {}).get("n", 0) for k in self.columns]
+        return max(ns, default=0)
+
+    def summary(self) -> list[dict]:
+        """The long table: one record per (method, group, metric column)."""
+        out = []
+        for key, col in self.columns.items():
+            for g in self.groups:
+                for m in self.methods:
+                    s = self.stats.get((m, g, key))
+                    if s is None:
+                        continue
+                    rec = {"method": m, "group": g, "metric": key, "display": col.header(arrow=False, pool=True),
+                           "mean": s["mean"], "sem": s["se"], "n": s["n"],
+                           "higher_is_better": col.higher_is_better, "best": s["best"],
+                           **{f"group.{k}": self.group_values[g].get(k) for k in self.group_keys}}
+                    ref, other = s.get("vs_reference"), s.get("vs_best_other")
+                    rec.update({"reference": self.reference if ref else None,
+                                "diff_reference": ref["diff"] if ref else None,
+                                "diff_reference_lo": ref["lo"] if ref else None,
+                                "diff_reference_hi": ref["hi"] if ref else None,
+                                "n_reference": ref["n"] if ref else None,
+                                "best_other": other["method"] if other else None,
+                                "diff_best_other": other["diff"] if other else None,
+                                "diff_best_other_lo": other["lo"] if other else None,
+                                "diff_best_other_hi": other["hi"] if other else None,
+                                "n_best_other": other["n"] if other else None})
+                    out.append(rec)
+        return out
+
+
+def _label_keys(keys: Sequence[str], groups: Sequence[dict]) -> list[str]:
+    """``keys`` without those whose value is determined by the keys before them (leave-k-out's ``K_frac`` next to
+    ``K``), so labels and figure axes stay short."""
+    kept: list[str] = []
+    for k in keys:
+        seen: dict[tuple, Any] = {}
+        determined = bool(kept)
+        for g in groups:
+            head = tuple(json.dumps(g.get(x), sort_keys=True) for x in kept)
+            v = json.dumps(g.get(k), sort_keys=True)
+            if seen.setdefault(head, v) != v:
+                determined = False
+                break
+        if not determined:
+            kept.append(k)
+    return kept
+
+
+def group_label(group: dict, keys: Sequence[str]) -> str:
+    if not keys:
+        return "all"
+    if len(keys) == 1 and isinstance(group.get(keys[0]), str):
+        return group[keys[0]]
+    return ", ".join(f"{k}={group.get(k)}" for k in keys)
+
+
+def pair_key(row: dict) -> str:
+    """What pairs rows of different methods: the canonical JSON of ``params`` (the query's identity), or the cell
+    id without its leading ``method/`` when a row has no params."""
+    p = row.get("params")
+    if isinstance(p, dict) and p:
+        return json.dumps(p, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    cid, m = str(row.get("cell_id", "")), str(row.get("method", ""))
+    return cid[len(m) + 1:] if cid.startswith(m + "/") else cid
+
+
+def concept_of(row: dict) -> str | None:
+    extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
+    params = row.get("params") if isinstance(row.get("params"), dict) else {}
+    c = extra.get("concept", params.get("concept"))
+    return None if c is None else str(c)
+
+
+def is_unverified(row: dict) -> bool:
+    extra = row.get("extra")
+    return isinstance(extra, dict) and extra.get("verified") is False
+
+
+def _metric_info(runs: dict[str, dict], bench: str, bhash: str) -> dict[str, dict]:
+    """``metric_info`` of the benchmark from run.json (the entry with the same configuration hash first)."""
+    found: dict[str, dict] = {}
+    for run in runs.values():
+        b = ((run or {}).get("benchmarks") or {}).get(bench) or {}
+        info = b.get("metric_info")
+        if isinstance(info, dict):
+            if b.get("config_hash") == bhash:
+                return info
+            found = found or info
+    return found
+
+
+def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unverified: bool = False,
+              n_boot: int = statistics.N_BOOT) -> list[Board]:
+    """Group rows into one :class:`Board` per (benchmark, benchmark configuration)."""
+    runs = runs or {}
+    by_bench: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        by_bench.setdefault((str(r.get("benchmark", "?")), str(r.get("benchmark_config_hash", ""))), []).append(r)
+    names = [b for b, _ in by_bench]
+    boards = []
+    for (bench, bhash), brow in by_bench.items():
+        # method labels: the name, plus a short config hash where one name has several configurations
+        cfgs: dict[str, list[str]] = {}
+        for r in brow:
+            lst = cfgs.setdefault(str(r.get("method", "?")), [])
+            if r.get("config_hash", "") not in lst:
+                lst.append(r.get("config_hash", ""))
+
+        def label_of(r: dict) -> str:
+            m = str(r.get("method", "?"))
+            return m if len(cfgs[m]) == 1 else f"{m}@{str(r.get('config_hash', ''))[:6]}"
+
+        excluded = [r for r in brow if is_unverified(r)]
+        unverified = list(dict.fromkeys(c for c in (concept_of(r) for r in excluded) if c))
+        kept = brow if include_unverified else [r for r in brow if not is_unverified(r)]
+        # columns: as the benchmark declares them (higher_is_better order), then as seen
+        hib: dict[str, bool | None] = {}
+        seen_cols: list[str] = []
+        for r in brow:
+            for k, v in (r.get("higher_is_better") or {}).items():
+                if hib.get(k) is None:
+                    hib[k] = v
+            for k in (r.get("metrics") or {}):
+                if k not in seen_cols:
+                    seen_cols.append(k)
+        keys = [k for k in hib if k in seen_cols] + [k for k in seen_cols if k not in hib]
+        info = _metric_info(runs, bench, bhash)
+        columns: dict[str, Column] = {}
+        for k in keys:
+            base, _, pool = k.partition("/")
+            mi = info.get(k) or info.get(base) or {}
+            direction = hib.get(k)
+            if direction is None and isinstance(mi.get("higher_is_better"), bool):
+                direction = mi["higher_is_better"]
+            display = mi.get("display") or default_display(base)
+            columns[k] = Column(key=k, base=base, pool=pool or None, display=str(display), unit=mi.get("unit"),
+                                higher_is_better=direction, metric=mi.get("metric"))
+        # groups
+        group_keys: list[str] = []
+        for r in brow:
+            for k in (r.get("group") or {}):
+                if k not in group_keys:
+                    group_keys.append(k)
+        label_keys = _label_keys(group_keys, [r.get("group") or {} for r in brow])
+        first_seen: dict[str, int] = {}
+        gvals: dict[str, dict] = {}
+        for r in brow:
+            g = r.get("group") or {}
+            lab = group_label(g, label_keys)
+            first_seen.setdefault(lab, len(first_seen))
+            gvals.setdefault(lab, dict(g))
+
+        def gsort(lab: str):
+            vals = tuple(gvals[lab].get(k) for k in label_keys)
+            return tuple((0, v, 0) if _is_number(v) else (1, 0, first_seen[lab]) for v in vals) or ((0, 0, 0),)
+
+        groups = sorted(gvals, key=gsort)
+        methods = list(dict.fromkeys(label_of(r) for r in brow))
+        method_names = {label_of(r): str(r.get("method", "?")) for r in brow}
+        method_hashes = {label_of(r): str(r.get("config_hash", "")) for r in brow}
+        refs = [m for m in methods if method_names[m] == REFERENCE_METHOD]
+        reference = refs[0] if len(refs) == 1 else None
+        # values: (group, column) -> method -> pairing key -> [values]
+        values: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
+        for r in kept:
+            g = group_label(r.get("group") or {}, label_keys)
+            m = label_of(r)
+            pk = pair_key(r)
+            for k, v in (r.get("metrics") or {}).items():
+                cell = values.setdefault((g, k), {}).setdefault(m, {})
+                if _finite(v):
+                    cell.setdefault(pk, []).append(float(v))
+                else:
+                    cell.setdefault(pk, [])
+        stats: dict[tuple[str, str, str], dict] = {}
+        for (g, k), per_method in values.items():
+            ordered = {m: {pk: (sum(vs) / len(vs) if vs else None) for pk, vs in per_method[m].items()}
+                       for m in methods if m in per_method}
+            cmp = statistics.compare_methods(ordered, columns[k].higher_is_better, reference=reference,
+                                             n_boot=n_boot)
+            for m, s in cmp["methods"].items():
+                stats[(m, g, k)] = {**s, "best": cmp["best"] == m}
+        for k, col in columns.items():
+            _choose_format(col, [s for (m, g, kk), s in stats.items() if kk == k])
+        scale = brow[0].get("scale")
+        title = bench if names.count(bench) == 1 else f"{bench} [{scale}, {bhash[:8]}]"
+        boards.append(Board(
+            title=title, benchmark=bench, version=str(brow[0].get("benchmark_version", "")), config_hash=bhash,
+            scale=scale, group_keys=group_keys, label_keys=label_keys, groups=groups,
+            group_values={g: gvals[g] for g in groups}, columns=columns, methods=methods, method_names=method_names,
+            method_hashes=method_hashes, stats=stats, rows=kept, excluded=excluded, unverified=unverified,
+            include_unverified=include_unverified, reference=reference,
+            directories=list(dict.fromkeys(r["_dir"] for r in brow if "_dir" in r)),
+        ))
+    return boards
+
+
+def caption(board: Board) -> str:
+    """One line about where the numbers come from."""
+    parts = [f"version {board.version}"]
+    if board.scale:
+        parts.append(f"scale {board.scale}")
+    parts.append(f"config {board.config_hash[:12]}")
+    parts.append(f"{board.cells} cells")
+    if board.label_keys:
+        parts.append("groups by " + ", ".join(board.label_keys))
+    return " · ".join(parts)
+
+
+def unverified_note(board: Board) -> str:
+    if not board.unverified and not board.excluded:
+        return ""
+    names = ", ".join(board.unverified) or "unnamed concepts"
+    n = len(board.excluded)
+    if board.include_unverified:
+        return (f"Unverified: {n} cells of concepts whose customized model did not reproduce its concept ({names}) "
+                "are INCLUDED in these numbers (--include-unverified).")
+    return (f"Unverified: {n} cells of concepts whose customized model did not reproduce its concept ({names}) are "
+            "excluded from every number here (their results measure nothing); --include-unverified keeps them.")
+
+
+LEGEND = ("Mean ± standard error over cells (n per method and group). Bold: the best, only when its paired 95 % "
+          f"bootstrap interval against every other method excludes 0 over at least {statistics.MIN_PAIRS} shared "
+          "queries. Differences: method − other over the same queries, with a 95 % bootstrap interval [lo, hi] (the "
+          f"number of pairs instead when fewer than {statistics.MIN_PAIRS}).")
