@@ -1,16 +1,59 @@
 """genattr: a plugin-based benchmark harness for data attribution in text-to-image diffusion models.
 
-Public API: :data:`hookimpl` (decorate your plugin's hook functions), :func:`load_plugins`, and the accessors
-``get_method``, ``get_model``, ``get_metric``, ``get_dataset``, ``get_benchmark``, ``get_executor``, each taking a
-registered name and the component's configuration as keyword arguments.
+The plugin author's API — everything a plugin needs, so that no plugin imports ``genattr.harness.*``:
+
+* :data:`hookimpl` (decorate your hook functions), :class:`lazy` (a factory named ``"module:attribute"``, imported
+  only when called), :func:`load_plugins`, and the accessors ``get_method``, ``get_model``, ``get_metric``,
+  ``get_dataset``, ``get_benchmark``, ``get_executor`` (a registered name and the component's configuration as
+  keyword arguments);
+* the component protocols and their data: ``AttributionMethod``, ``T2IModel``, ``Dataset``, ``Metric``,
+  ``Benchmark``, ``Executor``, ``Query``, ``Example``, ``AttributionContext``, ``Cell``, ``RunEnv``,
+  ``PARAMETER_SELECTIONS``, ``SCALES``;
+* ``UserError`` (a mistake the user can fix: one line, exit status 2) and ``ScoringError``;
+* ``InMemoryDataset`` and ``ConcatDataset`` (datasets from tensors / parts), ``score`` (the one scoring path:
+  prepare + attribute + checks);
+* seeding helpers: ``derive_seed``, ``generator``, ``numpy_rng``, ``item_noise``, ``strided_timesteps``.
+
+Importing ``genattr`` is cheap: torch and diffusers load only when a component needs them.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+#: The built-in plugin modules, registered exactly as third-party plugins are (the host itself names none).
+BUILTIN_PLUGINS = (
+    "genattr.datasets",
+    "genattr.plugins.models",
+    "genattr.plugins.methods",
+    "genattr.plugins.metrics",
+    "genattr.benchmarks",
+    "genattr.plugins.executors",
+    "genattr.plugins.commands",
+)
+
+from .harness.api import (  # noqa: E402
+    PARAMETER_SELECTIONS,
+    SCALES,
+    AttributionContext,
+    AttributionMethod,
+    Benchmark,
+    Cell,
+    Dataset,
+    Example,
+    Executor,
+    Metric,
+    Query,
+    RunEnv,
+    T2IModel,
+)
+from .harness.data import ConcatDataset, InMemoryDataset  # noqa: E402
+from .harness.errors import ScoringError, UserError  # noqa: E402
 from .harness.hookspecs import hookimpl  # noqa: E402
 from .harness.manager import load_plugins  # noqa: E402
+from .harness.registry import lazy  # noqa: E402
+from .harness.scoring import score  # noqa: E402
+from .harness.seeding import derive_seed, generator, item_noise, numpy_rng, strided_timesteps  # noqa: E402
 
 
 def _entry(kind: str, name: str):
@@ -61,6 +104,9 @@ def get_executor(name: str, **config):
 
 
 __all__ = [
-    "__version__", "hookimpl", "load_plugins", "get_method", "get_model", "get_metric", "get_dataset",
-    "get_benchmark", "get_executor",
+    "__version__", "BUILTIN_PLUGINS", "hookimpl", "lazy", "load_plugins", "get_method", "get_model", "get_metric",
+    "get_dataset", "get_benchmark", "get_executor", "PARAMETER_SELECTIONS", "SCALES", "AttributionContext",
+    "AttributionMethod", "Benchmark", "Cell", "Dataset", "Example", "Executor", "Metric", "Query", "RunEnv", "T2IModel",
+    "ConcatDataset", "InMemoryDataset", "ScoringError", "UserError", "score", "derive_seed", "generator",
+    "item_noise", "numpy_rng", "strided_timesteps",
 ]

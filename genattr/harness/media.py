@@ -4,7 +4,8 @@
 under ``RUN_DIR/media/`` (named by a hash of their pixels, so an image shared by many rows is stored once) and
 returns the JSON a result row carries in ``extra["media"]``::
 
-    {"query": "media/<hash>.png", "top": [{"id": item id, "score": float, "image": "media/<hash>.png"}, …]}
+    {"query": "media/<hash>.png",
+     "top": [{"id": item id, "score": float, "image": "media/<hash>.png", "positive": bool (when known)}, …]}
 
 Paths are relative to the run directory. Nothing is written when the run directory is unknown or not writable (a
 remote worker without the shared folder): the row then simply has no pictures.
@@ -58,8 +59,9 @@ def save_png(run_dir: str | os.PathLike, image) -> str | None:
 
 
 def attribution_media(run_dir, query_image, train_set, scores, top: int = 10,
-                      indices: Sequence[int] | None = None) -> dict | None:
-    """``{"query", "top"}`` for one query's score vector over ``train_set`` (or over ``indices`` of it)."""
+                      indices: Sequence[int] | None = None, positives: Sequence[int] | None = None) -> dict | None:
+    """``{"query", "top"}`` for one query's score vector over ``train_set`` (or over ``indices`` of it); with
+    ``positives`` (training indices of the true sources) each top entry says whether it is one."""
     import numpy as np
 
     if not run_dir:
@@ -70,8 +72,12 @@ def attribution_media(run_dir, query_image, train_set, scores, top: int = 10,
     if q is None:
         return None
     ids = train_set.ids
+    pos = None if positives is None else {int(p) for p in positives}
     out = []
     for j in order:
         i = int(j if indices is None else indices[int(j)])
-        out.append({"id": ids[i], "score": float(s[j]), "image": save_png(run_dir, train_set.item(i).image)})
+        entry = {"id": ids[i], "score": float(s[j]), "image": save_png(run_dir, train_set.item(i).image)}
+        if pos is not None:
+            entry["positive"] = i in pos
+        out.append(entry)
     return {"query": q, "top": out}

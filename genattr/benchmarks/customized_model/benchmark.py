@@ -169,7 +169,7 @@ class CustomizedModelBenchmark:
                           "verified": case.verification.get("passed"), "prepare_s": timings["prepare_s"],
                           "attribute_s": round(timings["attribute_s"] / len(qs), 6), "batch_queries": len(qs)})
             if split == "test":
-                pics = media.attribution_media(env.out, q.image, state.pool, s)
+                pics = media.attribution_media(env.out, q.image, state.pool, s, positives=case.own_idx)
                 if pics is not None:
                     extra["media"] = pics
             row["extra"] = extra

@@ -85,12 +85,22 @@ _CUSTOMIZE = {
 }
 
 
+#: The recipe of a dataset without one of its own (a third-party dataset): the scale's architecture and the shapes
+#: training schedule; no dataset keyword arguments (give them with the benchmark's ``dataset_config``).
+_GENERIC = {
+    "tiny": {"model": {**TINY_ARCH}, "train": dict(_RECIPES[("shapes", "tiny")]["train"]), "dataset": {}},
+    "small": {"model": {**SMALL_ARCH, "guidance_scale": 2.0}, "train": dict(_RECIPES[("shapes", "small")]["train"]),
+              "dataset": {}},
+}
+
+
 def recipe(dataset_name: str, scale: str) -> dict:
-    """``{"model": ..., "train": ..., "dataset": ...}`` for a built-in dataset at a scale (a fresh copy)."""
-    if dataset_name not in DATASETS:
-        raise UserError(f"no model recipe for dataset {dataset_name!r}; choose one of {', '.join(DATASETS)}")
+    """``{"model": ..., "train": ..., "dataset": ...}`` for a dataset at a scale (a fresh copy): the built-in
+    datasets' own recipes, the generic one for any other dataset."""
     if scale not in RECIPE_SCALES:
         raise UserError(f"no model recipe for scale {scale!r}; choose one of {', '.join(RECIPE_SCALES)}")
+    if dataset_name not in DATASETS:
+        return copy.deepcopy(_GENERIC[scale])
     return copy.deepcopy(_RECIPES[(dataset_name, scale)])
 
 
