@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -107,12 +106,9 @@ def _check_names(kind: str, names: Sequence[str]) -> None:
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
-    """Parse a TOML configuration file (``tomllib``, or ``tomli`` on Python 3.10); a missing or malformed file is a
+    """Parse a TOML configuration file (``tomllib``: genattr needs Python ≥ 3.11); a missing or malformed file is a
     :class:`UserError`."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised by the Python 3.10 CI job
-        import tomli as tomllib
+    import tomllib
 
     p = Path(path).expanduser()
     if not p.is_file():
