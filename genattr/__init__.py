@@ -12,7 +12,8 @@ The plugin author's API — everything a plugin needs, so that no plugin imports
 * ``UserError`` (a mistake the user can fix: one line, exit status 2) and ``ScoringError``;
 * ``InMemoryDataset`` and ``ConcatDataset`` (datasets from tensors / parts), ``score`` (the one scoring path:
   prepare + attribute + checks);
-* seeding helpers: ``derive_seed``, ``generator``, ``numpy_rng``, ``item_noise``, ``strided_timesteps``.
+* seeding helpers: ``derive_seed``, ``generator``, ``numpy_rng``, ``item_noise``, ``strided_timesteps``;
+* for tests: ``register_plugin(obj, name)`` / ``unregister_plugin(name)`` (a throwaway plugin inside a test).
 
 Importing ``genattr`` is cheap: torch and diffusers load only when a component needs them.
 """
@@ -50,7 +51,7 @@ from .harness.api import (  # noqa: E402
 from .harness.data import ConcatDataset, InMemoryDataset  # noqa: E402
 from .harness.errors import ScoringError, UserError  # noqa: E402
 from .harness.hookspecs import hookimpl  # noqa: E402
-from .harness.manager import load_plugins  # noqa: E402
+from .harness.manager import load_plugins, register_plugin, unregister_plugin  # noqa: E402
 from .harness.registry import lazy  # noqa: E402
 from .harness.scoring import score  # noqa: E402
 from .harness.seeding import derive_seed, generator, item_noise, numpy_rng, strided_timesteps  # noqa: E402
@@ -104,7 +105,7 @@ def get_executor(name: str, **config):
 
 
 __all__ = [
-    "__version__", "BUILTIN_PLUGINS", "hookimpl", "lazy", "load_plugins", "get_method", "get_model", "get_metric",
+    "__version__", "BUILTIN_PLUGINS", "hookimpl", "lazy", "load_plugins", "register_plugin", "unregister_plugin", "get_method", "get_model", "get_metric",
     "get_dataset", "get_benchmark", "get_executor", "PARAMETER_SELECTIONS", "SCALES", "AttributionContext",
     "AttributionMethod", "Benchmark", "Cell", "Dataset", "Example", "Executor", "Metric", "Query", "RunEnv", "T2IModel",
     "ConcatDataset", "InMemoryDataset", "ScoringError", "UserError", "score", "derive_seed", "generator",
