@@ -182,8 +182,13 @@ def test_help_imports_no_heavy_library(tmp_path):
 # -- attribute ------------------------------------------------------------------------------------------------
 def test_attribute_generated_query_and_image_file(fake_plugins, tmp_path, capsys):
     out = tmp_path / "attr"
+    # a registered adapter name builds a fresh, untrained model: refused unless asked for
+    assert main(["attribute", "--model", "fake-t2i", "--dataset", "fake-data", "--prompt", "square 5",
+                 "--method", "fake-pixel", "--out", str(out), "--device", "cpu", "-q"]) == 2
+    assert "untrained" in capsys.readouterr().err
     assert main(["attribute", "--model", "fake-t2i", "--dataset", "fake-data", "--prompt", "square 5", "--seed",
-                 "5", "--method", "fake-pixel", "--top-k", "3", "--out", str(out), "--device", "cpu", "-q"]) == 0
+                 "5", "--method", "fake-pixel", "--top-k", "3", "--out", str(out), "--device", "cpu", "-q",
+                 "--allow-untrained"]) == 0
     doc = json.loads((out / "ranking.json").read_text())
     assert [r["rank"] for r in doc["ranking"]] == [1, 2, 3]
     assert doc["ranking"][0]["id"] == "item05"  # the fake model reproduces item seed % 12
@@ -196,7 +201,9 @@ def test_attribute_generated_query_and_image_file(fake_plugins, tmp_path, capsys
     assert len(csv_lines) == 4
     for png in ("grid.png", "query.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "item05" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["rank", "score", "id", "caption"] and "item05" in printed[1]
+    assert len({line.index("item") for line in printed[1:]}) == 1  # aligned columns
 
     # the same training image as a file: it ranks itself first (no model needed for a model-free method)
     from PIL import Image
@@ -224,3 +231,27 @@ def test_attribute_loads_a_saved_tiny_t2i_directory(fake_plugins, tmp_path):
     doc = json.loads((out / "ranking.json").read_text())
     assert doc["model"]["name"] == "tiny-t2i" and doc["model"]["fingerprint"] == model.fingerprint
     assert len(doc["ranking"]) == 4 and len({r["id"] for r in doc["ranking"]}) == 4
+
+
+def test_attribute_from_a_run_uses_its_model_and_training_set(tmp_path, capsys):
+    """`genattr attribute --run DIR` finds the run's θ0 and training set through the cache, no hand search."""
+    run_dir = tmp_path / "run"
+    assert main(["run", "leave-k-out", "-m", "random", "--scale", "tiny", "--set", "leave-k-out.num_queries=1",
+                 "--set", "leave-k-out.k=[2]", "--out", str(run_dir), "-q", "--no-leaderboard", "--device",
+                 "cpu"]) == 0
+    run_doc = json.loads((run_dir / "run.json").read_text())
+    base_fp = run_doc["benchmarks"]["leave-k-out"]["provenance"]["models"]["base"]
+    out = tmp_path / "attr"
+    capsys.readouterr()
+    assert main(["attribute", "--run", str(run_dir), "--method", "pixel", "--prompt", "the digit 3", "--steps", "5",
+                 "--top-k", "5", "--out", str(out), "--device", "cpu", "-q"]) == 0
+    doc = json.loads((out / "ranking.json").read_text())
+    assert doc["model"]["fingerprint"] == base_fp and doc["source"]["benchmark"] == "leave-k-out"
+    assert doc["dataset"]["size"] == run_doc["benchmarks"]["leave-k-out"]["provenance"]["n"]
+    assert len(doc["ranking"]) == 5
+    # a mismatching dataset is warned about; --run and --model together are refused
+    assert main(["attribute", "--run", str(run_dir), "--dataset", "shapes", "--dataset-set", "n=20", "--method",
+                 "pixel", "--prompt", "x", "--steps", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert "is not the training set" in capsys.readouterr().err
+    assert main(["attribute", "--run", str(run_dir), "--model", "tiny-t2i", "--method", "pixel", "--prompt", "x",
+                 "--out", str(out)]) == 2

@@ -207,6 +207,13 @@ class Counterfactual:
         }
         return st
 
+    def attribution_context(self, env, concept: str | None = None):
+        """``(θ0, training set, description)`` for ``genattr attribute --run``."""
+        if concept is not None:
+            raise UserError(f"{self.NAME}: --concept applies to the customized-model benchmark only")
+        st = self._setup(env)
+        return st.base, st.train, f"θ0 and its training set ({self.config['dataset']}, n={len(st.train)})"
+
     def base_losses(self, query: Query, env, st: CounterfactualState):
         """θ0's per-timestep losses of ``query`` (cached)."""
         import numpy as np

@@ -57,6 +57,28 @@ def load_model(spec: str, config: Mapping | None = None):
     raise UserError(f"--model {spec!r}: no such directory, registered model or hub id")
 
 
+def _is_fresh(spec: str | None) -> bool:
+    """Whether ``--model`` names a registered adapter (built fresh, untrained) rather than saved weights."""
+    if not spec or Path(spec).expanduser().exists():
+        return False
+    from genattr.harness.manager import registry
+
+    return spec in registry("models")
+
+
+def format_ranking(ranking: list[dict]) -> str:
+    """The ranking as aligned text columns: rank, score, id, caption."""
+    if not ranking:
+        return ""
+    scores = [f"{r['score']:+.6g}" for r in ranking]
+    w_s = max(len(x) for x in scores)
+    w_id = max(len(str(r["id"])) for r in ranking)
+    lines = [f"{'rank':>4}  {'score':>{w_s}}  {'id':<{w_id}}  caption"]
+    for r, sc in zip(ranking, scores):
+        lines.append(f"{r['rank']:>4}  {sc:>{w_s}}  {str(r['id']):<{w_id}}  {r.get('caption', '')}".rstrip())
+    return "\n".join(lines)
+
+
 def _diffusers_model(path_or_id: str):
     """The registered ``diffusers`` adapter on a pipeline directory or hub id."""
     from genattr.harness.manager import registry
@@ -101,65 +123,132 @@ def _to_display(image):
 
 
 def _grid_png(path: Path, query, ranking: list[dict], dataset) -> None:
+    """The query and its top-ranked training images in a grid; every title sits in its own band above its image
+    (wrapped, so long ids never run into a neighbour)."""
     import math as _math
+    import textwrap
 
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    panels = [("query", query.image)] + [
-        (f"#{r['rank']} {r['id']}\n{r['score']:.4g}", dataset.item(r["index"]).image) for r in ranking]
+    def title(r):
+        ident = "\n".join(textwrap.wrap(str(r["id"]), 18)[:2])
+        return f"#{r['rank']}  {r['score']:.4g}\n{ident}"
+
+    panels = [("query", query.image)] + [(title(r), dataset.item(r["index"]).image) for r in ranking]
     cols = min(6, len(panels))
     rows = _math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.3 * rows), squeeze=False)
-    for ax in axes.flat:
+    fig = plt.figure(figsize=(2.1 * cols, 2.75 * rows + 0.6))
+    grid = fig.add_gridspec(rows, cols, hspace=0.75, wspace=0.25, top=1 - 0.6 / (2.75 * rows + 0.6), bottom=0.02,
+                            left=0.02, right=0.98)
+    for k, (t, image) in enumerate(panels):
+        ax = fig.add_subplot(grid[k // cols, k % cols])
         ax.axis("off")
-    for ax, (title, image) in zip(axes.flat, panels):
         arr, cmap = _to_display(image)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=7)
-    fig.suptitle(f"{query.prompt!s}"[:120], fontsize=9)
-    fig.tight_layout()
+        ax.set_title(t, fontsize=7, linespacing=1.1)
+    fig.suptitle("\n".join(textwrap.wrap(str(query.prompt), 100)[:2]), fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def attribute(*, model_spec: str | None, dataset: str, method: str, out: str, model_sets: Sequence[str] = (),
+def _from_run(run_dir: str, benchmark: str | None, concept: str | None, cache_root: str | None, device: str,
+              progress: bool):
+    """``(model, training set, run document, benchmark name, description)`` of a finished run directory: the
+    benchmark is rebuilt from the run's recorded configuration and set up from the cache (no training when the run
+    has finished its setup)."""
+    import genattr
+    from genattr.harness.api import RunEnv
+    from genattr.harness.cache import Cache
+    from genattr.harness.results import read_run
+
+    d = Path(run_dir).expanduser()
+    if not d.is_dir():
+        raise UserError(f"--run {run_dir!r} is not a directory")
+    doc = read_run(d)
+    if not doc or not doc.get("benchmarks"):
+        raise UserError(f"--run {run_dir!r} holds no run.json with benchmarks; run 'genattr run --out {run_dir}' first")
+    names = [b for b in doc["benchmarks"] if benchmark in (None, b)]
+    if not names:
+        raise UserError(f"--benchmark {benchmark!r} is not in {run_dir}; it holds {', '.join(doc['benchmarks'])}")
+    b = names[0]
+    cfg = dict(doc["benchmarks"][b].get("config") or {})
+    bench = genattr.get_benchmark(b, **cfg)
+    if not callable(getattr(bench, "attribution_context", None)):
+        raise UserError(f"benchmark {b!r} cannot hand out its model and training set (no attribution_context)")
+    env = RunEnv(cache=Cache(cache_root), device=device, seed=int(doc.get("seed", 0)),
+                 scale=str(doc.get("scale") or cfg.get("scale") or "tiny"), progress=progress)
+    bench.setup(env)
+    model, train_set, what = bench.attribution_context(env, concept=concept)
+    return model, train_set, doc, b, what, env.scale
+
+
+def attribute(*, model_spec: str | None, dataset: str | None, method: str, out: str, model_sets: Sequence[str] = (),
               dataset_sets: Sequence[str] = (), method_sets: Sequence[str] = (), prompt: str | None = None,
-              seed: int = 0, image: str | None = None, steps: int = 50, top_k: int = 10, scale: str = "small",
-              device: str = "auto", progress: bool = True, cache_root: str | None = None) -> dict:
-    """Rank the training items of ``dataset`` for one query (generated from ``prompt``/``seed`` by the model, or
-    read from ``image``) with ``method``; write ``ranking.csv``, ``ranking.json``, ``query.png`` and ``grid.png``
-    into ``out``. Returns the JSON document written to ``ranking.json`` plus the file paths."""
+              seed: int = 0, image: str | None = None, steps: int = 50, top_k: int = 10, scale: str | None = None,
+              device: str = "auto", progress: bool = True, cache_root: str | None = None, run: str | None = None,
+              benchmark: str | None = None, concept: str | None = None, allow_untrained: bool = False) -> dict:
+    """Rank the training items for one query (generated from ``prompt``/``seed`` by the model, or read from
+    ``image``) with ``method``; write ``ranking.csv``, ``ranking.json``, ``query.png`` and ``grid.png`` into
+    ``out``. The model and training set come from a finished run directory (``run``; its benchmark's model — a
+    concept's customized model with ``concept`` — and training set, from the cache) or from ``model_spec`` and
+    ``dataset``. Returns the JSON document written to ``ranking.json`` plus the file paths."""
     import csv
+    import logging
 
     import genattr
-
     from genattr.harness.api import AttributionContext, Query
     from genattr.harness.cache import Cache
     from genattr.harness.scoring import score
 
+    log = logging.getLogger("genattr.attribute")
     if image is None and not prompt:
         raise UserError("give --prompt (with --seed) to generate the query, or --image PATH")
+    if run and model_spec:
+        raise UserError("give either --run DIR or --model, not both")
+    if not run and not dataset:
+        raise UserError("give --dataset NAME (with --model), or --run DIR to use a run's model and training set")
     out_dir = check_writable(out)
     method_cfg = _assignments(method_sets, "--set")
     dataset_cfg = _assignments(dataset_sets, "--dataset-set")
     model_cfg = _assignments(model_sets, "--model-set")
-    try:
-        train_set = genattr.get_dataset(dataset, **dataset_cfg)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad configuration for dataset {dataset!r}: {str(exc).splitlines()[0]}") from None
-    m = create("method", method, method_cfg)
-    model = load_model(model_spec, model_cfg) if model_spec else None
-    if model is None and (image is None or getattr(m, "needs_model", True)):
-        raise UserError(f"--model is required ({'to generate the query' if image is None else method + ' needs it'})")
     dev = resolve_device(device)
+    m = create("method", method, method_cfg)
+    source = {}
+    if run:
+        model, train_set, doc, bname, what, run_scale = _from_run(run, benchmark, concept, cache_root, dev, progress)
+        scale = scale or run_scale
+        source = {"run": str(run), "benchmark": bname, "what": what}
+        if dataset:
+            other = genattr.get_dataset(dataset, **dataset_cfg)
+            if getattr(other, "fingerprint", None) != getattr(train_set, "fingerprint", None):
+                log.warning(f"--dataset {dataset} is not the training set of {run} ({what}); ranking the run's "
+                            "training set")
+    else:
+        scale = scale or "small"
+        try:
+            train_set = genattr.get_dataset(dataset, **dataset_cfg)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"bad configuration for dataset {dataset!r}: {str(exc).splitlines()[0]}") from None
+        model = load_model(model_spec, model_cfg) if model_spec else None
+        if model is not None and _is_fresh(model_spec) and not allow_untrained:
+            raise UserError(f"--model {model_spec!r} is a fresh, untrained {model_spec} adapter; give --run DIR (a "
+                            "finished genattr run), a saved model directory, or --allow-untrained")
+    if model is None and (image is None or getattr(m, "needs_model", True)):
+        raise UserError(f"--model or --run is required ({'to generate the query' if image is None else method + ' needs it'})")
     if model is not None and hasattr(model, "to"):
         try:
-            model.to(dev)
+            model = model.to(dev) or model
         except Exception:  # noqa: BLE001 - adapters without device moves keep their own
             pass
+    if model is not None:
+        for attr in ("resolution", "channels"):
+            mv, dv = getattr(model, attr, None), getattr(train_set, attr, None)
+            if mv is not None and dv is not None and int(mv) != int(dv):
+                log.warning(f"the model's {attr} ({mv}) differs from the training set's ({dv}): the two do not "
+                            "belong together")
     if image is not None:
         res = getattr(model, "resolution", None) or getattr(train_set, "resolution", None)
         ch = getattr(model, "channels", None) or getattr(train_set, "channels", None)
@@ -189,10 +278,11 @@ def attribute(*, model_spec: str | None, dataset: str, method: str, out: str, mo
     doc = {
         "schema_version": SCHEMA_VERSION,
         "query": {"prompt": query.prompt, **query.meta},
+        "source": source,
         "model": {"spec": model_spec, "name": getattr(model, "name", None), "version": getattr(model, "version", None),
                   "fingerprint": getattr(model, "fingerprint", None) if model is not None else None},
-        "dataset": {"name": dataset, "config": dataset_cfg, "size": len(train_set),
-                    "fingerprint": getattr(train_set, "fingerprint", None)},
+        "dataset": {"name": dataset or getattr(train_set, "name", None), "config": dataset_cfg,
+                    "size": len(train_set), "fingerprint": getattr(train_set, "fingerprint", None)},
         "method": {"name": method, "version": str(getattr(m, "version", "")),
                    "config": clean_json(getattr(m, "config", {}))},
         "device": dev, "attribution_s": round(wall, 3), "finished_at": utc_now(),

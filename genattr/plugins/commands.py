@@ -69,8 +69,13 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, out, e
               help="A saved model directory (tiny-t2i or a diffusers pipeline), a registered model name, or a hub id.")
 @click.option("--model-set", "model_sets", multiple=True, metavar="KEY=VALUE",
               help="Configuration of a registered model name.")
-@click.option("--dataset", "dataset_name", required=True, metavar="NAME",
-              help="The training dataset (registered name).")
+@click.option("--run", "run_dir", metavar="DIR",
+              help="A finished genattr run directory: use its model and training set (from the cache).")
+@click.option("--benchmark", metavar="NAME", help="With --run: which of the run's benchmarks (default: the first).")
+@click.option("--concept", metavar="ID", help="With --run on customized-model: whose customized model.")
+@click.option("--allow-untrained", is_flag=True, help="Accept --model naming a fresh, untrained adapter.")
+@click.option("--dataset", "dataset_name", metavar="NAME",
+              help="The training dataset (registered name); with --run only checked against the run's.")
 @click.option("--dataset-set", "dataset_sets", multiple=True, metavar="KEY=VALUE", help="Dataset configuration.")
 @click.option("--prompt", help="Prompt to generate the query from (with --seed), or the prompt of --image.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated query.")
@@ -79,27 +84,28 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, out, e
 @click.option("--method", "method_name", required=True, metavar="NAME", help="Attribution method.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method configuration (JSON values).")
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--scale", type=click.Choice(SCALES), default="small", show_default=True,
-              help="Scale hint passed to the method.")
+@click.option("--scale", type=click.Choice(SCALES), default=None,
+              help="Scale the method's presets follow (default: the run's, else small).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, metavar="DIR", help="Output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def attribute_command(model_spec, model_sets, dataset_name, dataset_sets, prompt, seed, image_path, steps,
-                      method_name, sets, top_k, scale, device, out, quiet):
+def attribute_command(model_spec, model_sets, run_dir, benchmark, concept, allow_untrained, dataset_name,
+                      dataset_sets, prompt, seed, image_path, steps, method_name, sets, top_k, scale, device, out,
+                      quiet):
     """Where did this image come from? Rank the training items of a dataset for one query — generated from
     --prompt and --seed, or given with --image — and write ranking.csv, ranking.json and grid.png to --out."""
     from genattr.harness import progress
 
-    from .attribute import attribute
+    from .attribute import attribute, format_ranking
 
     progress.configure_logging(quiet=quiet)
     progress.enable(not quiet)
     result = attribute(
         model_spec=model_spec, model_sets=list(model_sets), dataset=dataset_name, dataset_sets=list(dataset_sets),
         prompt=prompt, seed=seed, image=image_path, steps=steps, method=method_name, method_sets=list(sets),
-        top_k=top_k, scale=scale, device=device, out=out, progress=not quiet)
-    for r in result["ranking"]:
-        click.echo(f"{r['rank']:>3}  {r['score']:+.6g}  {r['id']}  {r.get('caption', '')}")
+        top_k=top_k, scale=scale, device=device, out=out, progress=not quiet, run=run_dir, benchmark=benchmark,
+        concept=concept, allow_untrained=allow_untrained)
+    click.echo(format_ranking(result["ranking"]))
     click.echo(f"genattr: wrote {result['files']['csv']}, {result['files']['json']}, {result['files']['grid']}",
                err=True)
 

@@ -111,6 +111,18 @@ class CustomizedModelBenchmark:
                                   seed=int(env.seed), scale=self.config["scale"], progress=env.progress,
                                   extra=LazyExtra(data, factories))
 
+    def attribution_context(self, env: RunEnv, concept: str | None = None):
+        """``(model, training set, description)`` for ``genattr attribute --run``: a concept's customized model
+        (``concept``; default the first) and the ``all`` pool."""
+        state = self._load(env)
+        if concept is None:
+            concept = sorted(state.cases)[0]
+        if concept not in state.cases:
+            raise UserError(f"customized-model: no concept {concept!r} in this run; concepts: "
+                            f"{', '.join(sorted(state.cases))}")
+        case = state.cases[concept]
+        return self._model_for(case, env), state.pool, f"customized model of concept {concept} and the pool"
+
     def _model_for(self, case: ConceptCase, env: RunEnv):
         if case.model is not None:
             return case.model
