@@ -7,15 +7,22 @@ optionally randomly projected. :class:`GradientStore` computes such an array onc
 
 * **Key**: the store version, the model and dataset fingerprints and everything in the spec that changes a value —
   weights (``selection`` + ``include``), output function, draw scheme (timesteps or their count, namespace, shared
-  or per-item draws, captions), flips, reduction, projection kind + dimension + seed (and the device type a random
+  or per-item draws, captions), flips, per-draw normalisation (only when not ``"none"``, so entries written before
+  the option existed keep their keys), reduction, projection kind + dimension + seed (and the device type a random
   projection is generated on: CPU and CUDA generators differ), storage dtype and noise seed
-  (:meth:`GradientSpec.key_parts`). Batch size, vmap/loop mode and progress bars are not in it (they change
+  (:meth:`GradientSpec.key_parts`).
+* **Per-draw normalisation** (``normalize="unit"``): every per-sample gradient (one draw: one timestep, caption and
+  noise) is scaled to unit L2 norm over the selected weights *before* it is projected and reduced — the
+  re-normalisation of diffusion-ReTrac (Xie et al., TMLR 2024), which removes the timestep-dominated "dominating norm
+  effect"; DAS's public code normalises its per-timestep gradients the same way. :class:`UnitNormGrad` applies it
+  to any per-sample gradient function (for query-side features with the same normalisation). Batch size, vmap/loop mode and progress bars are not in it (they change
   nothing but float rounding).
 * **Layout**: one raw ``grads.npy`` of shape ``N × V × k`` (``V`` = 2 views — the image and its horizontal flip —
   with ``flips``, else 1; ``k`` the projection dimension or the number of selected weights), float32 or float16,
   plus ``layout.json`` (parameter names and shapes, evaluations spent). Written with
   ``numpy.lib.format.open_memmap`` and read back with ``numpy.load(..., mmap_mode="r")``: no pickle, and peak memory
-  stays at one chunk whatever the pool size.
+  stays at one chunk whatever the pool size (after each chunk the mapped pages are released with
+  ``madvise(MADV_DONTNEED)``, so they do not accumulate in the resident set either).
 * **Resumable**: the array is filled chunk by chunk in a staging folder under the cache root
   (``.staging/gradients/<key>/``, one process at a time through a lock file); ``progress.json`` records the rows
   finished after each flushed chunk, so a killed computation restarts at its last finished chunk. The finished
@@ -43,6 +50,8 @@ NAMESPACE = "gradients"
 STORE_VERSION = "1"
 DTYPES = ("float32", "float16")
 REDUCTIONS = ("mean", "sum")
+#: Per-draw gradient normalisations: ``"none"``, or ``"unit"`` (each draw's gradient scaled to unit L2 norm).
+NORMALIZATIONS = ("none", "unit")
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class GradientSpec:
     proj_seed: int = 0
     dtype: str = "float32"
     seed: int = 0
+    normalize: str = "none"
     # not part of the key
     batch_size: int = 32
     grad_mode: str = "vmap"
@@ -78,6 +88,9 @@ class GradientSpec:
             raise UserError(f"gradient store: projection {self.projection!r} needs a positive proj_dim")
         if self.dtype not in DTYPES:
             raise UserError(f"gradient store: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise UserError(f"gradient store: normalize must be one of {', '.join(NORMALIZATIONS)}, "
+                            f"got {self.normalize!r}")
         if self.reduce not in REDUCTIONS:
             raise UserError(f"gradient store: reduce must be one of {', '.join(REDUCTIONS)}, got {self.reduce!r}")
         if not isinstance(self.draws, dict) or self.draws.get("kind") not in DRAW_KINDS:
@@ -95,6 +108,8 @@ class GradientSpec:
         for k in ("batch_size", "grad_mode", "max_projector_bytes"):
             d.pop(k)
         d["include"] = list(self.include) if self.include is not None else None
+        if self.normalize == "none":
+            d.pop("normalize")  # keys of entries written before the option existed stay the same
         if self.projection == "identity":
             d["proj_dim"] = d["proj_seed"] = None
         else:
@@ -144,12 +159,15 @@ class StoredGradients:
         step = self.chunk_rows(max_bytes)
         if rows is None:
             for a in range(0, len(self), step):
-                yield a, torch.from_numpy(np.array(self.array[a:a + step], dtype=np.float32))
+                got = np.array(self.array[a:a + step], dtype=np.float32)
+                _release(self.array)
+                yield a, torch.from_numpy(got)
         else:
             rows = np.asarray(list(rows), dtype=np.int64)
             for a in range(0, len(rows), step):
                 part = rows[a:a + step]
                 got = np.array(self.array[np.sort(part)], dtype=np.float32)  # sorted reads from the memory map
+                _release(self.array)
                 yield a, torch.from_numpy(got[np.argsort(np.argsort(part, kind="stable"), kind="stable")])
 
     def dot(self, vectors, rows: Sequence[int] | None = None, max_bytes: int = 64 << 20):
@@ -278,6 +296,8 @@ class GradientStore:
             arr = np.lib.format.open_memmap(arr_file, mode="w+", dtype=np.dtype(spec.dtype), shape=shape)
             _write_json(state_file, state)
         gf = PerSampleGrad(model, params, target=spec.output, mode=spec.grad_mode)
+        if spec.normalize == "unit":
+            gf = UnitNormGrad(gf)
         draws = make_draws(spec.draws, int(spec.seed), int(model.num_train_timesteps))
         done = int(state["done"])
         chunk = self.chunk_items
@@ -301,12 +321,40 @@ class GradientStore:
                 state["evaluations"] = int(state["evaluations"]) + count
                 self.evaluations += count
             arr.flush()
+            _release(arr)
             state["done"] = start + len(rows)
             _write_json(state_file, state)
         del arr
         _write_json(staging / "layout.json", {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes],
                                               "evaluations": int(state["evaluations"]), "dim": dim,
                                               "views": views})
+
+
+class UnitNormGrad:
+    """A per-sample gradient function (such as :class:`~genattr.harness.gradients.PerSampleGrad`) whose rows — one
+    draw's gradient over the selected weights each — are scaled to unit L2 norm (``g / max(‖g‖, eps)``; a zero
+    gradient stays zero). The store applies it with ``normalize="unit"``; methods wrap their query-side gradient
+    function in it so queries get the same normalisation as the stored rows."""
+
+    def __init__(self, grad_fn, eps: float = 1e-12):
+        self.inner = grad_fn
+        self.layout = grad_fn.layout
+        self.eps = float(eps)
+
+    def __call__(self, *args, **kwargs):
+        g = self.inner(*args, **kwargs)
+        return g / g.norm(dim=1, keepdim=True).clamp_min(self.eps)
+
+
+def _release(arr) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident set (the file and the page cache keep
+    them): reading or writing a large store chunk by chunk then keeps the resident set at one chunk."""
+    import mmap
+
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED)
 
 
 def _write_json(path: Path, obj: Any) -> None:
