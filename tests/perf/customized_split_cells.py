@@ -27,7 +27,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import genattr
-    from genattr.benchmarks.customized_model import CustomizedModelBenchmark, _mean_se
+    from genattr.benchmarks.customized_model import CustomizedModelBenchmark, mean_se
     from genattr.harness.api import RunEnv
     from genattr.harness.cache import Cache
     from genattr.harness.run import parse_value
@@ -65,7 +65,7 @@ def main(argv=None):
             with open(args.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
     for key in ("ap", "recall@10"):
-        ms = _mean_se([r[key] for r in rows])
+        ms = mean_se([r[key] for r in rows])
         print(f"{args.method} {config} {args.split} {key}: {ms['mean']:.4f} ± {ms['se']:.4f} (n={ms['n']})")
 
 
