@@ -29,6 +29,12 @@ METHODS = [
     ("journeytrak", "trak:JourneyTrakMethod", "1", True,
      "JourneyTRAK: TRAK features along the query's sampling trajectory (Georgiev et al. 2023)"),
     ("datainf", "datainf:DataInfMethod", "1", True, "DataInf: closed-form influence approximation (Kwon et al. 2024)"),
+    ("das", "das:DASMethod", "1", True,
+     "DAS: influence through the change of the predicted noise, linearised and projected (Lin et al. 2025)"),
+    ("retrac", "retrac:ReTracMethod", "1", True,
+     "Diffusion-ReTrac: re-normalised gradient similarity without the timestep norm bias (Xie et al. 2024)"),
+    ("distilled", "distilled:DistilledMethod", "1", False,
+     "Distilled attribution (FastGDA): a feature MLP trained on unlearning rankings, cosine search (Wang et al. 2025)"),
 ]
 
 

@@ -17,6 +17,8 @@ METRICS = [
      "ΔG (MSE): pixel MSE between images generated before and after removal from the same noise and prompt"),
     ("delta-gen-sim", "counterfactual:DeltaGenSim", "1", "counterfactual", False, "ΔG (similarity)",
      "ΔG (similarity): cosine similarity of image embeddings of the images generated before and after removal"),
+    ("teacher-map", "agreement:TeacherMAP", "1", "retrieval", True, "mAP(k)",
+     "mAP(k): average precision of the teacher's top k (e.g. exhaustive unlearning) in the method's ranking (FastGDA)"),
 ]
 
 
