@@ -10,6 +10,8 @@ BENCHMARKS = [
      "Customized Model benchmark (AbC): Recall@K and mAP of retrieving a customized model's exemplars"),
     ("leave-k-out", "leave_k_out:LeaveKOutBenchmark", "1",
      "Leave-K-out counterfactual: retrain without the top-K training items; ΔL and ΔG on the query"),
+    ("lds", "lds:LDSBenchmark", "1",
+     "Linear datamodeling score: Spearman of summed scores vs minus the query's loss over subset models trained once"),
     ("teacher-agreement", "teacher_agreement:TeacherAgreementBenchmark", "1",
      "Teacher agreement (FastGDA): mAP(k) of a method's ranking against exhaustive unlearning's top-k, held-out queries"),
 ]

@@ -1,4 +1,4 @@
-"""Built-in metrics: retrieval (Recall@K, AP) and counterfactual (ΔL, ΔG)."""
+"""Built-in metrics: retrieval (Recall@K, AP), counterfactual (ΔL, ΔG) and datamodeling (LDS)."""
 
 from genattr import hookimpl
 from genattr.harness.registry import lazy
@@ -17,6 +17,9 @@ METRICS = [
      "ΔG (MSE): pixel MSE between images generated before and after removal from the same noise and prompt"),
     ("delta-gen-sim", "counterfactual:DeltaGenSim", "1", "counterfactual", False, "ΔG (similarity)",
      "ΔG (similarity): cosine similarity of image embeddings of the images generated before and after removal"),
+    ("lds", "lds:LDS", "1", "datamodeling", True, "LDS",
+     "LDS: Spearman correlation over training subsets between Σ of the method's scores over the subset and minus the "
+     "query's loss under the model trained on it"),
     ("teacher-map", "agreement:TeacherMAP", "1", "retrieval", True, "mAP(k)",
      "mAP(k): average precision of the teacher's top k (e.g. exhaustive unlearning) in the method's ranking (FastGDA)"),
 ]

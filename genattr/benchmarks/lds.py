@@ -1,0 +1,634 @@
+"""The linear datamodeling score (LDS) benchmark (PAPER_NOTES §5–6; Park et al. 2023 "TRAK"; for diffusion D-TRAK,
+Zheng et al. ICLR 2024).
+
+Leave-K-out retrains once per (method, query, K). LDS trains a fixed family of subset models **once** and then
+scores any number of methods and queries without further training.
+
+Protocol
+--------
+1. θ0 is trained on the N training items and the queries are synthesized by θ0 from held-out captions exactly as in
+   leave-K-out (:mod:`genattr.benchmarks._counterfactual`: same cache entries, so both benchmarks share θ0, the
+   queries and the methods' cached scores). ``num_real_queries`` adds held-out **real** images as queries: the
+   dataset's items after the training set (the dataset built with size ``n + num_real_queries``; items already in
+   the training set are skipped), each with one of its captions (``numpy_rng(run seed, "lds/real-caption", j)``).
+2. **Subsets.** ``S_j`` for ``j = 0 … M−1`` (``subsets`` = M) is
+   ``sorted(numpy_rng(run seed, "lds/subset", j).choice(N, ⌊β·N⌋, replace=False))`` — training indices, a function
+   of the run seed, j, N and β only (a larger M keeps the first subsets, and so their trained models).
+3. **Subset models.** One model per subset and training seed, trained with θ0's recipe through the model cache
+   (:func:`genattr.plugins.models.cache.load_or_train`, via ``Counterfactual._train``); the key depends on the
+   subset, the recipe, the seed and the retraining mode — never on a method or a query — so every method, query and
+   run shares them. ``retrain`` (:data:`RETRAIN_MODES`): ``independent`` (default, the standard: train from scratch
+   on the subset) or ``coupled`` (θ0's batch sequence over the full set with the items outside the subset weighted
+   0, as leave-K-out's ``coupled``). Training seed ``r = 0`` is the run's training seed (θ0's); seed ``r ≥ 1`` is
+   ``derive_seed(train seed, "lds/seed", r)``, which for an adapter whose constructor takes ``seed`` (tiny-t2i) also
+   re-seeds the initialisation. ``train_seeds`` (R) seeds per subset are trained and their outputs averaged.
+4. **Model output.** ``f(z; θ_S)`` = the diffusion loss of query z under θ_S: the mean over the strided timesteps
+   ``t = 0, s, 2s, …`` (``loss_stride`` s) of :func:`~genattr.plugins.metrics.counterfactual.query_loss`, whose
+   noise for timestep t is ``item_noise(run seed, "query:<id>", 0, t)`` — the same timesteps and noise for every
+   model (as D-TRAK). Outputs are cached per (subset model, queries, stride, seed).
+5. **Prediction and score.** ``g(z, S) = Σ_{i∈S} τ(z, i)`` from the method's scores at θ0 (higher = more helpful).
+   A subset full of helpful items should give a *low* loss, so
+   ``LDS(z) = Spearman((g(z, S_j))_j, (−f(z; θ_{S_j}))_j)`` (the registered metric ``lds``,
+   :mod:`genattr.plugins.metrics.lds`): higher is better, random scores give 0 in expectation. The benchmark reports
+   the mean over queries ± standard error.
+6. **Ceiling** (``ceiling = true``): models are also trained with a second seed (seed r = 1; free when
+   ``train_seeds ≥ 2``), and per query the Spearman correlation over the M subsets between the two seeds' outputs is
+   recorded (provenance ``ceiling``; each row's ``extra.ceiling``). No method predicts the outputs of one training
+   run better than another training run on the same subsets does. With ``train_seeds = R ≥ 2`` the averaged outputs
+   are less noisy than one seed's, so the single-seed ceiling then understates what is reachable.
+
+Cells are ``method × query`` (``id = "<method>/q<jjj>"`` for generated, ``"<method>/r<jjj>"`` for real queries;
+``params = {"query": id, "source": "generated" | "real"}``; ``group = {"source": ...}``). ``group`` (``method``,
+default): a method's cells are one task whose queries are scored in one ``attribute`` call; ``query``: one task per
+cell (spreads an expensive method's queries over a cluster's workers). Scores are cached per (method, config, θ0,
+query) — shared with leave-K-out — so a resumed run re-scores nothing. Rows carry ``extra``: the query, this query's
+``predictions`` g(S_j) and ``outputs`` f(θ_{S_j}) (LDS can be recomputed from the row alone), ``ceiling``, M, N, β.
+
+Configuration keys (``get_benchmark("lds", **config)``; unspecified keys come from the scale preset): ``scale``,
+``dataset``, ``dataset_config``, ``n``, ``model``, ``recipe``, ``model_config``, ``train_config``, ``train_seed``,
+``num_queries``, ``query_steps``, ``guidance_scale``, ``loss_stride`` (as leave-K-out), ``num_real_queries``,
+``subsets`` (M), ``beta`` (β), ``train_seeds`` (R), ``ceiling``, ``retrain``, ``metrics`` (datamodeling metrics
+through the metric registry: names or ``{name = ..., options}``; default ``lds``), ``group``.
+
+Setup trains every subset model the cache lacks; in several processes sharing one cache (a cluster's workers) each
+process visits the subset models in its own order (seeded by host and process id) and looks in the cache again
+before training one, so the trainings spread over the workers; two workers can still train the same model at the
+same moment (there is no lock; the second copy is discarded).
+
+Deviations from D-TRAK / TRAK at the built-in scales: tiny models and datasets (N = 48 / 300), fewer subsets
+(M = 6 / 32 instead of 64) and one training seed per subset instead of three; subset models train the same number
+of steps as θ0 (so an ``independent`` subset model sees each of its items 1/β times as often); the queries are images
+generated by θ0 (D-TRAK scores held-out real samples; ``num_real_queries`` adds those); a constant prediction or
+output vector gets LDS 0 (scipy's Spearman gives NaN).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Sequence
+
+from genattr.harness.api import Cell, Query
+from genattr.harness.cache import hash_json
+from genattr.harness.errors import UserError, did_you_mean
+
+from ._counterfactual import RETRAIN_MODES, Counterfactual, CounterfactualState
+from .leave_k_out import PAPER_MODEL, PAPER_TRAIN
+
+NAME = "lds"
+VERSION = "1"
+
+#: D-TRAK's LDS set-up: 64 subsets of half the training set, 3 training seeds per subset.
+PAPER_SUBSETS, PAPER_BETA, PAPER_SEEDS = 64, 0.5, 3
+
+SCALES: dict[str, dict] = {
+    # CI: a handful of subsets, seconds of training each; θ0 is leave-K-out tiny's (same cache entry)
+    "tiny": {
+        "dataset": "digits",
+        "dataset_config": {},
+        "n": 48,
+        "model": "tiny-t2i",
+        "recipe": "tiny",
+        "model_config": None,
+        "train_config": None,
+        "subsets": 6,
+        "beta": 0.5,
+        "train_seeds": 1,
+        "ceiling": False,
+        "num_queries": 4,
+        "num_real_queries": 0,
+        "query_steps": 10,
+        "loss_stride": 5,
+    },
+    # θ0 and the queries are leave-K-out small's (same cache entries)
+    "small": {
+        "dataset": "digits",
+        "dataset_config": {"resolution": 8},
+        "n": 300,
+        "model": "tiny-t2i",
+        "recipe": "small",
+        "model_config": None,
+        "train_config": {"steps": 400},
+        "subsets": 32,
+        "beta": 0.5,
+        "train_seeds": 1,
+        "ceiling": True,
+        "num_queries": 50,
+        "num_real_queries": 0,
+        "query_steps": 50,
+        "loss_stride": 5,
+    },
+    "paper": {
+        "dataset": "mscoco",
+        "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
+                           "latents": None, "query_split": "val2017", "query_annotations": None},
+        "n": None,
+        "model": "diffusers",
+        "recipe": None,
+        "model_config": PAPER_MODEL,
+        "train_config": PAPER_TRAIN,
+        "subsets": PAPER_SUBSETS,
+        "beta": PAPER_BETA,
+        "train_seeds": PAPER_SEEDS,
+        "ceiling": True,
+        "num_queries": 110,
+        "num_real_queries": 0,
+        "query_steps": 1000,
+        "guidance_scale": 7.5,
+        "loss_stride": 5,
+    },
+}
+
+COMMON = {"train_seed": None, "guidance_scale": None, "retrain": "independent", "metrics": None, "group": "method"}
+
+#: The datamodeling metrics reported when ``metrics`` is not given.
+DEFAULT_METRICS = ["lds"]
+
+GROUPS = ("method", "query")
+
+#: The metric kind this benchmark calls: ``metric(scores, subsets, outputs) -> float``.
+METRIC_KIND = "datamodeling"
+
+
+def draw_subsets(seed: int, n: int, m: int, beta: float) -> list:
+    """The M subsets as sorted training-index arrays: ``S_j = sorted(numpy_rng(seed, "lds/subset", j).choice(n,
+    ⌊β·n⌋, replace=False))``."""
+    import numpy as np
+
+    from genattr.harness.seeding import numpy_rng
+
+    size = subset_size(n, beta)
+    return [np.sort(numpy_rng(int(seed), "lds/subset", j).choice(int(n), size=size, replace=False))
+            for j in range(int(m))]
+
+
+def subset_size(n: int, beta: float) -> int:
+    """``⌊β·n⌋``, checked to leave at least one item in and one out."""
+    size = int(math.floor(float(beta) * int(n)))
+    if not 1 <= size < int(n):
+        raise UserError(f"lds: beta={beta} gives subsets of {size} of N={n} items; it must keep at least one item "
+                        "and leave at least one out")
+    return size
+
+
+def seed_for(train_seed: int, r: int) -> int:
+    """Training seed ``r`` of every subset: the run's training seed for r = 0, else ``derive_seed(train seed,
+    "lds/seed", r)`` (31 bits)."""
+    from ._counterfactual import derive
+
+    return int(train_seed) if int(r) == 0 else derive(int(train_seed), "lds/seed", int(r))
+
+
+def query_digest(q: Query) -> str:
+    """What identifies a query's output: id, prompt, mask and the image's pixels."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(f"{q.id}\x1f{q.prompt}\x1f".encode())
+    img = q.image.detach().float().cpu().contiguous()
+    h.update(str(tuple(img.shape)).encode() + img.numpy().tobytes())
+    if q.mask is not None:
+        h.update(q.mask.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class LDSState(CounterfactualState):
+    """Setup's state plus the subsets, the outputs ``(seeds, M, Q)`` and the per-query ceiling."""
+
+    def __init__(self):
+        super().__init__()
+        self.subsets: list = []
+        self.membership = None
+        self.outputs = None
+        self.ceiling = None
+        self.ready = False
+
+
+class LDSBenchmark(Counterfactual):
+    """The LDS benchmark (see the module docstring for the protocol and the configuration)."""
+
+    name = NAME
+    version = VERSION
+    NAME, VERSION = NAME, VERSION
+    preset_hint = None
+
+    def __init__(self, scale: str = "tiny", **overrides: Any):
+        if scale not in SCALES:
+            raise UserError(f"lds: unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+        known = set(SCALES[scale]) | set(COMMON)
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UserError(f"lds: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}; known: "
+                            f"{', '.join(sorted(known))}")
+        cfg = {**copy.deepcopy(COMMON), **copy.deepcopy(SCALES[scale])}
+        for key, value in overrides.items():
+            if key == "dataset_config" and isinstance(value, dict) and "dataset" not in overrides:
+                cfg[key] = {**(cfg[key] or {}), **value}
+            elif (key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict)
+                  and overrides.get("model", cfg["model"]) == SCALES[scale]["model"]):
+                cfg[key] = {**cfg[key], **value}  # adjust the preset's recipe (another model: replace it)
+            else:
+                cfg[key] = value
+        _validate(cfg)
+        cfg["scale"] = scale
+        self.config = cfg
+        self.scale = scale
+        self._state: LDSState | None = None
+        self._state_key = None
+        self._metrics_resolved = resolve_metrics(cfg)
+        self.metrics = {c: info["higher_is_better"] for c, _, info in self._metrics_resolved}
+        self.metric_info = {c: info for c, _, info in self._metrics_resolved}
+
+    # -- setup ------------------------------------------------------------------------------------------------------
+    def setup(self, env) -> dict:
+        """θ0, the queries, every subset model (trained once, cached) and their outputs; returns provenance."""
+        return self._ready(env).provenance
+
+    def _setup(self, env) -> LDSState:
+        """θ0, the training set and the queries (no subset model): what ``attribution_context`` needs."""
+        key = (str(env.cache.root), int(env.seed), env.device)
+        if self._state is not None and self._state_key == key:
+            return self._state
+        base = self._setup_state(env)
+        st = LDSState()
+        st.__dict__.update({k: v for k, v in base.__dict__.items()})
+        st.queries = list(st.queries) + self._real_queries(env, st)
+        n = len(st.train)
+        st.subsets = draw_subsets(int(env.seed), n, int(self.config["subsets"]), float(self.config["beta"]))
+        import numpy as np
+
+        st.membership = np.zeros((len(st.subsets), n), dtype=bool)
+        for j, s in enumerate(st.subsets):
+            st.membership[j, s] = True
+        cfg = self.config
+        st.provenance.update({
+            "queries": [{"id": q.id, "prompt": q.prompt, "seed": q.meta.get("seed"),
+                         "source": q.meta.get("source", "generated"), "source_id": q.meta.get("source_id")}
+                        for q in st.queries],
+            "retrain": cfg["retrain"],
+            "M": len(st.subsets),
+            "beta": float(cfg["beta"]),
+            "subset_size": int(st.subsets[0].size),
+            "subsets": [{"j": j, "sha256": hash_json(sorted(st.train.ids[i] for i in s))}
+                        for j, s in enumerate(st.subsets)],
+            "subset_draw": "sorted(numpy_rng(run seed, 'lds/subset', j).choice(N, floor(beta*N), replace=False))",
+            "train_seeds": [seed_for(st.train_seed, r) for r in range(int(cfg["train_seeds"]))],
+            "loss_stride": int(cfg["loss_stride"]),
+        })
+        self._state, self._state_key = st, key
+        return st
+
+    def _real_queries(self, env, st) -> list[Query]:
+        """``num_real_queries`` held-out real images (items after the training set) as queries."""
+        count = int(self.config["num_real_queries"])
+        if count == 0:
+            return []
+        import genattr
+        from genattr.harness.data import size_option
+        from genattr.harness.seeding import numpy_rng
+
+        cfg = self.config
+        rec = self._recipe_parts()[2]
+        dcfg = {**{k: v for k, v in rec.items() if k not in ("limit", "n")}, **dict(cfg["dataset_config"] or {})}
+        size_key = size_option(self._dataset_factory())
+        if size_key is not None:
+            dcfg[size_key] = len(st.train) + count
+        try:
+            source = genattr.get_dataset(cfg["dataset"], **dcfg)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"lds: bad configuration for dataset {cfg['dataset']!r}: "
+                            f"{str(exc).splitlines()[0]}") from None
+        train_ids = set(st.train.ids)
+        held = [i for i in range(len(source)) if source.ids[i] not in train_ids][:count]
+        if len(held) < count:
+            raise UserError(f"lds: dataset {cfg['dataset']!r} has {len(held)} items outside the training set, "
+                            f"num_real_queries={count} asked")
+        out = []
+        for j, i in enumerate(held):
+            ex = source.item(i)
+            caption = ex.captions[int(numpy_rng(int(env.seed), "lds/real-caption", j).integers(len(ex.captions)))]
+            out.append(Query(id=f"r{j:03d}", image=ex.image.detach().float().cpu(), prompt=caption,
+                             meta={"source": "real", "source_id": ex.id, "dataset": cfg["dataset"]}))
+        return out
+
+    def _ready(self, env) -> LDSState:
+        """:meth:`_setup` plus the subset models' outputs and the ceiling."""
+        import numpy as np
+
+        st = self._setup(env)
+        if st.ready:
+            return st
+        cfg = self.config
+        seeds = int(cfg["train_seeds"])
+        total = max(seeds, 2) if cfg["ceiling"] else seeds
+        out, info = self.subset_outputs(env, st, st.queries, st.subsets, total)
+        st.outputs = out
+        if cfg["ceiling"]:
+            st.ceiling = np.asarray([_spearman(out[0, :, q], out[1, :, q]) for q in range(out.shape[2])])
+            c = st.ceiling
+            st.provenance["ceiling"] = {
+                "mean": float(c.mean()), "se": float(c.std(ddof=1) / math.sqrt(c.size)) if c.size > 1 else 0.0,
+                "n": int(c.size), "seeds": [seed_for(st.train_seed, 0), seed_for(st.train_seed, 1)],
+                "per_query": {q.id: float(v) for q, v in zip(st.queries, c)},
+                "definition": "Spearman over the M subsets between the query's outputs under models trained with "
+                              "training seeds 0 and 1"}
+        else:
+            st.provenance["ceiling"] = None
+        st.provenance["subset_models"] = info
+        st.ready = True
+        return st
+
+    # -- subset models ----------------------------------------------------------------------------------------------
+    def _seed_state(self, st: CounterfactualState, r: int) -> CounterfactualState:
+        """``st`` with the recipe of training seed ``r`` (the training seed, and the init seed when the adapter
+        takes one)."""
+        if r == 0:
+            return st
+        s = copy.copy(st)
+        s.train_seed = seed_for(st.train_seed, r)
+        if _takes_init_seed(self.config["model"]):
+            s.model_config = {**st.model_config, "seed": s.train_seed}
+        return s
+
+    def _subset_spec(self, subset: Sequence[int], r: int, st: CounterfactualState):
+        """``(dataset, state, exclude)`` that ``_train`` takes for training seed ``r`` on the training indices
+        ``subset``: the subset itself (``independent``), or the full set with the other items excluded
+        (``coupled``)."""
+        keep = {int(i) for i in subset}
+        s = self._seed_state(st, r)
+        if self.config["retrain"] == "coupled":
+            return st.train, s, [st.train.ids[i] for i in range(len(st.train)) if i not in keep]
+        return st.train.subset([st.train.ids[i] for i in sorted(keep)]), s, None
+
+    def subset_model(self, subset: Sequence[int], r: int, env, st: CounterfactualState):
+        """``(make, key)``: a function that loads or trains the model of training seed ``r`` on the training indices
+        ``subset`` (in the configured retraining mode), and that model's identity (a function of the subset, the
+        recipe, the seed and the mode only — never of a method or a query)."""
+        dataset, s, exclude = self._subset_spec(subset, r, st)
+        return (lambda: self._train(dataset, env, s, exclude)), self.retrain_key(dataset, s, exclude)
+
+    def _is_trained(self, subset: Sequence[int], r: int, env, st: CounterfactualState) -> bool:
+        """Whether the model cache already holds that subset model."""
+        from genattr.plugins.models.cache import NS_TRAINED, train_key
+
+        dataset, s, exclude = self._subset_spec(subset, r, st)
+        tc = dict(s.train_config)
+        if exclude:
+            tc["exclude"] = sorted(str(i) for i in exclude)
+        key = train_key(dataset, s.model_config, tc, s.train_seed, self.config["model"])
+        return env.cache.lookup(NS_TRAINED, key) is not None
+
+    def subset_outputs(self, env, st: CounterfactualState, queries: Sequence[Query], subsets: Sequence,
+                       seeds: int):
+        """``(outputs, info)``: ``outputs[r, j, q]`` = f(query q; model of seed r on subset j), the mean over the
+        strided timesteps of the query loss with shared noise; each model's outputs are cached per (model, queries,
+        stride, seed). Missing models are trained (cached). ``info``: counts and seconds of this call."""
+        import os
+        import socket
+        import time
+
+        import numpy as np
+
+        from genattr.harness import progress
+        from genattr.harness.seeding import numpy_rng
+        from genattr.plugins.metrics.counterfactual import query_loss
+
+        stride = int(self.config["loss_stride"])
+        digests = [query_digest(q) for q in queries]
+        jobs = [(r, j) for r in range(int(seeds)) for j in range(len(subsets))]
+        # several processes sharing a cache (cluster workers) each walk the models in their own order
+        order = numpy_rng(socket.gethostname(), os.getpid(), "lds/order").permutation(len(jobs))
+        out = np.zeros((int(seeds), len(subsets), len(queries)), dtype=np.float64)
+        info = {"models": len(jobs), "trained": 0, "loaded": 0, "outputs_cached": 0, "train_s": 0.0,
+                "outputs_s": 0.0, "vocab_changed": 0}
+        base_vocab = getattr(st.base, "vocab", None)
+        ns = "lds/outputs"
+        with progress.stage(f"setup {self.NAME}: {len(jobs)} subset models"):
+            for k in progress.bar(list(order), desc="lds subset models", unit="model"):
+                r, j = jobs[int(k)]
+                make, key = self.subset_model(subsets[j], r, env, st)
+                okey = env.cache.key(NAME, VERSION, "outputs", key, digests, stride, int(env.seed))
+                got = env.cache.get_arrays(ns, okey)
+                if got is None:
+                    cached = self._is_trained(subsets[j], r, env, st)
+                    t0 = time.perf_counter()
+                    model = make()
+                    t1 = time.perf_counter()
+                    info["loaded" if cached else "trained"] += 1
+                    if not cached:
+                        info["train_s"] += t1 - t0
+                    losses = np.stack([query_loss(model, q, seed=int(env.seed), stride=stride) for q in queries])
+                    vocab = getattr(model, "vocab", None)
+                    changed = -1 if vocab is None or base_vocab is None else int(list(vocab) != list(base_vocab))
+                    got = {"losses": losses, "vocab_changed": np.asarray(changed)}
+                    env.cache.put_arrays(ns, okey, got, {"model": key, "queries": len(queries)})
+                    info["outputs_s"] += time.perf_counter() - t1
+                    del model
+                else:
+                    info["outputs_cached"] += 1
+                out[r, j] = np.asarray(got["losses"], dtype=np.float64).mean(axis=1)
+                info["vocab_changed"] += int(np.asarray(got["vocab_changed"]) == 1)
+        info["train_s"] = round(info["train_s"], 3)
+        info["outputs_s"] = round(info["outputs_s"], 3)
+        return out, info
+
+    # -- cells ------------------------------------------------------------------------------------------------------
+    def _query_ids(self) -> list[tuple[str, str]]:
+        """``[(query id, source)]`` in the order of the state's queries (known without setup)."""
+        cfg = self.config
+        return ([(f"q{j:03d}", "generated") for j in range(int(cfg["num_queries"]))]
+                + [(f"r{j:03d}", "real") for j in range(int(cfg["num_real_queries"]))])
+
+    def cells(self, methods: Sequence[str]) -> list[Cell]:
+        """``method × query``; the method is the batch key (its queries are scored in one ``attribute`` call), or
+        the cell with ``group = "query"``."""
+        out = []
+        for m in methods:
+            for qid, source in self._query_ids():
+                cid = f"{m}/{qid}"
+                batch = m if self.config["group"] == "method" else cid
+                out.append(Cell(id=cid, method=m, params={"query": qid, "source": source}, group={"source": source},
+                                batch=batch))
+        return out
+
+    # -- running ----------------------------------------------------------------------------------------------------
+    def _query_index(self, st, cell: Cell) -> int:
+        qid = cell.params["query"]
+        for k, q in enumerate(st.queries):
+            if q.id == qid:
+                return k
+        raise UserError(f"lds: no query {qid!r} in this configuration")
+
+    def predictions(self, scores, st: LDSState | None = None):
+        """``g(S_j) = Σ_{i∈S_j} τ_i`` for every subset of the state."""
+        import numpy as np
+
+        st = st or self._state
+        return st.membership.astype(np.float64) @ np.asarray(scores, dtype=np.float64).reshape(-1)
+
+    def run_cell(self, cell: Cell, method, env, scores=None) -> dict:
+        import numpy as np
+
+        st = self._ready(env)
+        k = self._query_index(st, cell)
+        query = st.queries[k]
+        if scores is None:
+            scores = self.method_scores(method, [query], env, st, self.preset_hint)[0]
+        f = st.outputs[: int(self.config["train_seeds"]), :, k]  # (R, M)
+        result: dict[str, Any] = {c: float(m(scores, st.membership, f)) for c, m, _ in self._metrics_resolved}
+        extra: dict[str, Any] = {
+            "query_id": query.id, "prompt": query.prompt, "source": query.meta.get("source", "generated"),
+            "seed": query.meta.get("seed"), "source_id": query.meta.get("source_id"), "N": len(st.train),
+            "M": len(st.subsets), "beta": float(self.config["beta"]), "retrain": self.config["retrain"],
+            "train_seeds": int(self.config["train_seeds"]),
+            "predictions": [float(v) for v in self.predictions(scores, st)],
+            "outputs": [float(v) for v in f.mean(axis=0)],
+            "ceiling": None if st.ceiling is None else float(st.ceiling[k]),
+        }
+        from genattr.harness import media
+
+        pics = media.attribution_media(env.out, query.image, st.train, np.asarray(scores))
+        if pics is not None:
+            extra["media"] = pics
+        result["extra"] = extra
+        return result
+
+    def run_cells(self, cells: Sequence[Cell], method, env):
+        """A group: every cell's query scored in one ``attribute`` call (cached per query), then each cell's LDS."""
+        st = self._ready(env)
+        idx = sorted({self._query_index(st, c) for c in cells})
+        got = self.method_scores(method, [st.queries[k] for k in idx], env, st, self.preset_hint)
+        scores = dict(zip(idx, got))
+        for c in cells:
+            yield c, self.run_cell(c, method, env, scores[self._query_index(st, c)])
+
+    # -- summary ----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def summarize(rows: Sequence[dict], numeric: bool = False):
+        """The LDS table from result rows: one row per method (plus ``ceiling`` when the rows carry it), columns
+        ``(metric, source)``, cells ``"mean ± s.e."`` over queries. ``numeric=True`` gives the long form
+        ``method, source, metric, mean, se, n``."""
+        import pandas as pd
+
+        recs = []
+        names: list[str] = []
+        ceiling: dict[tuple[str, str], float] = {}
+        for r in rows:
+            if r.get("benchmark", NAME) != NAME:
+                continue
+            metrics = r.get("metrics") or {}
+            names += [m for m in metrics if m not in names]
+            group = r.get("group") or r.get("params") or {}
+            source = group.get("source", "generated")
+            extra = r.get("extra") or {}
+            for m, v in metrics.items():
+                if v is not None:
+                    recs.append({"method": r["method"], "source": source, "metric": m, "value": float(v)})
+            if extra.get("ceiling") is not None:
+                qid = (r.get("params") or {}).get("query", extra.get("query_id"))
+                ceiling[(source, str(qid))] = float(extra["ceiling"])
+        for (source, _), v in ceiling.items():
+            recs.append({"method": "ceiling", "source": source, "metric": (names or DEFAULT_METRICS)[0], "value": v})
+        cols = ["method", "source", "metric", "mean", "se", "n"]
+        if not recs:
+            return pd.DataFrame(columns=cols)
+        df = pd.DataFrame(recs)
+        long = df.groupby(["method", "source", "metric"], sort=True)["value"].agg(["mean", "count", "std"])
+        long = long.reset_index()
+        long["se"] = long["std"].fillna(0.0) / long["count"].pow(0.5)
+        long = long.rename(columns={"count": "n"})[cols]
+        if numeric:
+            return long
+        long["cell"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(long["mean"], long["se"])]
+        table = long.pivot(index="method", columns=["metric", "source"], values="cell")
+        order = [(m, s) for m in names or DEFAULT_METRICS for s in ("generated", "real") if (m, s) in table.columns]
+        return table[order]
+
+
+def _spearman(a, b) -> float:
+    from genattr.plugins.metrics.lds import spearman
+
+    return spearman(a, b)
+
+
+def _takes_init_seed(model: str) -> bool:
+    """Whether the model adapter's constructor takes ``seed`` (its initialisation seed)."""
+    import inspect
+
+    from genattr.plugins.models.cache import _model_class
+
+    try:
+        return "seed" in inspect.signature(_model_class(model)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def resolve_metrics(cfg: dict) -> list[tuple[str, Any, dict]]:
+    """``[(column, metric object, info)]`` for the ``metrics`` option through the metric registry (datamodeling
+    metrics, called as ``metric(scores, subsets, outputs)``; the column is the registered name)."""
+    import genattr
+    from genattr.harness.manager import registry
+
+    specs = cfg.get("metrics") or DEFAULT_METRICS
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    out, seen = [], set()
+    for spec in specs:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        if not isinstance(spec.get("name"), str):
+            raise UserError(f"lds: each metric is a name or {{name = ..., options}}, got {spec!r}")
+        name = spec.pop("name")
+        entry = registry("metrics").get(name)
+        if entry.meta.get("kind") not in (None, METRIC_KIND):
+            raise UserError(f"lds: metric {name!r} is a {entry.meta.get('kind')} metric; this benchmark takes "
+                            f"{METRIC_KIND} metrics (scores, subsets, outputs)")
+        try:
+            metric = genattr.get_metric(name, **spec)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"lds: bad options for metric {name!r}: {str(exc).splitlines()[0]}") from None
+        column = str(getattr(metric, "column", None) or name)
+        if column in seen:
+            raise UserError(f"lds: two metrics report column {column!r}")
+        seen.add(column)
+        hib = getattr(metric, "higher_is_better", entry.meta.get("higher_is_better"))
+        out.append((column, metric, {"metric": name, "display": str(getattr(metric, "display", None)
+                                                                          or entry.meta.get("display") or column),
+                                     "higher_is_better": None if hib is None else bool(hib),
+                                     "unit": entry.meta.get("unit")}))
+    return out
+
+
+def _validate(cfg: dict) -> None:
+    """Types and ranges of the options (one line per mistake)."""
+    def integer(k, low):
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise UserError(f"lds: {k} must be an integer ≥ {low}, got {v!r}")
+
+    for k in ("num_queries", "query_steps", "loss_stride", "train_seeds"):
+        integer(k, 1)
+    integer("subsets", 3)
+    integer("num_real_queries", 0)
+    if cfg["n"] is not None:
+        integer("n", 2)
+    b = cfg["beta"]
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < float(b) < 1:
+        raise UserError(f"lds: beta must be a fraction in (0, 1), got {b!r}")
+    if cfg["n"] is not None:
+        subset_size(int(cfg["n"]), float(b))
+    if not isinstance(cfg["ceiling"], bool):
+        raise UserError(f"lds: ceiling must be true or false, got {cfg['ceiling']!r}")
+    for k in ("dataset", "model"):
+        if not isinstance(cfg[k], str) or not cfg[k]:
+            raise UserError(f"lds: {k} must be a registered {k} name, got {cfg[k]!r}")
+    from genattr.harness.manager import registry
+
+    registry("datasets").get(cfg["dataset"])
+    registry("models").get(cfg["model"])
+    if cfg["retrain"] not in RETRAIN_MODES:
+        raise UserError(f"lds: unknown retrain mode {cfg['retrain']!r}; choose from {', '.join(RETRAIN_MODES)}")
+    if cfg["group"] not in GROUPS:
+        raise UserError(f"lds: group must be one of {', '.join(GROUPS)}, got {cfg['group']!r}")
+    for k in ("dataset_config", "model_config", "train_config"):
+        if cfg[k] is not None and not isinstance(cfg[k], dict):
+            raise UserError(f"lds: {k} must be a table of options, got {cfg[k]!r}")
