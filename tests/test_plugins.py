@@ -412,8 +412,9 @@ def test_example_plugin_is_listed_and_usable(clean_env):
     r = _genattr(["plugins", "--json"], clean_env)
     rows = {p["distribution"]: p for p in json.loads(r.stdout)}
     assert "genattr-plugin-example" in rows, "install it: pip install -e examples/genattr-plugin-example"
-    assert rows["genattr-plugin-example"]["version"] == "0.2.0"
-    assert rows["genattr-plugin-example"]["registered"] == {"methods": ["nearest-pixel"]}
+    assert rows["genattr-plugin-example"]["version"] == "0.3.0"
+    assert rows["genattr-plugin-example"]["registered"] == {
+        "methods": ["nearest-pixel"], "datasets": ["blobs"], "metrics": ["loss-ratio", "precision-at-k"]}
     code = textwrap.dedent("""
         import torch, numpy as np, genattr
         from genattr.harness.api import AttributionContext, Query
