@@ -113,8 +113,9 @@ def attribute_command(model_spec, model_sets, run_dir, benchmark, concept, allow
 @hookimpl
 def register_commands(cli):
     from .leaderboard_command import leaderboard_command
+    from .scaffold import new_plugin_command
 
-    for command in (run_command, leaderboard_command, attribute_command):
+    for command in (run_command, leaderboard_command, attribute_command, new_plugin_command):
         if command.name not in cli.commands:
             cli.add_command(command)
 
