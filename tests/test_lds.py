@@ -11,7 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from genattr.benchmarks.lds import SCALES, LDSBenchmark, draw_subsets, seed_for  # noqa: E402
+from genattr.benchmarks.lds import (  # noqa: E402
+    BOUND_ROW,
+    CEILING_ROW,
+    SCALES,
+    LDSBenchmark,
+    attenuation_bound,
+    draw_subsets,
+    seed_for,
+)
 from genattr.harness.api import Query, RunEnv  # noqa: E402
 from genattr.harness.cache import Cache  # noqa: E402
 from genattr.harness.errors import UserError  # noqa: E402
@@ -71,6 +79,27 @@ def test_subsets_are_a_function_of_seed_and_index():
     assert len({tuple(s.tolist()) for s in a}) == 5
     assert draw_subsets(0, 41, 3, 0.25)[0].size == 10  # ⌊β·N⌋
     assert seed_for(7, 0) == 7 and seed_for(7, 1) != seed_for(7, 2)
+
+
+def test_attenuation_bound():
+    assert attenuation_bound(0.36) == pytest.approx(0.6)  # one seed: √ρ
+    assert attenuation_bound(0.36, 3) == pytest.approx(math.sqrt(3 * 0.36 / (1 + 2 * 0.36)))  # Spearman-Brown
+    assert attenuation_bound(-0.2) == 0.0 and attenuation_bound(1.0, 4) == 1.0
+
+
+def test_summarize_adds_the_ceiling_rows():
+    rows = []
+    for q, (a, b, c) in enumerate([(0.5, 0.1, 0.3), (0.3, -0.1, 0.5), (0.4, 0.0, 0.4)]):
+        for m, v in (("good", a), ("random", b)):
+            rows.append({"benchmark": "lds", "method": m, "metrics": {"lds": v}, "group": {"source": "generated"},
+                         "params": {"query": f"q{q:03d}", "source": "generated"},
+                         "extra": {"ceiling": c, "train_seeds": 1}})
+    long = LDSBenchmark.summarize(rows, numeric=True).set_index("method")
+    assert long.loc["good", "mean"] == pytest.approx(0.4) and long.loc["good", "n"] == 3
+    assert long.loc[CEILING_ROW, "mean"] == pytest.approx(0.4) and long.loc[CEILING_ROW, "n"] == 3  # once per query
+    assert long.loc[BOUND_ROW, "mean"] == pytest.approx(math.sqrt(0.4))
+    table = LDSBenchmark.summarize(rows)
+    assert table.loc["good", ("lds", "generated")].startswith("0.400 ± ")
 
 
 def test_config_errors():
@@ -272,6 +301,7 @@ def test_ceiling_trains_a_second_seed_once(counted_run, fresh_cache, monkeypatch
     c = prov["ceiling"]
     assert c["n"] == SCALES["tiny"]["num_queries"] and c["seeds"] == [0, seed_for(0, 1)]
     assert all(-1.0 <= v <= 1.0 for v in c["per_query"].values())
+    assert c["bound"] == pytest.approx(math.sqrt(max(c["mean"], 0.0)))
     assert prov["subset_models"] == {**prov["subset_models"], "models": 6, "trained": 3}
     calls.clear()
     again = LDSBenchmark("tiny", subsets=3, ceiling=True).setup(env)

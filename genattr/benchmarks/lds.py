@@ -33,9 +33,11 @@ Protocol
    the mean over queries ± standard error.
 6. **Ceiling** (``ceiling = true``): models are also trained with a second seed (seed r = 1; free when
    ``train_seeds ≥ 2``), and per query the Spearman correlation over the M subsets between the two seeds' outputs is
-   recorded (provenance ``ceiling``; each row's ``extra.ceiling``). No method predicts the outputs of one training
-   run better than another training run on the same subsets does. With ``train_seeds = R ≥ 2`` the averaged outputs
-   are less noisy than one seed's, so the single-seed ceiling then understates what is reachable.
+   recorded (provenance ``ceiling``; each row's ``extra.ceiling``): ρ, the reliability of one training run's outputs.
+   ρ itself is not the upper bound of LDS: under the classical model (output = expected output + independent seed
+   noise) the best possible prediction, the expected output, correlates √ρ with one seed's outputs (Spearman's
+   correction for attenuation), and √(Rρ/(1+(R−1)ρ)) with R averaged seeds (Spearman-Brown). The provenance's
+   ``ceiling.bound`` and :meth:`LDSBenchmark.summarize` report that bound beside ρ.
 
 Cells are ``method × query`` (``id = "<method>/q<jjj>"`` for generated, ``"<method>/r<jjj>"`` for real queries;
 ``params = {"query": id, "source": "generated" | "real"}``; ``group = {"source": ...}``). ``group`` (``method``,
@@ -146,6 +148,9 @@ DEFAULT_METRICS = ["lds"]
 
 GROUPS = ("method", "query")
 
+#: Rows :meth:`LDSBenchmark.summarize` adds when the results carry the ceiling.
+CEILING_ROW, BOUND_ROW = "ceiling: seed vs seed (ρ)", "ceiling: bound √ρ"
+
 #: The metric kind this benchmark calls: ``metric(scores, subsets, outputs) -> float``.
 METRIC_KIND = "datamodeling"
 
@@ -160,6 +165,18 @@ def draw_subsets(seed: int, n: int, m: int, beta: float) -> list:
     size = subset_size(n, beta)
     return [np.sort(numpy_rng(int(seed), "lds/subset", j).choice(int(n), size=size, replace=False))
             for j in range(int(m))]
+
+
+def attenuation_bound(rho: float, seeds: int = 1) -> float:
+    """The highest correlation any prediction can reach with outputs that are averaged over ``seeds`` training
+    seeds, when two single-seed runs correlate ``rho``: ``sqrt(reliability)``, with reliability ``rho`` for one seed
+    and ``R·rho / (1 + (R−1)·rho)`` for R (Spearman-Brown). Classical model: output = expected output +
+    independent seed noise; the expected output itself correlates ``sqrt(reliability)`` with the noisy one
+    (Spearman's correction for attenuation). 0 when ``rho ≤ 0``."""
+    rho, r = float(rho), int(seeds)
+    if rho <= 0:
+        return 0.0
+    return float(math.sqrt(min(1.0, r * rho / (1 + (r - 1) * rho))))
 
 
 def subset_size(n: int, beta: float) -> int:
@@ -326,12 +343,17 @@ class LDSBenchmark(Counterfactual):
         if cfg["ceiling"]:
             st.ceiling = np.asarray([_spearman(out[0, :, q], out[1, :, q]) for q in range(out.shape[2])])
             c = st.ceiling
+            mean = float(c.mean())
             st.provenance["ceiling"] = {
-                "mean": float(c.mean()), "se": float(c.std(ddof=1) / math.sqrt(c.size)) if c.size > 1 else 0.0,
+                "mean": mean, "se": float(c.std(ddof=1) / math.sqrt(c.size)) if c.size > 1 else 0.0,
                 "n": int(c.size), "seeds": [seed_for(st.train_seed, 0), seed_for(st.train_seed, 1)],
                 "per_query": {q.id: float(v) for q, v in zip(st.queries, c)},
                 "definition": "Spearman over the M subsets between the query's outputs under models trained with "
-                              "training seeds 0 and 1"}
+                              "training seeds 0 and 1",
+                "bound": attenuation_bound(mean, seeds),
+                "bound_definition": "sqrt of the reliability of the outputs LDS is computed on: the seed-vs-seed "
+                                    "correlation rho for one seed, R*rho/(1+(R-1)*rho) for R averaged seeds "
+                                    "(Spearman-Brown); no prediction correlates better with noisy outputs"}
         else:
             st.provenance["ceiling"] = None
         st.provenance["subset_models"] = info
@@ -505,14 +527,16 @@ class LDSBenchmark(Counterfactual):
     # -- summary ----------------------------------------------------------------------------------------------------
     @staticmethod
     def summarize(rows: Sequence[dict], numeric: bool = False):
-        """The LDS table from result rows: one row per method (plus ``ceiling`` when the rows carry it), columns
-        ``(metric, source)``, cells ``"mean ± s.e."`` over queries. ``numeric=True`` gives the long form
-        ``method, source, metric, mean, se, n``."""
+        """The LDS table from result rows: one row per method, columns ``(metric, source)``, cells ``"mean ± s.e."``
+        over queries. When the rows carry the ceiling, two more rows: :data:`CEILING_ROW` (the seed-vs-seed
+        correlation ρ, over queries) and :data:`BOUND_ROW` (:func:`attenuation_bound` of its mean, the highest LDS
+        a prediction can reach). ``numeric=True`` gives the long form ``method, source, metric, mean, se, n``."""
         import pandas as pd
 
         recs = []
         names: list[str] = []
         ceiling: dict[tuple[str, str], float] = {}
+        seeds: dict[str, int] = {}
         for r in rows:
             if r.get("benchmark", NAME) != NAME:
                 continue
@@ -527,8 +551,10 @@ class LDSBenchmark(Counterfactual):
             if extra.get("ceiling") is not None:
                 qid = (r.get("params") or {}).get("query", extra.get("query_id"))
                 ceiling[(source, str(qid))] = float(extra["ceiling"])
+                seeds[source] = int(extra.get("train_seeds") or 1)
+        first = (names or DEFAULT_METRICS)[0]
         for (source, _), v in ceiling.items():
-            recs.append({"method": "ceiling", "source": source, "metric": (names or DEFAULT_METRICS)[0], "value": v})
+            recs.append({"method": CEILING_ROW, "source": source, "metric": first, "value": v})
         cols = ["method", "source", "metric", "mean", "se", "n"]
         if not recs:
             return pd.DataFrame(columns=cols)
@@ -537,9 +563,18 @@ class LDSBenchmark(Counterfactual):
         long = long.reset_index()
         long["se"] = long["std"].fillna(0.0) / long["count"].pow(0.5)
         long = long.rename(columns={"count": "n"})[cols]
+        bounds = []
+        for _, row in long[long["method"] == CEILING_ROW].iterrows():
+            b = attenuation_bound(row["mean"], seeds.get(row["source"], 1))
+            # delta method for the one-seed case: d sqrt(ρ) = dρ / (2 sqrt(ρ))
+            se = row["se"] / (2 * b) if b > 0 and seeds.get(row["source"], 1) == 1 else float("nan")
+            bounds.append({"method": BOUND_ROW, "source": row["source"], "metric": row["metric"], "mean": b,
+                           "se": se, "n": row["n"]})
+        if bounds:
+            long = pd.concat([long, pd.DataFrame(bounds)], ignore_index=True)[cols]
         if numeric:
             return long
-        long["cell"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(long["mean"], long["se"])]
+        long["cell"] = [f"{m:.3f}" + ("" if s != s else f" ± {s:.3f}") for m, s in zip(long["mean"], long["se"])]
         table = long.pivot(index="method", columns=["metric", "source"], values="cell")
         order = [(m, s) for m in names or DEFAULT_METRICS for s in ("generated", "real") if (m, s) in table.columns]
         return table[order]
