@@ -64,7 +64,9 @@ def test_key_covers_what_changes_values_and_nothing_else(toy, data, tmp_path):
                GradientSpec(draws=GRID, reduce="sum"), GradientSpec(draws=GRID, dtype="float16"),
                GradientSpec(draws=GRID, seed=1),
                GradientSpec(draws=GRID, projection="rademacher", proj_dim=16),
-               GradientSpec(draws=GRID, projection="gaussian", proj_dim=16)]
+               GradientSpec(draws=GRID, projection="gaussian", proj_dim=16),
+               GradientSpec(draws=GRID, output="eps-probe", probes=2),
+               GradientSpec(draws=GRID, output="eps-probe", probes=3)]
     keys = {store.key(toy, data, s) for s in changed}
     assert len(keys) == len(changed) and k not in keys
     assert store.key(toy, data, GradientSpec(draws=GRID, batch_size=3, grad_mode="loop")) == k
@@ -75,7 +77,7 @@ def test_key_covers_what_changes_values_and_nothing_else(toy, data, tmp_path):
     assert store.key(toy, data, r, device="cpu") != store.key(toy, data, r, device="cuda:0")
     assert store.key(toy, data.subset(data.ids[:4]), base) != k
     for bad in (dict(output="nope"), dict(projection="rademacher"), dict(dtype="int8"), dict(reduce="max"),
-                dict(draws={"kind": "nope"})):
+                dict(draws={"kind": "nope"}), dict(output="eps-probe"), dict(probes=2)):
         with pytest.raises(Exception, match="gradient store"):
             GradientSpec(**{"draws": GRID, **bad})
 

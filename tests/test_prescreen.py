@@ -102,14 +102,41 @@ def test_evaluation_counts(tmp_path):
     co.attribute(_ctx(model, data, tmp_path, "c"), qs)
     assert co.stats["prescreen_evaluations"] == Q * n * 1 and co.stats["scoring_evaluations"] == Q * M * T
     assert co.stats["theta0_evaluations"] == n * T + n * 1
-    li = U.Unlearning(**OPTS, prescreen="linear", refine=M)
+    li = U.Unlearning(**OPTS, prescreen="linear", refine=M, prescreen_order=1)
     ctx = _ctx(model, data, tmp_path, "l")
     li.attribute(ctx, qs)
     assert li.stats["gradient_evaluations"] == n * T and li.stats["scoring_evaluations"] == Q * M * T
     assert li.stats["prescreen_evaluations"] == 0
-    again = U.Unlearning(**OPTS, prescreen="linear", refine=M)
+    again = U.Unlearning(**OPTS, prescreen="linear", refine=M, prescreen_order=1)
     again.attribute(ctx, qs[:1])  # the stored gradients are reused
     assert again.stats["gradient_evaluations"] == 0 and again.stats["scoring_evaluations"] == M * T
+    second = U.Unlearning(**OPTS, prescreen="linear", refine=M, prescreen_probes=3)  # order 2: + 3 probes per row
+    second.attribute(ctx, qs[:1])
+    assert second.stats["gradient_evaluations"] == 3 * n * T
+
+
+@pytest.mark.parametrize("flip", ["none", "mean"])
+def test_second_order_prescreen_estimates_the_exact_score(flip, tmp_path):
+    """The toy's prediction is linear in its weights, so τ is exactly g_zᵀΔθ + the Gauss–Newton term: with many
+    probes the second-order prescreen reproduces τ, the first-order one does not (a large step)."""
+    data = toy_dataset(n=10, captions=2)
+    model = ToyT2I(noisy=True)
+    ctx = _ctx(model, data, tmp_path)
+    qs = _queries()[:2]
+    opts = dict(OPTS, alpha=5.0, flip=flip, captions=None)
+    exact = U.Unlearning(**opts).attribute(ctx, qs)
+    idx = np.arange(10)
+    two = U.Unlearning(**opts, prescreen="linear", prescreen_probes=400)
+    thetas = [two.unlearned_weights(ctx, q) for q in qs]
+    two.prepare(ctx)
+    est = two.prescreen_scores(ctx, thetas, idx)
+    one = U.Unlearning(**opts, prescreen="linear", prescreen_order=1)
+    one.prepare(ctx)
+    lin = one.prescreen_scores(ctx, thetas, idx)
+    err2, err1 = np.abs(est - exact).max(), np.abs(lin - exact).max()
+    assert err2 < 0.15 * np.abs(exact).max() and err2 < 0.3 * err1, (err2, err1)
+    # candidates read the same rows
+    np.testing.assert_allclose(two.prescreen_scores(ctx, thetas, np.array([7, 1])), est[:, [7, 1]], rtol=1e-9)
 
 
 def test_projected_and_half_precision_linear_prescreen(tmp_path):
@@ -136,6 +163,7 @@ def test_coarse_subset_and_option_checks():
     with pytest.raises(UserError, match="not scoring timesteps"):
         U.coarse_subset([0, 200], [100])
     for bad in (dict(prescreen="fast"), dict(refine=0), dict(coarse_timesteps=0), dict(coarse_timesteps=[]),
+                dict(prescreen_order=3), dict(prescreen_probes=0),
                 dict(prescreen_projection="sparse"), dict(prescreen_dtype="int8"), dict(fisher_model="other"),
                 dict(query_timesteps="sobol")):
         with pytest.raises(UserError):

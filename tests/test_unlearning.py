@@ -54,19 +54,23 @@ class ToyT2I:
     def parameters(self, selection="cross-attn-kv"):
         return dict(self.unet.named_parameters())
 
-    def denoise_loss(self, latents, text_emb, timesteps, noise, mask=None, params=None, target="loss"):
-        self.calls += latents.shape[0]
+    def add_noise(self, latents, noise, timesteps):
+        if not self.noisy:
+            return latents
+        ab = (1.0 - (timesteps.to(latents.dtype) + 1) / 1001.0)[:, None, None, None]
+        return ab.sqrt() * latents + (1 - ab).sqrt() * noise
+
+    def unet_forward(self, x, timesteps, text_emb, params=None):
         p = dict(self.unet.named_parameters())
         p.update(params or {})
         a, b = p["attn2.to_k.weight"], p["attn2.to_v.weight"]
-        e = text_emb.mean(dim=(1, 2))[:, None, None, None]
-        if self.noisy:
-            ab = (1.0 - (timesteps.to(latents.dtype) + 1) / 1001.0)[:, None, None, None]
-            x = ab.sqrt() * latents + (1 - ab).sqrt() * noise
-            tgt = noise
-        else:
-            x, tgt = latents, latents / 2
-        err = (tgt - (a * x + b * e)) ** 2
+        return a * x + b * text_emb.mean(dim=(1, 2))[:, None, None, None]
+
+    def denoise_loss(self, latents, text_emb, timesteps, noise, mask=None, params=None, target="loss"):
+        self.calls += latents.shape[0]
+        x = self.add_noise(latents, noise, timesteps)
+        tgt = noise if self.noisy else latents / 2
+        err = (tgt - self.unet_forward(x, timesteps, text_emb, params)) ** 2
         if mask is None:
             return err.mean(dim=(1, 2, 3))
         m = mask[:, None].to(err.dtype).expand_as(err)

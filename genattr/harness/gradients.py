@@ -62,15 +62,40 @@ PROJECTION_KINDS = ("rademacher", "gaussian", "identity")
 
 # -- output functions -----------------------------------------------------------------------------------------------
 def _denoise_output(target: str):
-    def out(model, latents, text_emb, timesteps, noise, mask=None, params=None):
+    def out(model, latents, text_emb, timesteps, noise, mask=None, params=None, probe=None):
         return model.denoise_loss(latents, text_emb, timesteps, noise, mask=mask, params=params, target=target)
 
     return out
 
 
+def _eps_probe(model, latents, text_emb, timesteps, noise, mask=None, params=None, probe=None):
+    """``vᵀ ε_θ(x_t, t, c) / √d`` for a Rademacher probe ``v`` (the latent's shape, ``d`` its size): its gradient
+    ``Jᵀv/√d`` gives unbiased estimates ``E[(Δθᵀ Jᵀv)²]/d = ‖JΔθ‖²/d`` of the Gauss–Newton term of the loss
+    (Hutchinson), which the unlearning prescreen's second order uses."""
+    import math
+
+    ts = torch.as_tensor(timesteps, device=latents.device).long()
+    x_t = model.add_noise(latents, noise, ts) if hasattr(model, "add_noise") else None
+    if x_t is None or not hasattr(model, "unet_forward"):
+        raise UserError("output 'eps-probe' needs a model adapter with add_noise and unet_forward")
+    pred = model.unet_forward(x_t, ts, text_emb, params).float()
+    return (pred * probe.to(pred.dtype)).flatten(1).sum(1) / math.sqrt(pred[0].numel())
+
+
 #: Output functions per-sample gradients can be taken of: ``name -> f(model, latents, text_emb, timesteps, noise,
-#: mask=None, params=None) -> B`` values (one scalar per example).
-OUTPUTS: dict[str, Callable] = {"loss": _denoise_output("loss"), "eps-sq-norm": _denoise_output("eps-sq-norm")}
+#: mask=None, params=None) -> B`` values (one scalar per example). Those in :data:`PROBE_OUTPUTS` also take a
+#: seeded Rademacher ``probe=`` per draw (:func:`probe_noise`).
+OUTPUTS: dict[str, Callable] = {"loss": _denoise_output("loss"), "eps-sq-norm": _denoise_output("eps-sq-norm"),
+                                "eps-probe": _eps_probe}
+PROBE_OUTPUTS = {"eps-probe"}
+
+
+def probe_noise(seed: int, key: str, index: int, t: int, probe: int, shape) -> torch.Tensor:
+    """The Rademacher (±1) probe of one draw: a function of (seed, noise key, index, t, probe index) only."""
+    from genattr.harness.seeding import generator
+
+    g = generator(seed, "probe", key, int(index), int(t), int(probe))
+    return torch.randint(0, 2, tuple(shape), generator=g).float().mul_(2).sub_(1)
 
 
 def register_output(name: str, fn: Callable) -> None:
@@ -143,46 +168,47 @@ class PerSampleGrad:
         self.mode = mode
         self.layout = Layout(tuple(self.params), tuple(tuple(p.shape) for p in self.params.values()))
 
-    def _f(self, params, latent, emb, t, eps, mask):
+    def _f(self, params, latent, emb, t, eps, mask, probe=None):
         m = None if mask is None else mask.unsqueeze(0)
+        kw = {} if probe is None else {"probe": probe.unsqueeze(0)}  # only probe outputs take one
         out = OUTPUTS[self.target](self.model, latent.unsqueeze(0), emb.unsqueeze(0), t.unsqueeze(0),
-                                   eps.unsqueeze(0), mask=m, params=params)
+                                   eps.unsqueeze(0), mask=m, params=params, **kw)
         return out.reshape(())
 
     def _flat(self, grads: Mapping[str, torch.Tensor], batch: int) -> torch.Tensor:
         return torch.cat([grads[n].reshape(batch, -1).float() for n in self.layout.names], dim=1)
 
-    def _vmap(self, latents, text_emb, timesteps, noise, mask):
+    def _vmap(self, latents, text_emb, timesteps, noise, mask, probe=None):
         from torch.func import grad, vmap
 
-        in_dims = (None, 0, 0, 0, 0, None if mask is None else 0)
-        g = vmap(grad(self._f), in_dims=in_dims)(self.params, latents, text_emb, timesteps, noise, mask)
+        in_dims = (None, 0, 0, 0, 0, None if mask is None else 0, None if probe is None else 0)
+        g = vmap(grad(self._f), in_dims=in_dims)(self.params, latents, text_emb, timesteps, noise, mask, probe)
         return self._flat(g, latents.shape[0])
 
-    def _loop(self, latents, text_emb, timesteps, noise, mask):
+    def _loop(self, latents, text_emb, timesteps, noise, mask, probe=None):
         rows = []
         names = self.layout.names
         for b in range(latents.shape[0]):
             with torch.enable_grad():
                 params = {n: p.detach().clone().requires_grad_(True) for n, p in self.params.items()}
                 val = self._f(params, latents[b], text_emb[b], timesteps[b], noise[b],
-                              None if mask is None else mask[b])
+                              None if mask is None else mask[b], None if probe is None else probe[b])
                 gs = torch.autograd.grad(val, [params[n] for n in names], allow_unused=True)
             rows.append(torch.cat([
                 (torch.zeros_like(params[n]) if g is None else g).reshape(-1).float() for n, g in zip(names, gs)
             ]))
         return torch.stack(rows)
 
-    def __call__(self, latents, text_emb, timesteps, noise, mask=None) -> torch.Tensor:
+    def __call__(self, latents, text_emb, timesteps, noise, mask=None, probe=None) -> torch.Tensor:
         if self.mode == "vmap":
             try:
                 with _plain_attention(getattr(self.model, "unet", None)):
-                    return self._vmap(latents, text_emb, timesteps, noise, mask)
+                    return self._vmap(latents, text_emb, timesteps, noise, mask, probe)
             except (RuntimeError, NotImplementedError) as e:  # an op without a batching rule
                 warnings.warn(f"per-sample gradients: vmap failed ({str(e).splitlines()[0]}); "
                               "falling back to a per-example loop", RuntimeWarning, stacklevel=2)
                 self.mode = "loop"
-        return self._loop(latents, text_emb, timesteps, noise, mask)
+        return self._loop(latents, text_emb, timesteps, noise, mask, probe)
 
 
 @contextlib.contextmanager
@@ -280,6 +306,7 @@ class Draw:
     caption: int
     noise_key: str
     noise_index: int | None = None
+    probe: int | None = None  # the Rademacher probe's index, for outputs in PROBE_OUTPUTS
 
     @property
     def noise_caption(self) -> int:
@@ -366,7 +393,11 @@ def gradient_features(
                 ]).to(device)
             else:
                 mask = None
-            g = grad_fn(latents, emb, ts, noise, mask)
+            probe = None
+            if getattr(grad_fn, "target", None) in PROBE_OUTPUTS:
+                probe = torch.stack([probe_noise(seed, d.noise_key, d.noise_caption, d.t, d.probe or 0, latent_shape)
+                                     for _, d in chunk]).to(device)
+            g = grad_fn(latents, emb, ts, noise, mask) if probe is None else grad_fn(latents, emb, ts, noise, mask, probe)
             if projector is not None:
                 g = projector(g)
             out.index_add_(0, torch.tensor(rows), g.detach().to("cpu", torch.float64))

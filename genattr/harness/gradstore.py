@@ -17,8 +17,10 @@ optionally randomly projected. :class:`GradientStore` computes such an array onc
   effect"; DAS's public code normalises its per-timestep gradients the same way. :class:`UnitNormGrad` applies it
   to any per-sample gradient function (for query-side features with the same normalisation). Batch size, vmap/loop mode and progress bars are not in it (they change
   nothing but float rounding).
-* **Layout**: one raw ``grads.npy`` of shape ``N × V × k`` (``V`` = 2 views — the image and its horizontal flip —
-  with ``flips``, else 1; ``k`` the projection dimension or the number of selected weights), float32 or float16,
+* **Layout**: one raw ``grads.npy`` of shape ``N × V × k`` (``V`` views: the image and, with ``flips``, its
+  horizontal flip, each once or — for an output function with probes, ``probes`` = S — once per seeded Rademacher
+  probe, view ``flip × S + probe``; ``k`` the projection dimension or the number of selected weights), float32 or
+  float16,
   plus ``layout.json`` (parameter names and shapes, evaluations spent). Written with
   ``numpy.lib.format.open_memmap`` and read back with ``numpy.load(..., mmap_mode="r")``: no pickle, and peak memory
   stays at one chunk whatever the pool size (after each chunk the mapped pages are released with
@@ -36,6 +38,7 @@ forward + backward passes), for cost accounting.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -71,6 +74,7 @@ class GradientSpec:
     dtype: str = "float32"
     seed: int = 0
     normalize: str = "none"
+    probes: int = 0  # Rademacher probes per row, for output functions that take one (gradients.PROBE_OUTPUTS)
     # not part of the key
     batch_size: int = 32
     grad_mode: str = "vmap"
@@ -93,6 +97,10 @@ class GradientSpec:
                             f"got {self.normalize!r}")
         if self.reduce not in REDUCTIONS:
             raise UserError(f"gradient store: reduce must be one of {', '.join(REDUCTIONS)}, got {self.reduce!r}")
+        from .gradients import PROBE_OUTPUTS
+
+        if (self.output in PROBE_OUTPUTS) != (int(self.probes) > 0):
+            raise UserError(f"gradient store: output {self.output!r} needs probes > 0 exactly when it takes a probe")
         if not isinstance(self.draws, dict) or self.draws.get("kind") not in DRAW_KINDS:
             raise UserError(f"gradient store: draws must be a draw scheme with kind in {', '.join(DRAW_KINDS)}")
         if self.include is not None:
@@ -100,7 +108,12 @@ class GradientSpec:
 
     @property
     def views(self) -> int:
-        return 2 if self.flips else 1
+        return (2 if self.flips else 1) * max(1, int(self.probes))
+
+    def view(self, v: int) -> tuple[bool, int | None]:
+        """(flipped, probe index or None) of view ``v``."""
+        p = max(1, int(self.probes))
+        return bool(v // p), (v % p if self.probes else None)
 
     def key_parts(self, device_type: str = "cpu") -> dict:
         """Every field that changes a stored value (see the module docstring)."""
@@ -110,6 +123,8 @@ class GradientSpec:
         d["include"] = list(self.include) if self.include is not None else None
         if self.normalize == "none":
             d.pop("normalize")  # keys of entries written before the option existed stay the same
+        if not self.probes:
+            d.pop("probes")  # likewise
         if self.projection == "identity":
             d["proj_dim"] = d["proj_seed"] = None
         else:
@@ -306,12 +321,15 @@ class GradientStore:
         for start in b:
             rows = list(range(start, min(start + chunk, n)))
             for v in range(views):
-                load = dataset_items(dataset, rows, flip=bool(v))
+                flip, probe = spec.view(v)
+                load = dataset_items(dataset, rows, flip=flip)
                 count = 0
 
-                def counted(item, _d=draws):
+                def counted(item, _d=draws, _p=probe):
                     nonlocal count
                     out = _d(item)
+                    if _p is not None:
+                        out = [dataclasses.replace(d, probe=_p) for d in out]
                     count += len(out)
                     return out
 

@@ -108,31 +108,67 @@ PRESCREENS = {
     "exhaustive": {},
     "coarse-1": {"prescreen": "coarse", "coarse_timesteps": 1},
     "coarse-2": {"prescreen": "coarse", "coarse_timesteps": 2},
-    "linear": {"prescreen": "linear"},
+    "linear": {"prescreen": "linear"},  # second order (the default), 8 Hutchinson probes
+    "linear-1": {"prescreen": "linear", "prescreen_order": 1},
 }
+
+
+def _reuse_updates(method, memo: dict, spent: dict):
+    """Make ``method`` reuse θ₋ẑ across variants that share the update's options (the update does not depend on
+    the prescreen): the first computation is timed into ``spent``, later ones count their evaluations only."""
+    real = method.unlearned_weights
+    cfg = method.config
+    draws = int(cfg["steps"]) * int(cfg["batch"]) * int(cfg["accumulation"])
+    opts = tuple(cfg[k] for k in ("steps", "alpha", "batch", "accumulation", "query_timesteps", "variant",
+                                  "selection", "fisher_model", "fisher_samples"))
+
+    def cached(ctx, query):
+        key = (str(query.id), ctx.model.fingerprint, opts)
+        if key in memo:
+            method.stats["update_evaluations"] += draws
+            return memo[key]
+        t0 = time.perf_counter()
+        memo[key] = real(ctx, query)
+        spent[key] = time.perf_counter() - t0
+        return memo[key]
+
+    method.unlearned_weights = cached
+    return lambda ctx, q: spent[(str(q.id), ctx.model.fingerprint, opts)]
 
 
 def compare_prescreens(groups: Sequence[Group], variants: dict[str, dict], base: dict | None = None,
                        refine: Sequence[int] = (50, 100), shared_queries: int | None = None) -> list[dict]:
     """One row per (variant, M) with the means over every query of every group; ``variants`` maps a name to
     unlearning options (``{}`` = exhaustive, always measured first as the reference). One-off gradient costs are
-    divided by ``shared_queries`` (default: the group's own query count)."""
+    divided by ``shared_queries`` (default: the group's own query count). The unlearning update of a query is
+    computed once and reused by every variant with the same update options; its time counts in every variant's
+    ``seconds_per_query``."""
     from genattr.plugins.methods.unlearning import Unlearning
 
     base = dict(base or {})
     per: dict[tuple, list] = {}
+    memo: dict = {}
+    spent: dict = {}
     for g in groups:
         ref = None
         for name, opts in variants.items():
-            for m in ([None] if not opts else refine):
+            for m in ([None] if opts.get("prescreen", "none") == "none" else refine):
                 method = Unlearning(**base, **opts, **({} if m is None else {"refine": int(m)}))
+                update_time = _reuse_updates(method, memo, spent)
                 ctx = g.context(method)
-                method.prepare(ctx)  # θ0 losses, Fisher: shared by every variant, not timed
-                one_off = method.stats["gradient_evaluations"]
+                method.prepare(ctx)  # θ0 losses, Fisher, stored gradients: one-off, not timed
+                one_off = 0
+                if method.config["prescreen"] == "linear":  # what the stored vectors cost, computed now or before
+                    one_off = method._stored_gradients(ctx).evaluations
+                    if int(method.config["prescreen_order"]) == 2:
+                        one_off += method._stored_gradients(ctx, second=True).evaluations
                 method.reset_stats()
+                before = dict(spent)
                 t0 = time.perf_counter()
                 scores = method.attribute(ctx, g.queries)
                 dt = time.perf_counter() - t0
+                dt -= sum(v for k, v in spent.items() if k not in before)  # this call's updates: counted below
+                upd = sum(update_time(ctx, q) for q in g.queries)
                 st = method.stats
                 q = len(g.queries)
                 shared = shared_queries or q
@@ -141,11 +177,12 @@ def compare_prescreens(groups: Sequence[Group], variants: dict[str, dict], base:
                 row = {
                     "group": g.name, "variant": name, "refine": m, "queries": q,
                     "scoring_evals_per_query": (st["scoring_evaluations"] + st["prescreen_evaluations"]) / q,
-                    "one_off_gradient_evals": one_off + st["gradient_evaluations"],
-                    "evals_per_query": (st["scoring_evaluations"] + st["prescreen_evaluations"]) / q
-                    + (one_off + st["gradient_evaluations"]) / shared,
+                    "one_off_gradient_evals": one_off,
+                    "evals_per_query": (st["scoring_evaluations"] + st["prescreen_evaluations"]) / q + one_off / shared,
                     "update_evals_per_query": st["update_evaluations"] / q,
-                    "seconds_per_query": dt / q,
+                    "update_seconds_per_query": upd / q,
+                    "scoring_seconds_per_query": dt / q,
+                    "seconds_per_query": (dt + upd) / q,
                     "top10_overlap": float(np.mean([top_overlap(scores[i], ref[i]) for i in range(q)])),
                 }
                 if g.own_idx is not None:
@@ -165,11 +202,27 @@ def compare_prescreens(groups: Sequence[Group], variants: dict[str, dict], base:
             w = np.array([r["queries"] for r in rows], dtype=float)
             agg[key] = float(np.sum(w * np.array([r[key] for r in rows])) / w.sum())
         out.append(agg)
-    ex = next(r for r in out if r["variant"] == "exhaustive")
+    ex = out[0]
     for r in out:
         r["evals_ratio"] = ex["evals_per_query"] / max(r["evals_per_query"], 1e-12)
         r["time_ratio"] = ex["seconds_per_query"] / max(r["seconds_per_query"], 1e-12)
+        r["scoring_time_ratio"] = ex["scoring_seconds_per_query"] / max(r["scoring_seconds_per_query"], 1e-12)
     return out
+
+
+def format_rows(rows: Sequence[dict], keys: Sequence[str] | None = None) -> str:
+    """A plain-text table of ``rows`` (the columns that are present)."""
+    keys = keys or ["variant", "refine", "evals_per_query", "evals_ratio", "update_seconds_per_query",
+                    "scoring_seconds_per_query", "seconds_per_query", "time_ratio", "top10_overlap", "abs_delta_ap",
+                    "ap"] + sorted({k for r in rows for k in r if k.startswith("top") and k != "top10_overlap"})
+    keys = [k for k in keys if any(k in r for r in rows)]
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    table = [keys] + [[fmt(r.get(k, "")) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(keys))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table)
 
 
 # -- the unlearning update --------------------------------------------------------------------------------------------
@@ -235,14 +288,19 @@ class CountingModel:
     def parameters(self, selection="cross-attn-kv"):
         return dict(self.unet.named_parameters())
 
-    def denoise_loss(self, latents, text_emb, timesteps, noise, mask=None, params=None, target="loss"):
+    def add_noise(self, latents, noise, timesteps):
+        ab = (1.0 - (timesteps.to(latents.dtype) + 1) / 1001.0)[:, None, None, None]
+        return ab.sqrt() * latents + (1 - ab).sqrt() * noise
+
+    def unet_forward(self, x, timesteps, text_emb, params=None):
         p = dict(self.unet.named_parameters())
         p.update(params or {})
         a, b = p["attn2.to_k.weight"].reshape(()), p["attn2.to_v.weight"].reshape(())
-        ab = (1.0 - (timesteps.to(latents.dtype) + 1) / 1001.0)[:, None, None, None]
-        x = ab.sqrt() * latents + (1 - ab).sqrt() * noise
-        e = text_emb.mean(dim=(1, 2))[:, None, None, None]
-        return ((noise - (a * x + b * e)) ** 2).mean(dim=(1, 2, 3))
+        return a * x + b * text_emb.mean(dim=(1, 2))[:, None, None, None]
+
+    def denoise_loss(self, latents, text_emb, timesteps, noise, mask=None, params=None, target="loss"):
+        pred = self.unet_forward(self.add_noise(latents, noise, timesteps), timesteps, text_emb, params)
+        return ((noise - pred) ** 2).mean(dim=(1, 2, 3))
 
 
 def count_evaluations(n: int, variants: dict[str, dict], base: dict, queries: int = 2, shared_queries: int = 110,
@@ -270,7 +328,11 @@ def count_evaluations(n: int, variants: dict[str, dict], base: dict, queries: in
     for name, opts in variants.items():
         m = Unlearning(**base, **opts)
         m.prepare(ctx)
-        one_off = m.stats["gradient_evaluations"]
+        one_off = 0
+        if m.config["prescreen"] == "linear":
+            one_off = m._stored_gradients(ctx).evaluations
+            if int(m.config["prescreen_order"]) == 2:
+                one_off += m._stored_gradients(ctx, second=True).evaluations
         m.reset_stats()
         m.attribute(ctx, qs)
         st = m.stats

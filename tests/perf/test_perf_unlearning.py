@@ -68,7 +68,9 @@ def test_prescreen_vs_exhaustive_leave_k_out(scale, benchmark, figures, cache_fo
     g = _lko(scale, cache_for, lko_groups)
     sz = SIZES[scale]
     g = perfkit.Group(g.name, g.context, g.queries[:sz["compare_queries"]], extra=g.extra)
-    rows = benchmark.pedantic(perfkit.compare_prescreens, args=([g], perfkit.PRESCREENS, sz["base"], sz["refine"]),
+    variants = perfkit.PRESCREENS if scale == "small" else {k: perfkit.PRESCREENS[k]
+                                                             for k in ("exhaustive", "coarse-1", "linear")}
+    rows = benchmark.pedantic(perfkit.compare_prescreens, args=([g], variants, sz["base"], sz["refine"]),
                               rounds=1, iterations=1)
     for r in rows:
         tag = r["variant"] + ("" if r["refine"] is None else f"-M{r['refine']}")
@@ -119,12 +121,14 @@ def test_evaluations_at_a_large_pool(scale, benchmark, figures):
     base = dict(preset="tiny", timesteps=20, captions=1, steps=1, batch=4, accumulation=1, fisher_samples=8)
     variants = {"exhaustive": {}, "coarse-1-M100": {"prescreen": "coarse", "coarse_timesteps": 1, "refine": 100},
                 "coarse-2-M100": {"prescreen": "coarse", "coarse_timesteps": 2, "refine": 100},
-                "linear-M100": {"prescreen": "linear", "refine": 100}}
+                "linear-M100": {"prescreen": "linear", "refine": 100, "prescreen_order": 1},
+                "linear2-M100": {"prescreen": "linear", "refine": 100, "prescreen_probes": 8}}
     rows = benchmark.pedantic(perfkit.count_evaluations, args=(n, variants, base), rounds=1, iterations=1)
     by = {r["variant"]: r for r in rows}
     assert by["exhaustive"]["scoring_evals_per_query"] == n * 20
     assert by["coarse-1-M100"]["scoring_evals_per_query"] == n + 100 * 20
     assert by["linear-M100"]["scoring_evals_per_query"] == 100 * 20
     assert by["linear-M100"]["one_off_gradient_evals"] == n * 20
+    assert by["linear2-M100"]["one_off_gradient_evals"] == 9 * n * 20
     for r in rows:
         figures(**{f"{r['variant']}.evals_per_query": r["evals_per_query"], f"{r['variant']}.ratio": r["evals_ratio"]})

@@ -27,10 +27,12 @@ loss rises:
   every batch size. τ is computed for the image and its horizontal flip and combined by ``flip`` (``max``, as in the
   paper; ``mean``; or ``none`` for the unflipped image only). Higher = more influential.
 * Prescreen + exact refinement (not in the paper, whose scoring is exhaustive; ``prescreen="none"`` is exactly
-  that): ``prescreen="linear"`` ranks the pool by the first-order term ``g_zᵀΔθ`` (per-item loss gradients at θ0
-  with the scoring settings, from the shared gradient store, optionally projected — option
-  ``prescreen_projection``/``prescreen_dim`` — and stored as ``prescreen_dtype``); ``prescreen="coarse"`` by the
-  exact τ at ``coarse_timesteps`` of the scoring timesteps. The top ``refine`` items then get the exact τ and rank
+  that): ``prescreen="linear"`` ranks the pool by the Taylor expansion of τ in Δθ — the first-order term
+  ``g_zᵀΔθ`` (per-item loss gradients at θ0 with the scoring settings, from the shared gradient store, optionally
+  projected — ``prescreen_projection``/``prescreen_dim`` — and stored as ``prescreen_dtype``) plus, with
+  ``prescreen_order=2`` (default), the Gauss–Newton term estimated with ``prescreen_probes`` Hutchinson probes
+  (the calibrated steps are far from linear: the first-order term alone misses the exact head);
+  ``prescreen="coarse"`` by the exact τ at ``coarse_timesteps`` of the scoring timesteps. The top ``refine`` items then get the exact τ and rank
   above all others, which keep their prescreen order (:mod:`.prescreen`).
 
 θ0 training losses and the Fisher do not depend on the query: :meth:`Unlearning.prepare` computes them once and
@@ -90,7 +92,15 @@ from .config import (  # noqa: F401
 from .fisher import clamp_fisher, fisher_diagonal, fisher_draws, per_sample_gradients  # noqa: F401
 from .losses import TrainingLosses, scoring_timesteps  # noqa: F401
 from .method import STAT_KEYS, Unlearning  # noqa: F401
-from .prescreen import coarse_subset, combine_flips, heads, linear_scores, linear_spec, merge_head  # noqa: F401
+from .prescreen import (  # noqa: F401
+    coarse_subset,
+    combine_flips,
+    heads,
+    linear_scores,
+    linear_spec,
+    merge_head,
+    rows_per_item,
+)
 from .update import _device_of, _eval_mode, query_draws, query_gradient, unlearn  # noqa: F401
 
 _check_config = check_config  # the former private name

@@ -70,6 +70,8 @@ DEFAULTS: dict[str, Any] = dict(
     prescreen="none",  # "none" (exhaustive), "linear" (g_iᵀΔθ) or "coarse" (few timesteps), then exact on the head
     refine=100,  # M: items re-scored exactly after a prescreen
     coarse_timesteps=2,  # timesteps of the coarse prescreen (a strided subset of the scoring timesteps)
+    prescreen_order=2,  # linear prescreen: 1 (g_zᵀΔθ) or 2 (plus the Gauss–Newton term, Hutchinson-estimated)
+    prescreen_probes=8,  # Hutchinson probes of the second-order term
     prescreen_projection="identity",  # linear prescreen: "identity", "rademacher" or "gaussian"
     prescreen_dim=4096,  # its projection dimension (random projections only)
     prescreen_dtype="float32",  # dtype of its stored gradients: "float32" or "float16"
@@ -108,7 +110,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             raise UserError(f"unlearning: option {k!r} must be a positive integer, got {v!r}")
 
     for k in ("batch", "accumulation", "timesteps", "fisher_samples", "fisher_batch", "batch_size", "refine",
-              "prescreen_dim"):
+              "prescreen_dim", "prescreen_probes"):
         positive_int(k)
     if isinstance(cfg["steps"], bool) or not isinstance(cfg["steps"], int) or cfg["steps"] < 0:
         raise UserError(f"unlearning: option 'steps' must be a non-negative integer, got {cfg['steps']!r}")
@@ -134,6 +136,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "query_timesteps", QUERY_TIMESTEPS)
     _choice(cfg, "prescreen_projection", ("identity", "rademacher", "gaussian"))
     _choice(cfg, "prescreen_dtype", ("float32", "float16"))
+    if cfg["prescreen_order"] not in (1, 2) or isinstance(cfg["prescreen_order"], bool):
+        raise UserError(f"unlearning: prescreen_order must be 1 or 2, got {cfg['prescreen_order']!r}")
     coarse = cfg["coarse_timesteps"]
     if isinstance(coarse, (list, tuple)):
         if not coarse or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in coarse):

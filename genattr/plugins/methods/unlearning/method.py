@@ -11,7 +11,7 @@ from genattr.harness.errors import UserError
 from .config import OPTIONS, SCALE_PRESET, preset_for, resolve_config
 from .fisher import fisher_diagonal
 from .losses import TrainingLosses, scoring_timesteps
-from .prescreen import coarse_subset, combine_flips, heads, linear_scores, linear_spec, merge_head
+from .prescreen import coarse_subset, combine_flips, heads, linear_scores, linear_spec, merge_head, rows_per_item
 from .update import unlearn
 
 #: Counters of :attr:`Unlearning.stats` (UNet evaluations by where they were spent).
@@ -176,17 +176,21 @@ class Unlearning:
     def _coarse_timesteps(self, ctx: AttributionContext) -> list[int]:
         return coarse_subset(self._timesteps(ctx), self.config["coarse_timesteps"])
 
-    def _linear_spec(self, ctx: AttributionContext):
-        return linear_spec(self.config, self._timesteps(ctx), self._seed(ctx))
+    def _linear_spec(self, ctx: AttributionContext, second: bool = False):
+        return linear_spec(self.config, self._timesteps(ctx), self._seed(ctx), second=second)
 
-    def _stored_gradients(self, ctx: AttributionContext):
+    def _stored_gradients(self, ctx: AttributionContext, second: bool = False):
+        """The linear prescreen's stored per-item vectors (``second``: the Hutchinson probes); also fetches the
+        probes with ``prescreen_order=2`` so that ``prepare`` computes both."""
         from genattr.harness.gradstore import store_for
 
         store = store_for(ctx.cache)
         before = store.evaluations
-        got = store.get(ctx.model, ctx.train_set, self._linear_spec(ctx), device=ctx.device, progress=ctx.progress,
-                        desc="prescreen gradients")
+        got = store.get(ctx.model, ctx.train_set, self._linear_spec(ctx, second), device=ctx.device,
+                        progress=ctx.progress, desc="prescreen probes" if second else "prescreen gradients")
         self.stats["gradient_evaluations"] += store.evaluations - before
+        if not second and int(self.config["prescreen_order"]) == 2:
+            self._stored_gradients(ctx, second=True)
         return got
 
     def prescreen_scores(self, ctx: AttributionContext, thetas: Sequence[dict], idx):
@@ -198,9 +202,13 @@ class Unlearning:
             from genattr.harness.gradstore import store_for
 
             store = store_for(ctx.cache)
-            return linear_scores(store, self._stored_gradients(ctx), ctx.model, self._linear_spec(ctx), thetas,
-                                 None if len(idx) == len(ctx.train_set) and (np.diff(idx) == 1).all() else idx,
-                                 flip, device=ctx.device)
+            rows = None if len(idx) == len(ctx.train_set) and (np.diff(idx) == 1).all() else [int(i) for i in idx]
+            second = None
+            if int(self.config["prescreen_order"]) == 2:
+                counts = rows_per_item(ctx.train_set, self.config["captions"], len(self._timesteps(ctx)), rows)
+                second = (self._stored_gradients(ctx, second=True), self._linear_spec(ctx, second=True), counts)
+            return linear_scores(store, self._stored_gradients(ctx), ctx.model, self._linear_spec(ctx), thetas, rows,
+                                 flip, device=ctx.device, second=second)
         cts = self._coarse_timesteps(ctx)
         base = self._losses_at(ctx, cts, desc="θ0 losses (coarse)")[idx]
         scorer = self._scorer(ctx, cts)
