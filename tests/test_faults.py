@@ -3,7 +3,9 @@
 fault, re-running the same command must give the rows an uninterrupted run gives.
 
 One uninterrupted run of the two commands below fills a cache (module fixture); every test works on its own copy
-of that cache and its own ``--out``, so the tests are independent and each pays only a warm re-run.
+of that cache and its own ``--out``, so the tests are independent and each pays only a warm re-run. Most of a
+tiny run's time is importing torch and diffusers, so the CI tests start few processes (about ten in all); the
+``slow`` ones repeat the same checks one fault per run.
 """
 
 from __future__ import annotations
@@ -132,33 +134,69 @@ def test_kill_in_append_leaves_half_a_line_that_resume_cuts_off(tmp_path):
 
 
 # -- kill -9 at each checkpoint of a real run ------------------------------------------------------------------------
-#: (checkpoint, visit): RUN_A runs 4 customized-model cells, then 2 leave-k-out cells; each benchmark is set up once.
-KILLS = [
-    ("setup", 2),  # leave-k-out set up, its cells not started (customized-model's rows written)
-    ("between-cells", 3),  # 3 rows written, the 4th cell not started
-    ("in-cell", 5),  # the first leave-k-out cell scored, its row not written
-    ("append", 4),  # half of the 4th row written
+#: RUN_A runs 4 customized-model cells, then 2 leave-k-out cells; each benchmark is set up once per process.
+#: One chain of kills, each resuming the previous one (every process pays the torch/diffusers import, so fewer
+#: processes keep the suite short): (checkpoint, visit in that process, rows finished after the kill).
+CHAIN = [
+    ("between-cells", 2, 2),  # 2 customized-model rows written, the 3rd cell not started
+    ("append", 1, 2),  # half of the 3rd row written
+    ("setup", 2, 4),  # the rest of customized-model written, leave-k-out set up, none of its cells started
+    ("in-cell", 1, 4),  # the first leave-k-out cell scored, its row not written
 ]
 
 
+def _not_reached(checkpoint: str, visit: int) -> str:
+    return (f"checkpoint({checkpoint!r}) was not reached {visit} time(s): the run finished normally; the runner "
+            f"must call genattr.harness.faults.checkpoint({checkpoint!r})")
+
+
+def _killed(r, checkpoint: str, visit: int) -> None:
+    if r.returncode == 0:
+        pytest.skip(_not_reached(checkpoint, visit))
+    assert r.returncode == -signal.SIGKILL, f"kill:{checkpoint}:{visit}: exit {r.returncode}\n{r.stderr[-3000:]}"
+
+
+def _finished(out: Path) -> dict:
+    return _result(out) if (out / RESULTS_FILE).exists() else {}
+
+
+def test_kills_at_every_checkpoint_then_resume_gives_the_same_rows(baseline, tmp_path):
+    cache, out = _cache_copy(baseline, tmp_path), tmp_path / "out"
+    reference = baseline["rows"]["a"]
+    for checkpoint, visit, rows_after in CHAIN:
+        _killed(_genattr(RUN_A, cache, out, fault=f"kill:{checkpoint}:{visit}"), checkpoint, visit)
+        got = _finished(out)
+        assert len(got) == rows_after, f"after kill:{checkpoint}:{visit}: {len(got)} rows, expected {rows_after}"
+        assert all(reference[k] == v for k, v in got.items()), f"after kill:{checkpoint}:{visit}: other rows"
+        if checkpoint == "append":
+            assert not (out / RESULTS_FILE).read_bytes().endswith(b"\n"), "the kill in append leaves half a line"
+    resumed = _genattr(RUN_A, cache, out)
+    _ok(resumed)
+    assert f"{CHAIN[-1][2]} already finished" in resumed.stderr, resumed.stderr[-2000:]
+    assert _result(out) == reference
+    assert (out / RESULTS_FILE).read_bytes().endswith(b"\n")
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and len(run["invocations"]) == len(CHAIN) + 1  # killed invocations kept
+    assert run["invocations"][-1]["status"] == "complete"
+
+
+#: One kill per run, each resumed from scratch (the chain above covers every checkpoint in CI).
+KILLS = [("setup", 1), ("setup", 2), ("between-cells", 3), ("in-cell", 5), ("append", 4), ("append", 6)]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint, visit", KILLS, ids=[f"{c}-{n}" for c, n in KILLS])
 def test_kill_at_checkpoint_then_resume_gives_the_same_rows(baseline, tmp_path, checkpoint, visit):
     cache, out = _cache_copy(baseline, tmp_path), tmp_path / "out"
-    killed = _genattr(RUN_A, cache, out, fault=f"kill:{checkpoint}:{visit}")
-    if killed.returncode == 0:
-        pytest.skip(f"checkpoint({checkpoint!r}) was not reached {visit} time(s): the run finished normally; the "
-                    f"runner must call genattr.harness.faults.checkpoint({checkpoint!r})")
-    assert killed.returncode == -signal.SIGKILL, f"exit {killed.returncode}\n{killed.stderr[-3000:]}"
-    raw = (out / RESULTS_FILE).read_bytes() if (out / RESULTS_FILE).exists() else b""
+    _killed(_genattr(RUN_A, cache, out, fault=f"kill:{checkpoint}:{visit}"), checkpoint, visit)
     if checkpoint == "append":
-        assert raw and not raw.endswith(b"\n"), "the kill in append should leave half a line"
-    before = len(read_rows(out)) if raw else 0
+        assert not (out / RESULTS_FILE).read_bytes().endswith(b"\n"), "the kill in append leaves half a line"
+    before = len(_finished(out))
     assert before < len(baseline["rows"]["a"])
     resumed = _genattr(RUN_A, cache, out)
     _ok(resumed)
     assert f"{before} already finished" in resumed.stderr, resumed.stderr[-2000:]
     assert _result(out) == baseline["rows"]["a"]
-    assert (out / RESULTS_FILE).read_bytes().endswith(b"\n")
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and len(run["invocations"]) == 2  # the killed invocation is kept
     assert run["invocations"][-1]["status"] == "complete"
