@@ -7,9 +7,10 @@ M = "genattr.plugins.methods"
 
 # name, target, version, needs_model, description
 METHODS = [
-    ("unlearning", "unlearning:Unlearning", "2", True,
+    ("unlearning", "unlearning:Unlearning", "3", True,
      "Attribution by unlearning the synthesized image: Fisher-preconditioned Newton steps on cross-attention K/V; "
-     "score = training-loss increase (Wang et al. 2024); presets: tiny, small, customized-tiny, customized-small, coco, customized"),
+     "score = training-loss increase (Wang et al. 2024); optional prescreen (coarse timesteps or a second-order "
+     "expansion) with exact scores on the head; presets: tiny, small, customized-tiny, customized-small, coco, customized"),
     ("random", "baselines:RandomMethod", "1", False, "Uniform random scores, seeded (the chance baseline)"),
     ("pixel", "baselines:PixelMethod", "1", False, "Cosine similarity of flattened pixels (max over horizontal flips)"),
     ("features", "features:BuiltinFeatureMethod", "1", False,

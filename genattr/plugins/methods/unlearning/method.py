@@ -32,7 +32,7 @@ class Unlearning:
     """
 
     name = "unlearning"
-    version = "2"  # 2: the Customized Model benchmark selects its own presets (customized-tiny/-small/customized)
+    version = "3"  # 2: the Customized Model benchmark selects its own presets; 3: they use the base model's Fisher
     needs_model = True
 
     def __init__(self, preset: str | None = None, **options: Any):
