@@ -148,23 +148,50 @@ class RunSummary:
     run: dict
 
 
-def _sigterm_as_interrupt():
-    """While cells run, SIGTERM (a batch scheduler's stop) ends the run like Ctrl-C: finished rows are kept and
-    run.json says "interrupted". Returns the function that restores the previous handler."""
-    import signal
-    import threading
+class _Interrupts:
+    """SIGTERM (a batch scheduler's stop) and SIGINT (Ctrl-C) end the run as ``KeyboardInterrupt`` — but never
+    between writing a row and counting it: inside :meth:`critical` the signal is held and raised when it ends."""
 
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+    def __init__(self):
+        self.depth = 0
+        self.pending = False
 
-    def handler(signum, frame):
+    def handler(self, signum, frame):
+        if self.depth:
+            self.pending = True
+            return
         raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    @contextlib.contextmanager
+    def critical(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+
+    def install(self):
+        """Install the handlers; returns the function that restores the previous ones."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, self.handler)
+            except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+                pass
+
+        def restore():
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+        return restore
 
 
 @contextlib.contextmanager
@@ -358,7 +385,8 @@ def _execute(spec, out, executor, in_process, tasks, todo, total, skipped, previ
     ran = 0
     devices: set[str] = set()
     status = "failed"
-    restore = _sigterm_as_interrupt()
+    interrupts = _Interrupts()
+    restore = interrupts.install()
     progress.enable(spec.progress, stream)
     try:
         if tasks:
@@ -367,8 +395,9 @@ def _execute(spec, out, executor, in_process, tasks, todo, total, skipped, previ
                 def record(task: dict, rec: dict) -> None:
                     nonlocal ran
                     row = rec["row"]
-                    writer.append(row)
-                    ran += 1
+                    with interrupts.critical():  # a row written is a row counted
+                        writer.append(row)
+                        ran += 1
                     devices.add(row["worker"].get("device"))
                     binfo = run_doc["benchmarks"][task["benchmark"]]
                     if rec.get("provenance") and not binfo.get("provenance"):

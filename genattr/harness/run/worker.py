@@ -30,10 +30,8 @@ def _memo_key(*parts: Any) -> str:
 
 def checkpoint(name: str) -> None:
     """A named point of the run where the fault-injection suite may stop the process (``GENATTR_FAULT``)."""
-    try:
-        from ..faults import checkpoint as _checkpoint
-    except ImportError:  # pragma: no cover - faults.py ships with genattr
-        return
+    from ..faults import checkpoint as _checkpoint
+
     _checkpoint(name)
 
 

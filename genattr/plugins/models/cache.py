@@ -72,10 +72,10 @@ def load_or_train(cache, dataset, model_config: Mapping[str, Any], train_config:
         path = cache.get_or_create(NS_TRAINED, key, create, meta)
         try:
             m = cls.load(str(path / "model"))
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - a damaged entry is recomputed
             if attempt:
                 raise
-            cache.remove(NS_TRAINED, key)
+            cache.discard(NS_TRAINED, key, f"the model does not load: {type(exc).__name__}")
             continue
         return m.to(device) if device != "cpu" and hasattr(m, "to") else m
     raise AssertionError("unreachable")  # pragma: no cover
@@ -112,8 +112,8 @@ def load_or_customize(cache, base_model, exemplars, token: str, config: Mapping[
         path = cache.get_or_create(NS_CUSTOMIZED, key, create, meta)
         try:
             return load_delta(base_model, str(path / "delta"))
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - a damaged entry is recomputed
             if attempt:
                 raise
-            cache.remove(NS_CUSTOMIZED, key)
+            cache.discard(NS_CUSTOMIZED, key, f"the delta does not load: {type(exc).__name__}")
     raise AssertionError("unreachable")  # pragma: no cover
