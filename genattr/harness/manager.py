@@ -2,9 +2,9 @@
 
 Installed plugins come from the entry-point group ``genattr``; ``GENATTR_LOAD_PLUGINS=a,b`` loads only those
 (entry-point or distribution names; set but empty: none). Built-in plugins are ordinary plugin modules listed in
-:data:`DEFAULT_PLUGINS`. A plugin that fails to import (any exception, ``sys.exit()`` included — only Ctrl-C
+:func:`default_plugins` (``genattr.BUILTIN_PLUGINS``). A plugin that fails to import (any exception, ``sys.exit()`` included — only Ctrl-C
 stops loading), implements a hook that does not exist or with arguments its spec lacks, or raises while registering
-is reported (a warning, and ``genattr plugins``) and skipped — or aborts with ``GENATTR_STRICT_PLUGINS=1``. Two
+is reported (a warning, and the ``plugins`` command) and skipped — or aborts with ``GENATTR_STRICT_PLUGINS=1``. Two
 plugins registering the same component name do not stop the others: the registry records the clash (see
 :mod:`~genattr.harness.registry`). Nothing here imports torch.
 """
@@ -27,16 +27,15 @@ from .registry import KINDS, Entry, Registry
 
 ENTRY_POINT_GROUP = "genattr"
 
-#: Built-in plugin modules, registered exactly as third-party plugins are.
-DEFAULT_PLUGINS = (
-    "genattr.datasets",
-    "genattr.plugins.models",
-    "genattr.plugins.methods",
-    "genattr.plugins.metrics",
-    "genattr.benchmarks",
-    "genattr.plugins.executors",
-    "genattr.plugins.commands",
-)
+
+
+def default_plugins() -> tuple[str, ...]:
+    """The built-in plugin modules, registered exactly as third-party plugins are. The package names them
+    (``genattr.BUILTIN_PLUGINS``): the host itself depends on none of them."""
+    import genattr
+
+    return tuple(genattr.BUILTIN_PLUGINS)
+
 
 pm = pluggy.PluginManager("genattr")
 pm.add_hookspecs(hookspecs)
@@ -158,7 +157,7 @@ def load_plugins() -> None:
                 _report(ep.name, f"import failed: {_failure(exc)}", exc)
                 continue
             register_plugin(module, ep.name, distribution=dist, version=version)
-        for modname in DEFAULT_PLUGINS:
+        for modname in default_plugins():
             if pm.get_plugin(modname) is not None:
                 continue
             try:

@@ -3,7 +3,7 @@
 Each entry records its factory and the plugin that registered it (plugin name, distribution name and version).
 An unknown name is an error listing close matches. Two plugins registering the same name is a *clash*: the
 registry records it instead of refusing to build, so everything that does not need that name keeps working
-(``genattr plugins`` and ``genattr list`` show the clash); asking for the name is an error naming both plugins and
+(the ``plugins`` and ``list`` commands show the clash); asking for the name is an error naming both plugins and
 how to fix it.
 """
 
@@ -117,7 +117,7 @@ class Registry:
         else:
             fix = f"fix: pip uninstall one of {', '.join(dists)}"
         return (f"{SINGULAR[self.kind]} name {name!r} is registered by {who}; {fix}, or load only the plugins you "
-                f"want with GENATTR_LOAD_PLUGINS=name,... (see 'genattr plugins')")
+                f"want with GENATTR_LOAD_PLUGINS=name,...; the plugins command lists them")
 
     def get(self, name: str) -> Entry:
         try:
