@@ -87,6 +87,22 @@ def test_distilled_is_cached_and_deterministic(trained, tiny, session_cache):
         assert ka == kb and torch.equal(va, vb)
 
 
+def test_out_of_list_draws_skip_the_blocked_items():
+    from genattr.plugins.methods.distilled import DistilledMethod
+
+    rng = np.random.default_rng(3)
+    n = 40
+    blocked = [np.sort(rng.choice(n, size=s, replace=False)) for s in (0, 5, 17, 39)]
+    rows, u = [], []
+    for q, b in enumerate(blocked):
+        for j in range(n - len(b)):
+            rows.append(q)
+            u.append(j)
+    got = DistilledMethod.free_items(blocked, n, rows, u)
+    want = [np.setdiff1d(np.arange(n), blocked[q])[j] for q, j in zip(rows, u)]
+    assert got.tolist() == [int(w) for w in want]
+
+
 def test_student_file_is_safetensors_with_its_teachers_fingerprint(trained, tmp_path):
     from genattr.plugins.methods.distilled import load_student
 

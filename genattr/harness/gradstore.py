@@ -10,13 +10,13 @@ optionally randomly projected. :class:`GradientStore` computes such an array onc
   or per-item draws, captions), flips, per-draw normalisation (only when not ``"none"``, so entries written before
   the option existed keep their keys), reduction, projection kind + dimension + seed (and the device type a random
   projection is generated on: CPU and CUDA generators differ), storage dtype and noise seed
-  (:meth:`GradientSpec.key_parts`).
+  (:meth:`GradientSpec.key_parts`). Batch size, vmap/loop mode and progress bars are not in it (they change
+  nothing but float rounding).
 * **Per-draw normalisation** (``normalize="unit"``): every per-sample gradient (one draw: one timestep, caption and
   noise) is scaled to unit L2 norm over the selected weights *before* it is projected and reduced — the
   re-normalisation of diffusion-ReTrac (Xie et al., TMLR 2024), which removes the timestep-dominated "dominating norm
   effect"; DAS's public code normalises its per-timestep gradients the same way. :class:`UnitNormGrad` applies it
-  to any per-sample gradient function (for query-side features with the same normalisation). Batch size, vmap/loop mode and progress bars are not in it (they change
-  nothing but float rounding).
+  to any per-sample gradient function (for query-side features with the same normalisation).
 * **Layout**: one raw ``grads.npy`` of shape ``N × V × k`` (``V`` views: the image and, with ``flips``, its
   horizontal flip, each once or — for an output function with probes, ``probes`` = S — once per seeded Rademacher
   probe, view ``flip × S + probe``; ``k`` the projection dimension or the number of selected weights), float32 or
@@ -358,6 +358,12 @@ class UnitNormGrad:
         self.inner = grad_fn
         self.layout = grad_fn.layout
         self.eps = float(eps)
+
+    def __getattr__(self, name):
+        # everything else (target, mode, params, ...) is the wrapped function's
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def __call__(self, *args, **kwargs):
         g = self.inner(*args, **kwargs)

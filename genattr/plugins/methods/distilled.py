@@ -368,8 +368,9 @@ class DistilledMethod(ScalePresets):
         from .teacher import TeacherStore, rankings_from_file, training_queries
 
         cfg = self.config
+        model_fp = None if cfg["teacher_file"] is not None else self.teacher_model(ctx).fingerprint
         key = ("teacher", ctx.train_set.fingerprint, json.dumps(cfg["teacher_config"], sort_keys=True, default=str),
-               cfg["teacher_file"], cfg["teacher_model"], self._seed(ctx))
+               cfg["teacher_file"], cfg["teacher_model"], model_fp, self._seed(ctx))
         if key in self._memo:
             return self._memo[key]
         if cfg["teacher_file"] is not None:
@@ -403,25 +404,40 @@ class DistilledMethod(ScalePresets):
         return max(1, min(n, count))
 
     def training_lists(self, qfeat, tfeat, ranks) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-        """Per training query: (its ranked list — neighbours in feature space ordered by the teacher, best first —,
-        its out-of-list pool) and the cutoff (see the module docstring)."""
+        """Per training query: its ranked list (neighbours in feature space ordered by the teacher, best first), the
+        sorted items out-of-list pairs may not use (its neighbours and the teacher's top ``cutoff``), and the cutoff
+        (see the module docstring). Similarities are computed 256 queries at a time."""
         import torch.nn.functional as F
 
         n = tfeat.shape[0]
         cutoff = self._cutoff(n)
-        sims = (F.normalize(qfeat.double(), dim=1) @ F.normalize(tfeat.double(), dim=1).T).numpy()
-        lists, pools = [], []
-        for q in range(len(ranks)):
-            nn_set = np.argsort(-sims[q], kind="stable")[:cutoff]
-            known = ranks.top(q)
-            in_nn = np.zeros(n, dtype=bool)
-            in_nn[nn_set] = True
-            lists.append(known[in_nn[known]][:cutoff])
-            blocked = in_nn.copy()
-            blocked[known[:cutoff]] = True
-            pool = np.flatnonzero(~blocked)
-            pools.append(pool)
-        return lists, pools, cutoff
+        t = F.normalize(tfeat.double(), dim=1)
+        lists, blocked = [], []
+        for a in range(0, len(ranks), 256):
+            sims = (F.normalize(qfeat[a:a + 256].double(), dim=1) @ t.T).numpy()
+            for r in range(sims.shape[0]):
+                q = a + r
+                nn_set = np.argsort(-sims[r], kind="stable")[:cutoff]
+                known = ranks.top(q)
+                in_nn = np.zeros(n, dtype=bool)
+                in_nn[nn_set] = True
+                lists.append(known[in_nn[known]][:cutoff])
+                blocked.append(np.union1d(nn_set, known[:cutoff]).astype(np.int64))
+        return lists, blocked, cutoff
+
+    @staticmethod
+    def free_items(blocked: list[np.ndarray], n: int, rows, u) -> np.ndarray:
+        """The ``u[j]``-th item (ascending) *not* in ``blocked[rows[j]]`` for each j — out-of-list draws without
+        materialising the complements (``u[j]`` < n − len(blocked[rows[j]]))."""
+        rows = np.asarray(rows, dtype=np.int64)
+        u = np.asarray(u, dtype=np.int64)
+        starts = np.zeros(len(blocked) + 1, dtype=np.int64)
+        starts[1:] = np.cumsum([len(b) for b in blocked])
+        # b_j − j is non-decreasing within a query; offset each query's segment so the whole array is sorted
+        keys = np.concatenate([q * (n + 1) + (b - np.arange(len(b))) for q, b in enumerate(blocked)]) \
+            if starts[-1] else np.zeros(0, np.int64)
+        k = np.searchsorted(keys, rows * (n + 1) + u, side="right") - starts[rows]
+        return u + k
 
     def _arch(self) -> dict:
         cfg = self.config
@@ -441,7 +457,8 @@ class DistilledMethod(ScalePresets):
         from genattr.harness.seeding import derive_seed, generator
 
         cfg = self.config
-        lists, pools, cutoff = self.training_lists(qfeat, tfeat, ranks)
+        lists, blocked, cutoff = self.training_lists(qfeat, tfeat, ranks)
+        n = int(tfeat.shape[0])
         qi = np.concatenate([np.full(len(lst), q, dtype=np.int64) for q, lst in enumerate(lists)]) if lists else \
             np.zeros(0, np.int64)
         items = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
@@ -461,7 +478,8 @@ class DistilledMethod(ScalePresets):
             loss_fn = torch.nn.BCEWithLogitsLoss()
             qf, tf = qfeat.float(), tfeat.float()
             qi_t, items_t = torch.from_numpy(qi), torch.from_numpy(items)
-            pool_sizes = torch.tensor([max(1, len(p)) for p in pools])
+            free = np.array([n - len(b) for b in blocked], dtype=np.int64)
+            pool_sizes = torch.from_numpy(np.maximum(free, 1))
             student.train()
             for _epoch in range(int(cfg["epochs"])):
                 order = torch.randperm(items.size, generator=g)
@@ -471,13 +489,12 @@ class DistilledMethod(ScalePresets):
                 for a in range(0, items.size, int(cfg["batch_size"])):
                     b = order[a:a + int(cfg["batch_size"])]
                     q_b, i_b, y_b = qi_t[b], items_t[b].clone(), targets[b].clone()
-                    o = outlier[b]
+                    o = outlier[b] & torch.from_numpy(free[q_b.numpy()] > 0)
                     if o.any():
-                        for r in torch.nonzero(o).flatten().tolist():
-                            pool = pools[int(q_b[r])]
-                            if len(pool):
-                                i_b[r] = int(pool[int(pick[b[r]]) % len(pool)])
-                                y_b[r] = worst
+                        rows = q_b[o].numpy()
+                        u = pick[b[o]].numpy() % free[rows]
+                        i_b[o] = torch.from_numpy(self.free_items(blocked, n, rows, u))
+                        y_b[o] = worst
                     pred = student(qf[q_b], tf[i_b])
                     loss = loss_fn(pred, y_b)
                     opt.zero_grad()
