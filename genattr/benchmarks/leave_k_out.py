@@ -137,7 +137,7 @@ SCALES: dict[str, dict] = {
 }
 
 COMMON = {"train_seed": None, "random_method": "random", "guidance_scale": None, "retrain": None, "metrics": None,
-          "group": None}
+          "group": None, "model_seeds": None}
 
 #: The counterfactual metrics reported when ``metrics`` is not given.
 DEFAULT_METRICS = ["delta-loss", "delta-gen-mse", "delta-gen-sim"]
@@ -211,11 +211,15 @@ class LeaveKOutBenchmark(Counterfactual):
         if cfg["group"] is None:
             cfg["group"] = "cell" if scale == "paper" else "method"
         _validate(cfg)
+        from ._seeds import check_model_seeds
+
+        cfg["model_seeds"] = check_model_seeds(cfg["model_seeds"], NAME)
+        if cfg["model_seeds"] is not None and cfg["train_seed"] is not None:
+            raise UserError("leave-k-out: give model_seeds or train_seed, not both")
         cfg["scale"] = scale
         self.config = cfg
         self.scale = scale
-        self._state = None
-        self._state_key = None
+        self._states: dict = {}
         self._k: list[tuple[int, float]] = []
         self._metrics_resolved = resolve_metrics(cfg)
         self.metrics = {c: info["higher_is_better"] for c, _, info in self._metrics_resolved}
@@ -223,22 +227,28 @@ class LeaveKOutBenchmark(Counterfactual):
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def setup(self, env) -> dict:
-        """Build (or load from the cache) the training set, θ0 and the queries; returns provenance."""
-        return self._setup(env).provenance
+        """Build (or load from the cache) the training set, θ0 and the queries (one θ0 per model seed); returns
+        provenance."""
+        from ._seeds import env_for
+
+        seeds = self.config["model_seeds"]
+        if seeds is None:
+            return self._setup(env).provenance
+        return {"model_seeds": {str(s): self._setup(env_for(env, seed=s)).provenance for s in seeds}}
 
     def _setup(self, env):
         key = (str(env.cache.root), int(env.seed), env.device)
-        if self._state is not None and self._state_key == key:
-            return self._state
+        if key in self._states:
+            return self._states[key]
         st = self._setup_state(env)
         self._k = resolve_k(self.config["k"], len(st.train))
         st.provenance["k"] = [{"K": c, "K_frac": f} for c, f in self._k]
-        self._state, self._state_key = st, key
+        self._states[key] = st
         return st
 
     # -- cells ------------------------------------------------------------------------------------------------------
     def _k_list(self) -> list[tuple[int, float]]:
-        if self._state is not None:
+        if self._states:
             return self._k
         return resolve_k(self.config["k"], self._n_without_setup())
 
@@ -266,7 +276,9 @@ class LeaveKOutBenchmark(Counterfactual):
                     out.append(Cell(id=f"{m}/K{count}/q{j:03d}", method=m,
                                     params={"K": count, "K_frac": frac, "query": j},
                                     group={"K": count, "K_frac": round(frac, 6)}, batch=batch))
-        return out
+        from ._seeds import expand
+
+        return expand(out, self.config["model_seeds"])
 
     # -- scores -----------------------------------------------------------------------------------------------------
     def scores(self, method, query: Query, env):
@@ -327,6 +339,9 @@ class LeaveKOutBenchmark(Counterfactual):
     def run_cell(self, cell: Cell, method, env, scores=None) -> dict:
         import numpy as np
 
+        from ._seeds import env_for
+
+        env = env_for(env, cell)
         st = self._setup(env)
         query = st.queries[int(cell.params["query"])]
         ranking = cell.method != self.config["random_method"]
@@ -355,7 +370,11 @@ class LeaveKOutBenchmark(Counterfactual):
 
     def run_cells(self, cells: Sequence[Cell], method, env):
         """A group: the queries of every ranking cell scored in one ``attribute`` call (cached per query), then
-        each cell's retrains."""
+        each cell's retrains (a group never mixes model seeds: the seed is part of its batch key)."""
+        from ._seeds import env_for
+
+        if cells:
+            env = env_for(env, cells[0])
         st = self._setup(env)
         scores: dict[int, Any] = {}
         if cells and cells[0].method != self.config["random_method"]:

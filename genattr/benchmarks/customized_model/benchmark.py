@@ -68,11 +68,18 @@ class CustomizedModelBenchmark:
                         params={"concept": s["id"], "query": q, "split": s["split"]},
                         group={"split": s["split"]}, batch=s["id"],
                     ))
-        return out
+        from .._seeds import expand
+
+        return expand(out, self.config["model_seeds"])
 
     # -- setup --------------------------------------------------------------------------------------------------
     def setup(self, env: RunEnv) -> dict:
-        return self._load(env).provenance
+        from .._seeds import env_for
+
+        seeds = self.config["model_seeds"]
+        if seeds is None:
+            return self._load(env).provenance
+        return {"model_seeds": {str(s): self._load(env_for(env, seed=s)).provenance for s in seeds}}
 
     def _load(self, env: RunEnv, split: str = "test") -> State:
         """The state of the ``test`` concepts (what cells measure) or, built-in data only, of the ``train`` concepts
@@ -140,15 +147,20 @@ class CustomizedModelBenchmark:
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, method, env: RunEnv) -> dict:
-        return self.evaluate(cell.params["concept"], int(cell.params["query"]), method, env)
+        from .._seeds import env_for
+
+        return self.evaluate(cell.params["concept"], int(cell.params["query"]), method, env_for(env, cell))
 
     def run_cells(self, cells: Sequence[Cell], method, env: RunEnv):
-        """The cells of one concept: every query scored in one ``attribute`` call."""
-        by_concept: dict[str, list[Cell]] = {}
+        """The cells of one concept (and model seed): every query scored in one ``attribute`` call."""
+        from .._seeds import env_for
+
+        by_concept: dict[tuple, list[Cell]] = {}
         for c in cells:
-            by_concept.setdefault(c.params["concept"], []).append(c)
-        for concept, group in by_concept.items():
-            rows = self.evaluate_many(concept, [int(c.params["query"]) for c in group], method, env)
+            by_concept.setdefault((c.params["concept"], c.params.get("model_seed")), []).append(c)
+        for (concept, _), group in by_concept.items():
+            rows = self.evaluate_many(concept, [int(c.params["query"]) for c in group], method,
+                                      env_for(env, group[0]))
             yield from zip(group, rows)
 
     def evaluate(self, case_id: str, query: int, method, env: RunEnv, split: str = "test") -> dict:

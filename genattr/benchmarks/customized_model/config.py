@@ -60,6 +60,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     verify="warn",  # warn | error | off
     customize=None,  # overrides of recipe_customize(scale) (built-in data only)
     seed_offset=0,  # mixed into every seed of the benchmark's data (concepts, queries); models use the run seed
+    model_seeds=None,  # several base-model training seeds pooled in one run (genattr.benchmarks._seeds)
 )
 
 VERIFY_MODES = ("warn", "error", "off")
@@ -112,6 +113,9 @@ def benchmark_config(config: Mapping[str, Any]) -> dict:
         raise UserError(f"customized-model: pools must be a non-empty subset of {list(POOLS)}, got {out['pools']!r}")
     out["pools"] = [p for p in POOLS if p in pools]
     out["metrics"] = metric_specs(out["metrics"])
+    from .._seeds import check_model_seeds
+
+    out["model_seeds"] = check_model_seeds(out["model_seeds"], "customized-model")
     if scale == "paper" and not out["data_root"]:
         raise UserError("customized-model: scale 'paper' needs data_root=<folder holding dataset/> "
                         "(the public AbC benchmark, see docs/benchmarks/customized-model.md)")
