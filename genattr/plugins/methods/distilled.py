@@ -176,8 +176,8 @@ class DistilledMethod(ScalePresets):
     PRESETS = {
         "tiny": {"teacher_queries": 24, "query_steps": 10, "hidden": [64, 64], "out_dim": 32, "epochs": 40,
                  "batch_size": 256, "cutoff": 0.5, "encoders": "auto"},
-        "small": {"teacher_queries": 128, "query_steps": 50, "hidden": [256, 256, 256], "out_dim": 128, "epochs": 30,
-                  "batch_size": 1024, "cutoff": 0.25, "encoders": "auto"},
+        "small": {"teacher_queries": 256, "query_steps": 50, "hidden": [256, 256, 256], "out_dim": 128, "epochs": 100,
+                  "batch_size": 256, "cutoff": 0.25, "encoders": "auto"},
         "paper": {"teacher_queries": 5000, "query_steps": 50, "hidden": [768, 768, 768], "out_dim": 768,
                   "epochs": 10, "batch_size": 4096, "cutoff": 10000,
                   "encoders": ["dino:facebook/dino-vitb16", "text:clip:openai/clip-vit-base-patch32"]},

@@ -10,7 +10,7 @@ whole training set (no prescreen unless the options ask for one), and keeps, per
 indices (best first) and their scores — never the full ``Q × N`` matrix.
 
 * **Key** of a store: the teacher's name, version and *resolved* configuration, the model and dataset fingerprints,
-  the query recipe (how the queries were made: ``{"kind": "training-captions", count, seed, steps, guidance}`` for
+  the query recipe (how the queries were made: ``{"kind": "training-captions", seed, steps, guidance}`` for
   :func:`training_queries`, the benchmark's own description for held-out queries), ``keep`` and the run seed
   (:meth:`TeacherStore.key`). Each query is its own cache entry (namespace ``teacher/rankings``: ``arrays.npz`` with
   ``indices`` and ``scores``), keyed by the store key, the query's id and prompt and a sha256 of its image — so a
@@ -23,8 +23,9 @@ indices (best first) and their scores — never the full ``Q × N`` matrix.
 Training queries
 ----------------
 :func:`training_queries`: images the model generates from **training captions** with **fresh seeds** (FastGDA's
-training queries): ``count`` training items drawn without replacement (seeded by ``(seed,
-"teacher/training-queries")``), one of each item's captions, and a seed ``derive_seed(seed, "teacher/query-seed",
+training queries): the first ``count`` items of seeded permutations of the training set (``(seed,
+"teacher/training-queries")``; so a larger count keeps a smaller count's queries and their cached rankings), one of
+each item's captions, and a seed ``derive_seed(seed, "teacher/query-seed",
 j)`` per query — a namespace no benchmark uses for its own queries. Images are cached in chunks (namespace
 ``teacher/queries``) keyed by the model fingerprint and the recipe.
 
@@ -230,14 +231,21 @@ def training_queries(model, dataset, count: int, seed: int, steps: int, guidance
     count = int(count)
     if count < 1:
         raise UserError("teacher: the number of training queries must be positive")
+    # always whole chunks of QUERY_CHUNK queries (the last one cut to count), generated in the same batches whatever
+    # the count, so query j's image is bit-identical for every count
+    total = -(-count // QUERY_CHUNK) * QUERY_CHUNK
     rng = numpy_rng(int(seed), "teacher/training-queries")
-    src = rng.choice(n, size=count, replace=count > n)
+    # successive permutations of the training set, so that a larger count keeps the smaller count's queries (their
+    # images and teacher rankings come from the cache)
+    src = np.concatenate([rng.permutation(n) for _ in range(-(-total // n))])[:total]
     prompts, seeds = [], []
     for j, i in enumerate(src):
         caps = dataset.captions(int(i))
         prompts.append(str(caps[int(numpy_rng(int(seed), "teacher/caption", j).integers(len(caps)))]))
         seeds.append(int(derive_seed(int(seed), "teacher/query-seed", j) % (2**31 - 1)))
-    recipe = {"kind": "training-captions", "count": count, "seed": int(seed), "steps": int(steps),
+    # the recipe holds no count: query j is the same whatever the count, so a larger count reuses every image and
+    # teacher ranking of a smaller one
+    recipe = {"kind": "training-captions", "seed": int(seed), "steps": int(steps),
               "guidance": None if guidance is None else float(guidance)}
     gkw = {} if guidance is None else {"guidance_scale": float(guidance)}
     images = []
@@ -252,9 +260,9 @@ def training_queries(model, dataset, count: int, seed: int, steps: int, guidance
         if cache is None:
             images.append(make()["images"])
         else:
-            key = cache.key("teacher-queries", VERSION, model.fingerprint, dataset.fingerprint, recipe, a)
+            key = cache.key("teacher-queries", VERSION, model.fingerprint, dataset.fingerprint, recipe, a, QUERY_CHUNK)
             images.append(cache.tensors(QUERY_NAMESPACE, key, make, meta={"recipe": recipe, "chunk": a})["images"])
-    imgs = torch.cat(images)
+    imgs = torch.cat(images)[:count]
     ids = dataset.ids
     queries = [Query(id=f"tq{j:05d}", image=imgs[j], prompt=prompts[j],
                      meta={"seed": seeds[j], "steps": int(steps), "source_index": int(src[j]),
