@@ -1,8 +1,10 @@
-"""The Customized Model benchmark on the public AbC layout: a tiny fake tree, a model-free method end to end, and
-the skipping of model-based cells for models without weights."""
+"""The Customized Model benchmark on the public AbC layout: a tiny fake tree, a model-free method end to end, the
+skipping of model-based cells for models without weights, and the tasks: a fake task file in the layout of the
+unlearning paper's code (``tasks/all_tasks.json``) against the seeded sampling."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -81,6 +83,8 @@ def test_fake_abc_tree_pixel_end_to_end(abc_root, session_cache):
     env = RunEnv(cache=session_cache, scale="paper")
     prov = bench.setup(env)
     assert prov["source"] == "abc"
+    assert prov["task_source"] == "sampled (seed_offset 0)" and prov["prompt_source"] == "template"
+    assert prov["tasks"]["file"] is None and prov["tasks"]["prompts"]["queries"] == {"task-file": 0, "template": 12}
     assert prov["sizes"]["pool_base"] == 12 and prov["sizes"]["pool_all"] == 12 + 2 * 1 + 2 * 3
     assert sorted(prov["missing_weights"]) == sorted(c["id"] for c in prov["concepts"])
     method = genattr.get_method("pixel")
@@ -117,3 +121,161 @@ def test_selection_is_seeded_and_stable(abc_root):
     assert a == b and len(a) == 2
     q = [s["queries"] for s in _bench(abc_root, queries_per_model=10).concept_specs()]
     assert q == [4, 4, 4, 4]  # only 4 synthesized images per model exist
+
+
+# -- tasks: a task file (the unlearning paper's layout) or the seeded sampling ----------------------------------------
+
+#: The sampled selection of the fake tree (models_per_split=2, queries_per_model=3, seed_offset=0) as it was before
+#: task files existed: cell ids and queries of existing results must not move.
+SAMPLED = {
+    "observed_imagenet-0001-obs1": [f"observed_imagenet/1/{q}" for q in ("gpt_1", "media_0", "media_1")],
+    "observed_imagenet-0000-obs0": [f"observed_imagenet/0/{q}" for q in ("gpt_0", "gpt_1", "media_1")],
+    "bamfg-0001-bam1": ["bamfg/1/gpt_0", "bamfg/1/media_0", "bamfg/1/media_1"],
+    "bamfg-0000-bam0": ["bamfg/0/gpt_1", "bamfg/0/media_0", "bamfg/0/media_1"],
+}
+TEMPLATES = {"observed_imagenet": "photo of a <new1> goldfish", "bamfg": "art in the style of <new1> art"}
+
+#: A fake task file in the official layout: image paths relative to the official data root (our dataset/), the
+#: models' tasks interleaved as in all_tasks.json.
+TASKS = [
+    {"synth_image_path": "synth/observed_imagenet/1/media_1.png", "prompt": "a watercolor painting of <new1> goldfish",
+     "test_case": "test_observed_imagenet", "test_case_ind": 1, "model_path": "models/imagenet/obs1",
+     "train_prompt": "<new1> goldfish", "category": "goldfish"},
+    {"synth_image_path": "synth/bamfg/0/gpt_1.png", "prompt": "The magic of light in the style of <new1> art",
+     "test_case": "test_bamfg", "test_case_ind": 0, "model_path": "models/bamfg/bam0",
+     "train_prompt": "A picture in the style of <new1> art", "category": "art"},
+    {"synth_image_path": "synth/observed_imagenet/1/gpt_1.png", "prompt": "A <new1> goldfish in a glass bowl",
+     "test_case": "test_observed_imagenet", "test_case_ind": 1, "model_path": "models/imagenet/obs1",
+     "train_prompt": "<new1> goldfish", "category": "goldfish"},
+    {"synth_image_path": "synth/observed_imagenet/1/gpt_0.png", "prompt": "A <new1> goldfish under a lily pad",
+     "test_case": "test_observed_imagenet", "test_case_ind": 1, "model_path": "models/imagenet/obs1",
+     "train_prompt": "<new1> goldfish", "category": "goldfish"},
+]
+
+
+def _rel(root, path) -> str:
+    """``observed_imagenet/1/gpt_1`` from an absolute query path under root/dataset/synth."""
+    return Path(path).resolve().relative_to(Path(root).resolve() / "dataset" / "synth").with_suffix("").as_posix()
+
+
+@pytest.fixture(scope="module")
+def official_root(tmp_path_factory):
+    root = make_abc_tree(tmp_path_factory.mktemp("abc-official"))
+    (root / "tasks").mkdir()
+    (root / "tasks" / "all_tasks.json").write_text(json.dumps(TASKS, indent=1))
+    return root
+
+
+def test_sampled_selection_is_unchanged_without_a_task_file(abc_root):
+    from genattr.benchmarks.customized_model.abc_data import abc_selection
+
+    bench = _bench(abc_root)
+    assert bench.config["tasks"] == "sampled"  # auto, and no task file under data_root
+    sel = abc_selection(bench.config)
+    assert {e["id"]: [_rel(abc_root, q["path"]) for q in e["queries"]] for e in sel} == SAMPLED
+    assert [e["id"] for e in sel] == list(SAMPLED)
+    for e in sel:
+        assert e["prompt"] == TEMPLATES[e["subset"]] and e["prompt_source"] == "template"
+        assert {(q["prompt"], q["prompt_source"]) for q in e["queries"]} == {(TEMPLATES[e["subset"]], "template")}
+    cells = bench.cells(["pixel"])
+    assert [c.id for c in cells[:3]] == [f"pixel/observed_imagenet-0000-obs0/q{q:02d}" for q in range(3)]
+    assert _bench(abc_root, tasks="sampled").config == bench.config
+
+
+def test_official_task_file_gives_tasks_prompts_and_provenance(official_root, session_cache):
+    import genattr
+
+    path = official_root / "tasks" / "all_tasks.json"
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    bench = _bench(official_root, queries_per_model=20)
+    assert bench.config["tasks"] == "official"  # auto finds the task file
+    specs = {s["id"]: s["queries"] for s in bench.concept_specs()}
+    assert specs == {"observed_imagenet-0001-obs1": 3, "bamfg-0000-bam0": 1}
+    cells = bench.cells(["pixel"])
+    assert len(cells) == 4
+    env = RunEnv(cache=session_cache, scale="paper")
+    prov = bench.setup(env)
+    assert prov["task_source"] == f"task file {path} sha256:{sha} (4 of 4 tasks)"
+    assert prov["prompt_source"] == f"task file {path} sha256:{sha}"
+    assert prov["tasks"]["sha256"] == sha and prov["tasks"]["source"] == "task file"
+    assert prov["tasks"]["prompts"] == {"queries": {"task-file": 4, "template": 0},
+                                        "exemplars": {"task-file": 2, "template": 0}}
+    state = bench._load(env)
+    obs, bam = state.cases["observed_imagenet-0001-obs1"], state.cases["bamfg-0000-bam0"]
+    # queries in file order, each with its task's prompt; exemplars captioned with the model's train_prompt
+    assert [_rel(official_root, q.meta["path"]) for q in obs.queries] == [
+        "observed_imagenet/1/media_1", "observed_imagenet/1/gpt_1", "observed_imagenet/1/gpt_0"]
+    assert [q.prompt for q in obs.queries] == [TASKS[0]["prompt"], TASKS[2]["prompt"], TASKS[3]["prompt"]]
+    assert [q.meta["task"] for q in obs.queries] == [0, 2, 3]
+    assert [q.meta["type"] for q in obs.queries] == ["media", "gpt", "gpt"]
+    assert [q.prompt for q in bam.queries] == [TASKS[1]["prompt"]]
+    assert obs.exemplars.captions(0) == ("<new1> goldfish",)
+    assert bam.exemplars.captions(0) == ("A picture in the style of <new1> art",)
+    by_id = {c["id"]: c for c in prov["concepts"]}
+    assert by_id["bamfg-0000-bam0"]["prompts"] == [TASKS[1]["prompt"]]
+    method = genattr.get_method("pixel")
+    rows = {c.id: bench.run_cell(c, method, env) for c in cells}
+    assert rows["pixel/observed_imagenet-0001-obs1/q01"]["extra"]["prompt"] == TASKS[2]["prompt"]
+    assert all(r["extra"]["ranks_own"][0] == 1 for r in rows.values())
+    # caps apply in file order; a path to the file (relative to data_root) selects the same tasks
+    capped = _bench(official_root, models_per_split=1, queries_per_model=2, tasks="tasks/all_tasks.json")
+    assert capped.config["tasks"] == "tasks/all_tasks.json"
+    assert {s["id"]: s["queries"] for s in capped.concept_specs()} == {"observed_imagenet-0001-obs1": 2,
+                                                                        "bamfg-0000-bam0": 1}
+
+
+def test_sampled_tasks_take_prompts_the_task_file_has(official_root):
+    from genattr.benchmarks.customized_model.abc_data import abc_selection
+
+    bench = _bench(official_root, tasks="sampled")
+    assert bench.config["tasks"] == "sampled"
+    sel = abc_selection(bench.config)
+    assert {e["id"]: [_rel(official_root, q["path"]) for q in e["queries"]] for e in sel} == SAMPLED  # same cells
+    listed = {t["synth_image_path"][len("synth/"):-len(".png")]: t for t in TASKS}
+    n_file = 0
+    for e in sel:
+        for q in e["queries"]:
+            t = listed.get(_rel(official_root, q["path"]))
+            assert q["prompt"] == (t["prompt"] if t else TEMPLATES[e["subset"]])
+            assert q["prompt_source"] == ("task-file" if t else "template")
+            n_file += bool(t)
+        train = {"observed_imagenet-0001-obs1": TASKS[0]["train_prompt"], "bamfg-0000-bam0": TASKS[1]["train_prompt"]}
+        assert e["prompt"] == train.get(e["id"], TEMPLATES[e["subset"]])  # the exemplars' caption
+    assert n_file == 3  # obs1 gpt_1, media_1 and bam0 gpt_1 are both sampled and listed
+
+
+def _task_file(tmp_path, tasks) -> str:
+    p = tmp_path / "tasks.json"
+    p.write_text(json.dumps(tasks))
+    return str(p)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.update(test_case_ind=7), "out of range"),
+    (lambda t: t.update(model_path="models/imagenet/obs0"), "names model"),
+    (lambda t: t.update(synth_image_path="synth/observed_imagenet/0/gpt_0.png"), "is not a synthesized image"),
+    (lambda t: t.pop("prompt"), "lacks 'prompt'"),
+    (lambda t: t.update(test_case="test_coco"), "test_case 'test_coco'"),
+])
+def test_malformed_task_files_are_one_line_errors(abc_root, tmp_path, change, message):
+    from genattr.harness.errors import UserError
+
+    tasks = json.loads(json.dumps(TASKS))
+    change(tasks[0])
+    path = _task_file(tmp_path, tasks)
+    with pytest.raises(UserError, match=message) as err:
+        _bench(abc_root, tasks=path).concept_specs()
+    assert "\n" not in str(err.value)
+
+
+def test_tasks_option_errors(abc_root, tmp_path):
+    from genattr.harness.errors import UserError
+
+    with pytest.raises(UserError, match="no task file"):
+        _bench(abc_root, tasks="official")
+    with pytest.raises(UserError, match="neither one of"):
+        _bench(abc_root, tasks="missing.json")
+    with pytest.raises(UserError, match="tasks must be"):
+        _bench(abc_root, tasks=3)
+    with pytest.raises(UserError, match="repeats the image"):
+        _bench(abc_root, tasks=_task_file(tmp_path, [TASKS[0], TASKS[0]])).concept_specs()

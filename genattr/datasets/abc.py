@@ -22,6 +22,16 @@ Captions, first match wins:
    the id (or the file name without extension) to a caption string or a list of captions;
 3. otherwise the empty caption ``""`` (model-free methods do not need captions; model-based methods then score
    those pool images with the empty prompt).
+
+The AbC JSON files do not store the prompts the synthesized images were made from. The unlearning paper's code
+(PeterWang512/AttributeByUnlearning, ``custom_diffusion/tasks/all_tasks.json``) lists its 400 test tasks (20
+customized models × 20 synthesized images) in a **task file**: a JSON list whose entries have ``synth_image_path``
+(the query image, relative to the official data root, i.e. our ``root/dataset``: ``synth/imagenet/gpt/…/00000.png``),
+``prompt`` (the prompt it was synthesized from, with the modifier token ``<new1>``), ``test_case`` (``test_{split}``,
+naming the JSON file), ``test_case_ind`` (the customized model's position in that file), and optionally
+``model_path`` (``models/{imagenet,bamfg,artchive}/{class_id}``), ``train_prompt`` (the model's customization prompt,
+e.g. ``<new1> fish``) and ``category``. :func:`find_abc_task_file` looks for it at :data:`TASK_FILES` and
+:func:`load_abc_tasks` reads it into :class:`AbCTask` records.
 """
 
 from __future__ import annotations
@@ -119,6 +129,90 @@ def load_abc_split(root, split: str) -> list[AbCEntry]:
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"abc: entry {k} of {path} is malformed ({type(err).__name__}: {err})") from None
     return entries
+
+
+#: Where the task file is looked for, relative to ``root`` (first found wins): next to ``dataset/`` as in the
+#: official repository (``tasks/all_tasks.json``), or inside it.
+TASK_FILES = ("tasks/all_tasks.json", "dataset/tasks/all_tasks.json")
+
+
+@dataclass
+class AbCTask:
+    """One task of a task file: a synthesized image of one customized model and the prompt it was made from.
+
+    ``index``: position in the file; ``split``: the AbC split (from ``test_case``); ``entry``: the model's position
+    in ``test_{split}.json`` (``test_case_ind``); ``image``: absolute path of the synthesized image; ``prompt``;
+    ``train_prompt``, ``model_path``, ``category``: as in the file, None when absent."""
+
+    index: int
+    split: str
+    entry: int
+    image: str
+    prompt: str
+    train_prompt: str | None = None
+    model_path: str | None = None
+    category: str | None = None
+
+
+def find_abc_task_file(root) -> Path | None:
+    """The task file under ``root`` (:data:`TASK_FILES`, first found), or None."""
+    root = Path(os.path.expanduser(str(root)))
+    for rel in TASK_FILES:
+        if (root / rel).is_file():
+            return root / rel
+    return None
+
+
+def task_image_path(root, path: str) -> str:
+    """The absolute path of a task's ``synth_image_path``: relative to ``root/dataset`` (the official data root), or
+    to ``root`` when it starts with ``dataset/`` (as the AbC JSON files spell paths)."""
+    root = Path(os.path.expanduser(str(root)))
+    p = Path(os.path.expanduser(path))
+    if p.is_absolute():
+        return os.path.normpath(str(p))
+    base = root if p.parts[:1] == ("dataset",) else root / "dataset"
+    return os.path.normpath(str(base / p))
+
+
+def load_abc_tasks(root, path) -> list[AbCTask]:
+    """The tasks of a task file (see the module docstring), image paths resolved against ``root``. Malformed
+    files and entries are one-line :class:`UserError` s."""
+    path = Path(os.path.expanduser(str(path)))
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise UserError(f"abc: cannot read task file {path} ({e.strerror or e})") from None
+    except ValueError as e:
+        raise UserError(f"abc: task file {path} is not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise UserError(f"abc: task file {path} must hold a JSON list of tasks, got {type(data).__name__}")
+    tasks = []
+    for k, t in enumerate(data):
+        if not isinstance(t, dict):
+            raise UserError(f"abc: task {k} of {path} must be a JSON object, got {type(t).__name__}")
+        missing = [key for key in ("synth_image_path", "prompt", "test_case", "test_case_ind") if key not in t]
+        if missing:
+            raise UserError(f"abc: task {k} of {path} lacks {', '.join(repr(m) for m in missing)}")
+        case, ind = t["test_case"], t["test_case_ind"]
+        split = case[len("test_"):] if isinstance(case, str) and case.startswith("test_") else None
+        if split not in SPLITS:
+            raise UserError(f"abc: task {k} of {path}: test_case {case!r} is not one of "
+                            f"{', '.join('test_' + s for s in SPLITS)}")
+        if not (isinstance(ind, int) and not isinstance(ind, bool) and ind >= 0):
+            raise UserError(f"abc: task {k} of {path}: test_case_ind must be a non-negative integer, got {ind!r}")
+        for key in ("synth_image_path", "prompt"):
+            if not isinstance(t[key], str) or not t[key].strip():
+                raise UserError(f"abc: task {k} of {path}: {key} must be a non-empty string, got {t[key]!r}")
+        opt = {}
+        for key in ("train_prompt", "model_path", "category"):
+            v = t.get(key)
+            if v is not None and not isinstance(v, str):
+                raise UserError(f"abc: task {k} of {path}: {key} must be a string, got {v!r}")
+            opt[key] = v
+        tasks.append(AbCTask(index=k, split=split, entry=ind, image=task_image_path(root, t["synth_image_path"]),
+                             prompt=t["prompt"], **opt))
+    return tasks
 
 
 def _pool_captions(root: Path, pool_dir: Path) -> dict[str, list[str]]:

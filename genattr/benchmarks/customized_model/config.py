@@ -28,7 +28,9 @@ DEFAULT_METRICS: list = [{"name": "recall-at-k", "k": 10}, {"name": "recall-at-k
 #:   learn.
 #: * ``paper`` (the public AbC data; ``data_root`` required): ``models_per_split`` customized models per split
 #:   (20 models × 20 queries in the unlearning paper: 10 object-centric + 10 artist-style), ``queries_per_model``,
-#:   ``pool_size`` = 100,000 LAION images, ``resolution`` 512.
+#:   ``pool_size`` = 100,000 LAION images, ``resolution`` 512; ``tasks`` — ``auto`` (the paper's task file when
+#:   ``data_root`` holds it, else ``sampled``), ``official``, ``sampled`` or a path to a task file
+#:   (:func:`~.abc_data.resolve_tasks`; the resolved configuration holds ``official``, ``sampled`` or the path).
 SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         n_object=2, n_style=2, exemplars_per_style=(3, 4), queries_per_concept=2, sample_steps=20, pool_size=None,
@@ -39,7 +41,7 @@ SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
         n_train_object=3, n_train_style=3, train_queries_per_concept=4,
     ),
     "paper": dict(
-        models_per_split=10, queries_per_model=20, pool_size=100_000, resolution=512, sample_steps=50,
+        models_per_split=10, queries_per_model=20, pool_size=100_000, resolution=512, sample_steps=50, tasks="auto",
         abc_subsets={"object-centric": ["observed_imagenet", "unobserved_imagenet"],
                      "artist-style": ["bamfg", "artchive"]},
     ),
@@ -119,6 +121,10 @@ def benchmark_config(config: Mapping[str, Any]) -> dict:
     if scale == "paper" and not out["data_root"]:
         raise UserError("customized-model: scale 'paper' needs data_root=<folder holding dataset/> "
                         "(the public AbC benchmark, see docs/benchmarks/customized-model.md)")
+    if out["data_root"] and "tasks" in out:
+        from .abc_data import resolve_tasks
+
+        out["tasks"] = resolve_tasks(out["data_root"], out["tasks"])  # auto -> official | sampled: hashed as run
     return out
 
 
