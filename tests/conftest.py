@@ -37,6 +37,18 @@ def clean_env(monkeypatch):
     return env
 
 
+@pytest.fixture(autouse=True)
+def _genattr_logger_restored():
+    """Undo what an in-process ``genattr`` command does to the ``genattr`` logger (its own handler, no propagation),
+    so later tests' ``caplog`` sees the warnings."""
+    import logging
+
+    log = logging.getLogger("genattr")
+    state = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = state
+
+
 @pytest.fixture
 def python():
     return sys.executable

@@ -309,8 +309,10 @@ def test_recipes():
         assert recipe(ds, "tiny")["train"]["steps"] < recipe(ds, "small")["train"]["steps"]
     assert recipe_customize("small")["weights"] == "full"
     assert recipe_customize("tiny")["weights"] in ("cross-attn-kv", "full")
+    generic = recipe("mnist", "tiny")  # a dataset without a recipe of its own gets the scale's generic one
+    assert generic["dataset"] == {} and generic["model"] == recipe("shapes", "tiny")["model"]
     with pytest.raises(UserError):
-        recipe("mnist", "tiny")
+        recipe("mnist", "huge")
     with pytest.raises(UserError):
         recipe_customize("huge")
 

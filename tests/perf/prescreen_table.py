@@ -35,6 +35,9 @@ def main(argv=None):
     ap.add_argument("--scale", default="small")
     ap.add_argument("--queries", type=int, default=None, help="leave-k-out: queries of θ0 (default: the benchmark's)")
     ap.add_argument("--refine", default="50,100", help="head sizes M")
+    ap.add_argument("--concepts", type=int, default=None,
+                    help="customized-model: only the first N test concepts of each split (default: all)")
+    ap.add_argument("--only", default=None, help="customized-model: only these concept ids (comma-separated)")
     ap.add_argument("--variants", default="exhaustive,coarse-1,coarse-2,linear")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="unlearning options for every variant (JSON values), e.g. timesteps=20")
@@ -73,6 +76,13 @@ def main(argv=None):
         groups = [perfkit.lko_setup(args.scale, cache, num_queries=args.queries)]
     else:
         groups = perfkit.customized_setups(args.scale, cache)
+        if args.concepts:
+            by_split: dict = {}
+            for g in groups:
+                by_split.setdefault(g.extra.get("split"), []).append(g)
+            groups = [g for gs in by_split.values() for g in gs[: args.concepts]]
+        if args.only:
+            groups = [g for g in groups if g.name in args.only.split(",")]
     print(f"setup {time.time() - t:.0f} s: {len(groups)} group(s), "
           f"{sum(len(g.queries) for g in groups)} queries", flush=True)
     refine = [int(m) for m in args.refine.split(",")]

@@ -12,14 +12,14 @@ import perfkit
 
 #: Pool sizes N (and 4N) per scale; the scoring run uses the linear prescreen, so the gradient store is written and
 #: read too. tiny: measured in this process (the high-water mark reset between runs); small: fresh processes.
-RSS_N = {"tiny": 64, "small": 5000}
+RSS_N = {"tiny": 64, "small": 2000}
 
 
 @pytest.mark.parametrize("scale", perfkit.SCALES)
 def test_scoring_peak_rss_n_vs_4n(scale, benchmark, figures, perf_cache):
     model, ds = perfkit.tiny_digits(perf_cache)
     n = RSS_N[scale]
-    opts = {"prescreen": "linear", "refine": 16, "timesteps": 2}
+    opts = {"prescreen": "linear", "refine": 16, "timesteps": 2, "prescreen_order": 1}
     out = {}
 
     def run():
