@@ -97,6 +97,57 @@ def _grads_clean(a, b, x0, e):
     return float((2 * r * x0).mean()), float((2 * r * e).mean())
 
 
+def _loss_clean(a, b, x0, e):
+    return float(((a * x0 + b * e - x0 / 2) ** 2).mean())
+
+
+@pytest.mark.parametrize("rule", ["fisher-norm", "loss-target"])
+def test_step_rules_match_hand_computation(tmp_path, rule):
+    """The adaptive step rules: Δθ = c · F⁻¹g with c = ε/√(gᵀF⁻¹g) ("fisher-norm") or
+    c = (ρ^{1/S} − 1)·L/(gᵀF⁻¹g) ("loss-target"), by hand on the pointwise toy; α and N play no part."""
+    data = toy_dataset(n=5, captions=2)
+    model = ToyT2I(a=0.3, b=-0.2, noisy=False)
+    ctx = ctx_for(model, data, tmp_path)
+    emb = lambda c: float(model.text_embeddings([c]).mean())  # noqa: E731
+    opts = dict(preset="tiny", steps=3, fisher_samples=40, batch=3, accumulation=2, step_rule=rule, step_norm=0.02,
+                loss_target=1.5)
+    m = U.Unlearning(alpha=0.05, n_train=10, **opts)
+    f = m.fisher(ctx)
+    fa, fb = float(f["attn2.to_k.weight"]), float(f["attn2.to_v.weight"])
+    q = Query("q0", torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(5)) * 2 - 1, "a query prompt")
+    e = emb(q.prompt)
+    a, b, losses = 0.3, -0.2, []
+    for _ in range(3):
+        ga, gb = _grads_clean(a, b, q.image, e)
+        gpg = ga * ga / fa + gb * gb / fb
+        loss = _loss_clean(a, b, q.image, e)
+        losses.append(loss)
+        c = 0.02 / math.sqrt(gpg) if rule == "fisher-norm" else (1.5 ** (1 / 3) - 1) * loss / gpg
+        if rule == "fisher-norm":  # each step has Fisher length ε
+            assert math.isclose(math.sqrt(fa * (c * ga / fa) ** 2 + fb * (c * gb / fb) ** 2), 0.02, rel_tol=1e-9)
+        a, b = a + c * ga / fa, b + c * gb / fb
+    theta = m.unlearned_weights(ctx, q)
+    assert math.isclose(float(theta["attn2.to_k.weight"]), a, rel_tol=1e-5)
+    assert math.isclose(float(theta["attn2.to_v.weight"]), b, rel_tol=1e-5)
+    assert [round(t["loss"], 6) for t in m.step_trace] == [round(x, 6) for x in losses]
+    assert abs(a - 0.3) > 1e-4
+    # α and N do not enter the adaptive rules
+    other = U.Unlearning(alpha=3.0, n_train=999, **opts).unlearned_weights(ctx, q)
+    assert all(torch.allclose(other[k], theta[k]) for k in theta)
+    if rule == "loss-target":  # the query's loss rises by about the aimed ratio (the toy is quadratic, so not exactly)
+        final = _loss_clean(a, b, q.image, e)
+        assert 1.2 < final / losses[0] < 2.0
+
+
+def test_step_rule_options_are_checked():
+    with pytest.raises(UserError, match="step_rule"):
+        U.Unlearning(step_rule="adaptive")
+    with pytest.raises(UserError, match="loss_target"):
+        U.Unlearning(step_rule="loss-target", loss_target=0.5)
+    with pytest.raises(UserError, match="step_norm"):
+        U.Unlearning(step_rule="fisher-norm", step_norm=-1)
+
+
 @pytest.mark.parametrize("variant", ["newton", "sgd"])
 def test_update_matches_hand_computation(tmp_path, variant):
     data = toy_dataset(n=5, captions=2)
@@ -341,7 +392,7 @@ def test_registered():
     genattr.load_plugins()
     m = genattr.get_method("unlearning", preset="tiny", steps=3)
     assert isinstance(m, U.Unlearning) and m.config["steps"] == 3 and m.needs_model
-    assert m.name == "unlearning" and m.version == "3"
+    assert m.name == "unlearning" and m.version == "4"
 
 
 def test_listing_names_every_preset():

@@ -20,7 +20,8 @@ def calibrate(bench, env: RunEnv, method_name: str, grid: Sequence[Mapping],
     ``pool_sample``: rank a seeded sample of that many base items plus the concept's own exemplars instead of the
     whole pool (through the method's ``candidates``; cheap for methods whose cost grows with the pool, such as
     unlearning; metrics then refer to that smaller pool). ``queries_per_concept``: only the first queries of each
-    concept. ``on_result(record)`` is called after every query (for logging)."""
+    concept. ``on_result(record)`` is called after every query (for logging; ``record["method"]`` is the method
+    instance that scored it, for diagnostics such as unlearning's ``step_trace``)."""
     import numpy as np
 
     import genattr
@@ -52,7 +53,8 @@ def calibrate(bench, env: RunEnv, method_name: str, grid: Sequence[Mapping],
                     r, _ = score_pools(s, base.size, np.arange(base.size, idx.size), ["own"], bench._metrics)
                 values.setdefault(case.split, []).append(r[metric])
                 if on_result is not None:
-                    on_result({"config": cfg, "concept": case.id, "query": qi, metric: r[metric]})
+                    on_result({"config": cfg, "concept": case.id, "split": case.split, "query": qi,
+                               metric: r[metric], "method": method})
         allv = [v for vs in values.values() for v in vs]
         table.append({"config": cfg, "mean": sum(allv) / len(allv),
                       "by_split": {k: sum(v) / len(v) for k, v in values.items()}, "values": values})

@@ -33,6 +33,16 @@ dattri (PyPI ``dattri``) implements DataInf as ``IFAttributorDataInf``; it is no
 and it applies one fixed damping to every layer instead of the paper's per-layer λ_l. The formula above is the
 same transformation as dattri's, written from the paper.
 
+Gradient re-normalisation (``normalize``): ``"none"`` (default) uses the gradients as above; ``"unit"`` scales every
+per-draw gradient (one timestep, caption and noise) to unit L2 norm over the *whole* selection (all layers together)
+before the draws are averaged — training gradients through the gradient store (``normalize="unit"``), the query's by
+wrapping its per-sample gradient function in :class:`~genattr.harness.gradstore.UnitNormGrad`. g_l(z) and v_l are
+then the layer-l slices of those averaged re-normalised gradients, and the formula above (including λ_l, computed
+from them) is applied unchanged; normalising the whole draw rather than each layer keeps the relative size of the
+layers' gradients, which the per-layer λ_l and the sum over l weigh. This is diffusion-ReTrac's re-normalisation
+(Xie et al., TMLR 2024) against the "dominating norm effect"; it is **not** part of DataInf (a deviation from the
+paper when switched on).
+
 Presets: ``tiny``/``small`` use 4/10 timesteps per item; ``paper`` 10 (the paper takes one loss per example; averaging
 timesteps is our adaptation to diffusion); all use cross-attention K/V and λ scale 0.1.
 """
@@ -68,6 +78,7 @@ class DataInfMethod(ScalePresets):
         "grad_mode": "vmap",
         "captions": "cycle",
         "draws": "shared",
+        "normalize": "none",  # or "unit": ReTrac's per-draw unit-norm gradients (not in the DataInf paper)
     }
 
     def __init__(self, scale: str | None = None, **overrides):
@@ -80,6 +91,8 @@ class DataInfMethod(ScalePresets):
             cfg["include"] = list(cfg["include"])
         if cfg["draws"] not in ("per-item", "shared"):
             raise UserError(f"draws must be 'per-item' or 'shared', got {cfg['draws']!r}")
+        if cfg["normalize"] not in ("none", "unit"):
+            raise UserError(f"datainf: normalize must be 'none' or 'unit', got {cfg['normalize']!r}")
         if float(cfg["lambda_scale"]) <= 0:
             raise UserError("datainf lambda_scale must be positive")
         return cfg
@@ -94,17 +107,22 @@ class DataInfMethod(ScalePresets):
         draws = {"kind": "random", "count": int(cfg["num_timesteps"]),
                  "namespace": "datainf" if shared else "datainf/train", "shared": shared, "captions": cfg["captions"]}
         return GradientSpec(selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
-                            output="loss", draws=draws, flips=False, reduce="mean", projection="identity",
+                            output="loss", draws=draws, flips=False, reduce="mean", normalize=cfg["normalize"],
+                            projection="identity",
                             seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"])
 
     def _grad_fn(self, ctx):
+        """The query-side per-sample gradient function (wrapped in
+        :class:`~genattr.harness.gradstore.UnitNormGrad` with ``normalize="unit"``, as the stored draws are)."""
         from genattr.harness.gradients import PerSampleGrad, select_parameters
+        from genattr.harness.gradstore import UnitNormGrad
 
         cfg = self.config
-        key = ("gf", id(ctx.model), cfg["selection"], tuple(cfg["include"] or ()), cfg["grad_mode"])
+        key = ("gf", id(ctx.model), cfg["selection"], tuple(cfg["include"] or ()), cfg["grad_mode"], cfg["normalize"])
         if key not in self._memo:
             params = select_parameters(ctx.model, cfg["selection"], cfg["include"])
-            self._memo[key] = PerSampleGrad(ctx.model, params, target="loss", mode=cfg["grad_mode"])
+            gf = PerSampleGrad(ctx.model, params, target="loss", mode=cfg["grad_mode"])
+            self._memo[key] = UnitNormGrad(gf) if cfg["normalize"] == "unit" else gf
         return self._memo[key]
 
     def _draws(self, ctx, role: str):

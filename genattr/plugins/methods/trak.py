@@ -34,6 +34,17 @@ differ in the output function f, in the timesteps the gradient is taken at, and 
   the per-step scores** (``aggregate="mean"``; ``"max"`` is offered too). ``feature_steps`` evenly spaced steps of
   the trajectory get features (all steps at ``paper``).
 
+Gradient re-normalisation (``normalize``, all three): ``"none"`` (default) uses the gradients as above;
+``"unit"`` scales every per-draw gradient (one timestep, caption and noise) to unit L2 norm over the selected weights
+*before* it is projected and reduced — on the training side through the gradient store (``normalize="unit"``: each
+row is the mean — JourneyTRAK: the sum — of unit-norm draw gradients) and on the query side by wrapping the
+per-sample gradient function in :class:`~genattr.harness.gradstore.UnitNormGrad` (TRAK/D-TRAK: each query draw;
+JourneyTRAK: each of the ``resamplings`` draws of a trajectory step, before they are averaged into that step's
+feature). This is diffusion-ReTrac's re-normalisation (Xie et al., TMLR 2024), which removes the timestep- and
+item-dominated "dominating norm effect"; it is **not** part of TRAK, D-TRAK or JourneyTRAK (a deviation from those
+papers when switched on). With ``"unit"`` the relative λ scales with the re-normalised Gram matrix; an absolute λ
+(the ``paper`` presets) was set for the papers' unnormalised gradient scale and is then no longer calibrated.
+
 Kernel: ``(ΦᵀΦ + λI)⁻¹`` by an eigendecomposition of the k×k Gram matrix in float64; λ is absolute
 (``lambda_mode="absolute"``) or relative to the mean eigenvalue trace(ΦᵀΦ)/k (``"relative"``). With λ = 0 a
 pseudo-inverse is used. With the identity projection (or any projection of dimension ≥ the parameter count, λ = 0
@@ -49,10 +60,10 @@ elsewhere) and the papers' absolute λ depends on their gradient scale. The draw
 
 Caching: training features Φ per model checkpoint come from the shared gradient store
 (:mod:`genattr.harness.gradstore`, namespace ``gradients``: memory-mapped ``.npy``, keyed on the model and dataset
-fingerprints, the weights, the output function, the draws, the projection and the run seed — so D-TRAK and TRAK
-share nothing, but a second run, a second λ or another method with the same settings reuses them). The k×k kernel
-(ΦᵀΦ+λI)⁻¹ is cached on top (namespace ``methods/<name>/kernel``), keyed with λ. Φ is streamed in chunks for the
-Gram matrix and for scoring, so peak memory does not grow with the pool.
+fingerprints, the weights, the output function, the draws, the per-draw normalisation, the projection and the
+run seed — so D-TRAK and TRAK share nothing, but a second run, a second λ or another method with the same settings
+reuses them). The k×k kernel (ΦᵀΦ+λI)⁻¹ is cached on top (namespace ``methods/<name>/kernel``), keyed with λ. Φ is
+streamed in chunks for the Gram matrix and for scoring, so peak memory does not grow with the pool.
 """
 
 from __future__ import annotations
@@ -66,6 +77,9 @@ from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets
 
+#: Values of the ``normalize`` option: ``"none"`` (the papers' gradients) or ``"unit"`` (ReTrac's per-draw
+#: re-normalisation; see the module docstring).
+NORMALIZE_CHOICES = ("none", "unit")
 
 
 class _KernelMethod(ScalePresets):
@@ -89,6 +103,7 @@ class _KernelMethod(ScalePresets):
         "max_projector_bytes": 1 << 29,
         "draws": "per-item",  # or "shared": the same timesteps and noise for every item and query
         "captions": "cycle",  # caption of draw j: j mod n ("cycle"), "random" or "first"
+        "normalize": "none",  # or "unit": ReTrac's per-draw unit-norm gradients (not in the TRAK-family papers)
     }
 
     def __init__(self, scale: str | None = None, **overrides):
@@ -107,6 +122,8 @@ class _KernelMethod(ScalePresets):
             raise UserError(f"draws must be 'per-item' or 'shared', got {cfg['draws']!r}")
         if cfg["lambda_mode"] not in ("absolute", "relative"):
             raise UserError(f"lambda_mode must be 'absolute' or 'relative', got {cfg['lambda_mode']!r}")
+        if cfg["normalize"] not in NORMALIZE_CHOICES:
+            raise UserError(f"{self.name}: normalize must be 'none' or 'unit', got {cfg['normalize']!r}")
         return cfg
 
     # -- models -------------------------------------------------------------------------------------------------
@@ -141,24 +158,29 @@ class _KernelMethod(ScalePresets):
                  "captions": cfg["captions"]}
         return GradientSpec(
             selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
-            output=self.target, draws=draws, flips=False, reduce=self.reduce, projection=cfg["projection"],
+            output=self.target, draws=draws, flips=False, reduce=self.reduce, normalize=cfg["normalize"],
+            projection=cfg["projection"],
             proj_dim=None if cfg["projection"] == "identity" else int(cfg["proj_dim"]), proj_seed=int(ctx.seed),
             seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
             max_projector_bytes=int(cfg["max_projector_bytes"]),
         )
 
     def _tools(self, model, ctx):
-        """(PerSampleGrad, Projector or None) for ``model``: the projector is the gradient store's own, so query
-        features are projected with the matrix the training features were."""
+        """(per-sample gradient function, Projector or None) for ``model``: the projector is the gradient store's
+        own, so query features are projected with the matrix the training features were; with ``normalize="unit"``
+        the gradient function is wrapped in :class:`~genattr.harness.gradstore.UnitNormGrad`, so every query draw
+        is re-normalised as the stored training draws were."""
         from genattr.harness.gradients import PerSampleGrad
-        from genattr.harness.gradstore import store_for
+        from genattr.harness.gradstore import UnitNormGrad, store_for
 
         cfg = self.config
         key = ("tools", id(model), cfg["selection"], tuple(cfg["include"] or ()), cfg["proj_dim"], cfg["projection"],
-               ctx.seed, self.target, cfg["grad_mode"], str(ctx.device))
+               ctx.seed, self.target, cfg["grad_mode"], cfg["normalize"], str(ctx.device))
         if key not in self._memo:
             store, spec = store_for(ctx.cache), self._spec(ctx, model)
             gf = PerSampleGrad(model, store.parameters(model, spec), target=self.target, mode=cfg["grad_mode"])
+            if cfg["normalize"] == "unit":
+                gf = UnitNormGrad(gf)
             self._memo[key] = (gf, store.projector(model, spec, ctx.device))
         return self._memo[key]
 

@@ -11,6 +11,11 @@ loss rises:
   Variant ``sgd`` (the paper's ablation): plain ascent ``θ ← θ + α ∇θ L(ẑ, θ)``, no Fisher. Option
   ``query_timesteps="stratified"`` (not in the paper): one seeded timestep per equal stratum of ``0 … T_train``
   instead of the permutations.
+* Step rule (option ``step_rule``; not in the paper except ``"fixed"``, the default): ``"fixed"`` is the paper's
+  ``α / N`` for every query; ``"fisher-norm"`` gives each step the same Fisher length ``√(Δθᵀ F Δθ) = step_norm``
+  whatever the query's gradient; ``"loss-target"`` sizes each step so that its linearised loss change raises the
+  query's loss on the step's draws by ``loss_target^(1/steps)`` (``update.step_scale``). Both adapt the step to the
+  query without test data; the study is in docs/methods/unlearning.md.
 * Fisher: mean of squared per-sample gradients (``torch.func.vmap`` over ``torch.func.grad``) of the noise loss,
   one random training item, caption, timestep, noise and horizontal flip per sample, each drawn from
   (seed, sample index) — never from a batch position. ``fisher_model="base"``: estimated on the base model the

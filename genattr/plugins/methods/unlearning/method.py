@@ -32,7 +32,9 @@ class Unlearning:
     """
 
     name = "unlearning"
-    version = "3"  # 2: the Customized Model benchmark selects its own presets; 3: they use the base model's Fisher
+    # 2: the Customized Model benchmark selects its own presets; 3: they use the base model's Fisher; 4: the
+    # customized-small preset scores with the coarse prescreen (2 timesteps) and the exact τ on the top 100
+    version = "4"
     needs_model = True
 
     def __init__(self, preset: str | None = None, **options: Any):
@@ -223,10 +225,13 @@ class Unlearning:
         cfg = self.config
         n_train = cfg["n_train"] if cfg["n_train"] is not None else len(ctx.train_set)
         self.stats["update_evaluations"] += int(cfg["steps"]) * int(cfg["batch"]) * int(cfg["accumulation"])
+        self.step_trace = []
         return unlearn(ctx.model, query, self.fisher(ctx), selection=cfg["selection"], steps=cfg["steps"],
                        alpha=float(cfg["alpha"]), n_train=int(n_train), batch=cfg["batch"],
                        accumulation=cfg["accumulation"], seed=self._seed(ctx), variant=cfg["variant"],
-                       fisher_floor=float(cfg["fisher_floor"]), timesteps=cfg["query_timesteps"])
+                       fisher_floor=float(cfg["fisher_floor"]), timesteps=cfg["query_timesteps"],
+                       step_rule=cfg["step_rule"], step_norm=float(cfg["step_norm"]),
+                       loss_target=float(cfg["loss_target"]), trace=self.step_trace)
 
     def _exact(self, ctx: AttributionContext, thetas, idx, subsets=None):
         """Exact ``τ`` (``Q × len(idx)``; NaN outside ``subsets`` when given), one walk for every query."""

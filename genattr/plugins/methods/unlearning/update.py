@@ -56,9 +56,10 @@ def query_draws(seed: int, query_id: str, step: int, count: int, num_train_times
 
 
 def query_gradient(model, params: Mapping[str, Any], latents, text_emb, query_id: str, step: int, seed: int,
-                   batch: int, accumulation: int, mask=None, timesteps: str = "random") -> dict:
+                   batch: int, accumulation: int, mask=None, timesteps: str = "random", with_loss: bool = False):
     """∇θ of the query's mean noise loss over ``batch × accumulation`` draws (timesteps from :func:`query_draws`,
-    noise from (seed, query id, step, draw index)). ``latents``/``text_emb``: ``1 × …``; ``mask``: ``H×W`` or None."""
+    noise from (seed, query id, step, draw index)). ``latents``/``text_emb``: ``1 × …``; ``mask``: ``H×W`` or None.
+    With ``with_loss``: ``(gradients, mean loss over the draws)``."""
     import torch
 
     from genattr.harness.seeding import generator
@@ -68,6 +69,7 @@ def query_gradient(model, params: Mapping[str, Any], latents, text_emb, query_id
     ts = query_draws(seed, query_id, step, total, int(model.num_train_timesteps), timesteps)
     p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     grads = {k: torch.zeros_like(v) for k, v in p.items()}
+    total_loss = 0.0
     shape = tuple(latents.shape[1:])
     for a in range(accumulation):
         js = range(a * batch, (a + 1) * batch)
@@ -78,18 +80,54 @@ def query_gradient(model, params: Mapping[str, Any], latents, text_emb, query_id
         loss = model.denoise_loss(latents.expand(batch, *shape), text_emb.expand(batch, *text_emb.shape[1:]), t,
                                   noise, mask=m, params=p).sum() / total
         gs = torch.autograd.grad(loss, list(p.values()), allow_unused=True)
+        total_loss += float(loss.detach())
         for k, g in zip(p, gs):
             if g is not None:
                 grads[k] += g
-    return grads
+    return (grads, total_loss) if with_loss else grads
+
+
+#: How the size of each unlearning step is set. ``"fixed"`` is the paper's rule; the others are not in the paper.
+STEP_RULES = ("fixed", "fisher-norm", "loss-target")
+
+
+def preconditioned_norm_sq(g: Mapping[str, Any], precond: Mapping[str, Any]) -> float:
+    """``gᵀP⁻¹g`` over every selected tensor (float64)."""
+    return float(sum(float((g[k].double() ** 2 / precond[k].double()).sum()) for k in g))
+
+
+def step_scale(rule: str, gpg: float, *, alpha: float, n_train: int, steps: int, step_norm: float,
+               loss_target: float, loss: float) -> float:
+    """The scalar c of one step ``Δθ = c · P⁻¹ g`` (``P`` the clamped Fisher for Newton, 1 for SGD; ``gpg`` =
+    ``gᵀP⁻¹g``, :func:`preconditioned_norm_sq`).
+
+    * ``"fixed"`` (the paper): ``c = α / N`` for Newton (``α`` for SGD, where ``n_train`` is passed as 1) — the same
+      for every query.
+    * ``"fisher-norm"``: ``c = ε / √(gᵀP⁻¹g)``, so every step has the same length ``‖Δθ‖_P = √(Δθᵀ P Δθ) = ε``
+      (``step_norm``) whatever the size of the query's gradient: a trust region in the Fisher metric.
+    * ``"loss-target"``: ``c = (ρ^{1/steps} − 1) · L / (gᵀP⁻¹g)``, the step whose linearised loss change
+      ``gᵀΔθ`` raises the query's mean loss ``L`` on the step's own draws by the factor ``ρ^{1/steps}``
+      (``loss_target`` = ρ), so that the ``steps`` steps together aim at ``L / L₀ ≈ ρ`` for every query."""
+    if rule == "fixed":
+        return alpha / n_train
+    if not gpg > 0:
+        return 0.0
+    if rule == "fisher-norm":
+        return step_norm / gpg ** 0.5
+    if rule == "loss-target":
+        return (loss_target ** (1.0 / max(int(steps), 1)) - 1.0) * max(loss, 0.0) / gpg
+    raise ValueError(f"unknown step rule {rule!r}")
 
 
 def unlearn(model, query: Query, fisher: Mapping[str, Any] | None, *, selection: str, steps: int, alpha: float,
             n_train: int, batch: int, accumulation: int, seed: int, variant: str = "newton",
-            fisher_floor: float = 1e-6, timesteps: str = "random") -> dict:
+            fisher_floor: float = 1e-6, timesteps: str = "random", step_rule: str = "fixed",
+            step_norm: float = 1.0, loss_target: float = 2.0, trace: list | None = None) -> dict:
     """The unlearned weights ``{name: tensor}`` (detached copies of the ``selection``) after ``steps`` updates
     ``θ ← θ + (α/N) F⁻¹ ∇θ L(ẑ, θ)`` (``variant="newton"``) or ``θ ← θ + α ∇θ L(ẑ, θ)`` (``"sgd"``). The model
-    itself is not modified."""
+    itself is not modified. ``step_rule`` other than ``"fixed"`` sets each step's size per query instead of α/N
+    (:func:`step_scale`); ``trace``, when given, receives per step the query's mean loss on the step's draws, c,
+    the step's Fisher length ``c·√(gᵀP⁻¹g)`` and its linearised loss rise ``c·gᵀP⁻¹g``."""
     import torch
 
     from .fisher import clamp_fisher
@@ -107,9 +145,10 @@ def unlearn(model, query: Query, fisher: Mapping[str, Any] | None, *, selection:
                             f"({missing[0] if missing else 'shapes differ'}); with fisher_model 'base' the base "
                             "model must have the customized model's architecture")
         fc = clamp_fisher(fisher, fisher_floor)
-        scale = {k: (alpha / n_train) / fc[k].to(dev, theta[k].dtype) for k in theta}
+        precond = {k: fc[k].to(dev, theta[k].dtype) for k in theta}
     else:
-        scale = {k: alpha for k in theta}
+        precond = {k: torch.ones_like(theta[k]) for k in theta}
+        n_train = 1
     with _eval_mode(model):
         with torch.no_grad():
             lat = model.latents(query.image[None].to(dev))
@@ -120,9 +159,15 @@ def unlearn(model, query: Query, fisher: Mapping[str, Any] | None, *, selection:
             if mask.ndim == 3:
                 mask = mask[0]
         for s in range(steps):
-            g = query_gradient(model, theta, lat, emb, str(query.id), s, seed, batch, accumulation, mask=mask,
-                               timesteps=timesteps)
+            g, loss = query_gradient(model, theta, lat, emb, str(query.id), s, seed, batch, accumulation, mask=mask,
+                                     timesteps=timesteps, with_loss=True)
             with torch.no_grad():
+                gpg = preconditioned_norm_sq(g, precond)
+                c = step_scale(step_rule, gpg, alpha=alpha, n_train=n_train, steps=steps, step_norm=step_norm,
+                               loss_target=loss_target, loss=loss)
                 for k in theta:
-                    theta[k] = theta[k] + scale[k] * g[k]
+                    theta[k] = theta[k] + (c / precond[k]) * g[k]
+            if trace is not None:
+                trace.append({"step": s, "loss": loss, "scale": c, "fisher_length": c * gpg ** 0.5,
+                              "predicted_rise": c * gpg})
     return theta
