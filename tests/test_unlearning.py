@@ -392,7 +392,7 @@ def test_registered():
     genattr.load_plugins()
     m = genattr.get_method("unlearning", preset="tiny", steps=3)
     assert isinstance(m, U.Unlearning) and m.config["steps"] == 3 and m.needs_model
-    assert m.name == "unlearning" and m.version == "4"
+    assert m.name == "unlearning" and m.version == "3"
 
 
 def test_listing_names_every_preset():

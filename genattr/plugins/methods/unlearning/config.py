@@ -70,10 +70,6 @@ DEFAULTS: dict[str, Any] = dict(
     fisher_model="context",  # "context": Fisher of the context's model; "base": of ctx.extra["base_model"]
     per_sample="vmap",  # "vmap" (torch.func) or "loop" (one backward per sample; same values)
     batch_size=256,  # UNet evaluations per forward pass when scoring training items
-    step_rule="fixed",  # "fixed" (α/N, the paper), "fisher-norm" (each step of Fisher length step_norm) or
-    # "loss-target" (each step sized so the linearised query loss rises by loss_target^(1/steps)); not in the paper
-    step_norm=1.0,  # ε of "fisher-norm"
-    loss_target=2.0,  # ρ of "loss-target": the aimed ratio of the query's loss after / before unlearning
     query_timesteps="random",  # timesteps of the query draws: "random" (permutations) or "stratified"
     prescreen="none",  # "none" (exhaustive), "linear" (g_iᵀΔθ) or "coarse" (few timesteps), then exact on the head
     refine=100,  # M: items re-scored exactly after a prescreen
@@ -86,13 +82,19 @@ DEFAULTS: dict[str, Any] = dict(
     seed=None,  # seed of every draw (Fisher, query draws, scoring noise); None: the context's seed
 )
 
+#: Step-rule options (not in the paper). They enter the configuration only when given, so the configuration — and
+#: every cache and result keyed on it — of the paper's rule is what it was before they existed; absent means
+#: ``step_rule="fixed"`` (α/N). ``"fisher-norm"``: each step of Fisher length ``step_norm``; ``"loss-target"``: each
+#: step sized so the linearised query loss rises by ``loss_target^(1/steps)`` (see ``update.step_scale``).
+STEP_DEFAULTS: dict[str, Any] = dict(step_rule="fixed", step_norm=1e-4, loss_target=2.0)
+
 FLIPS = ("max", "mean", "none")
 VARIANTS = ("newton", "sgd")
 PRESCREENS = ("none", "linear", "coarse")
 FISHER_MODELS = ("context", "base")
 QUERY_TIMESTEPS = ("random", "stratified")
 STEP_RULES = ("fixed", "fisher-norm", "loss-target")
-OPTIONS = tuple(DEFAULTS) + tuple(PRESETS["coco"]) + ("preset",)
+OPTIONS = tuple(DEFAULTS) + tuple(PRESETS["coco"]) + tuple(STEP_DEFAULTS) + ("preset",)
 # fisher_flips: Fisher samples use random horizontal flips (as the paper's training did); set per preset.
 
 
@@ -130,7 +132,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
                     raise UserError(f"unlearning: option 'seed' must be an integer or null, got {cfg[k]!r}")
             else:
                 positive_int(k)
-    for k in ("alpha", "fisher_floor", "step_norm"):
+    for k in ("alpha", "fisher_floor") + (("step_norm",) if "step_norm" in cfg else ()):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise UserError(f"unlearning: option {k!r} must be a non-negative number, got {v!r}")
@@ -143,8 +145,9 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "prescreen", PRESCREENS)
     _choice(cfg, "fisher_model", FISHER_MODELS)
     _choice(cfg, "query_timesteps", QUERY_TIMESTEPS)
-    _choice(cfg, "step_rule", STEP_RULES)
-    lt = cfg["loss_target"]
+    if "step_rule" in cfg:
+        _choice(cfg, "step_rule", STEP_RULES)
+    lt = cfg.get("loss_target", STEP_DEFAULTS["loss_target"])
     if isinstance(lt, bool) or not isinstance(lt, (int, float)) or not math.isfinite(lt) or lt <= 1:
         raise UserError(f"unlearning: option 'loss_target' must be a number above 1 (the aimed loss ratio), "
                         f"got {lt!r}")
@@ -175,3 +178,9 @@ def resolve_config(preset: str, overrides: Mapping[str, Any]) -> dict:
     cfg["preset"] = preset
     check_config(cfg)
     return cfg
+
+
+def step_options(cfg: Mapping[str, Any]) -> dict:
+    """``step_rule``, ``step_norm`` and ``loss_target`` of a configuration, with :data:`STEP_DEFAULTS` for those
+    not given."""
+    return {k: cfg.get(k, v) for k, v in STEP_DEFAULTS.items()}

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from genattr.harness.api import AttributionContext, Query
 from genattr.harness.errors import UserError
 
-from .config import OPTIONS, SCALE_PRESET, preset_for, resolve_config
+from .config import OPTIONS, SCALE_PRESET, preset_for, resolve_config, step_options
 from .fisher import fisher_diagonal
 from .losses import TrainingLosses, scoring_timesteps
 from .prescreen import coarse_subset, combine_flips, heads, linear_scores, linear_spec, merge_head, rows_per_item
@@ -32,9 +32,9 @@ class Unlearning:
     """
 
     name = "unlearning"
-    # 2: the Customized Model benchmark selects its own presets; 3: they use the base model's Fisher; 4: the
-    # customized-small preset scores with the coarse prescreen (2 timesteps) and the exact τ on the top 100
-    version = "4"
+    # 2: the Customized Model benchmark selects its own presets; 3: they use the base model's Fisher. (Changes of a
+    # preset's values show in the resolved configuration, which results and caches record, and need no new version.)
+    version = "3"
     needs_model = True
 
     def __init__(self, preset: str | None = None, **options: Any):
@@ -226,12 +226,13 @@ class Unlearning:
         n_train = cfg["n_train"] if cfg["n_train"] is not None else len(ctx.train_set)
         self.stats["update_evaluations"] += int(cfg["steps"]) * int(cfg["batch"]) * int(cfg["accumulation"])
         self.step_trace = []
+        step = step_options(cfg)
         return unlearn(ctx.model, query, self.fisher(ctx), selection=cfg["selection"], steps=cfg["steps"],
                        alpha=float(cfg["alpha"]), n_train=int(n_train), batch=cfg["batch"],
                        accumulation=cfg["accumulation"], seed=self._seed(ctx), variant=cfg["variant"],
                        fisher_floor=float(cfg["fisher_floor"]), timesteps=cfg["query_timesteps"],
-                       step_rule=cfg["step_rule"], step_norm=float(cfg["step_norm"]),
-                       loss_target=float(cfg["loss_target"]), trace=self.step_trace)
+                       step_rule=step["step_rule"], step_norm=float(step["step_norm"]),
+                       loss_target=float(step["loss_target"]), trace=self.step_trace)
 
     def _exact(self, ctx: AttributionContext, thetas, idx, subsets=None):
         """Exact ``τ`` (``Q × len(idx)``; NaN outside ``subsets`` when given), one walk for every query."""
