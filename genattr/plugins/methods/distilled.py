@@ -54,6 +54,9 @@ training queries of 10 / 50 sampling steps, the offline built-in encoder instead
 project's ``unlearning`` at the run's scale (the paper's AbU+ used an EK-FAC Fisher and scored only the 10,000 DINO
 neighbours of each training query; here every item is scored). Query features come from the image only unless a
 ``text:`` encoder is given (FastGDA's best used the prompt's CLIP text embedding as well).
+
+The student network, its safetensors files and the release-file helpers live in :mod:`.distilled_student` (imported
+here, so ``genattr.plugins.methods.distilled`` still exports them).
 """
 
 from __future__ import annotations
@@ -68,99 +71,13 @@ import numpy as np
 from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets
+from .distilled_student import (  # noqa: F401 - re-exported: tests and teacher_agreement import them from here
+    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, load_query_dir, load_student, save_student, student_state,
+)
 
-FORMAT = "genattr-distilled"
-FORMAT_VERSION = "1"
 STUDENT_NS = "methods/distilled/student"
 INDEX_NS = "methods/distilled/index"
 TEACHER_MODELS = ("auto", "context", "base")
-
-
-# -- the student ---------------------------------------------------------------------------------------------------
-def _mlp(n_in: int, hidden: Sequence[int], n_out: int, dropout: float, input_norm: bool):
-    import torch.nn as nn
-
-    layers: list = [nn.LayerNorm(n_in) if input_norm else nn.Identity()]
-    prev = n_in
-    for h in hidden:
-        layers += [nn.Linear(prev, int(h)), nn.ReLU(), nn.Dropout(float(dropout))]
-        prev = int(h)
-    layers.append(nn.Linear(prev, int(n_out)))
-    net = nn.Sequential(*layers)
-    for p in net.parameters():
-        if p.ndim > 1:
-            nn.init.xavier_uniform_(p)
-    return net
-
-
-def build_student(n_in: int, arch: dict):
-    """The two-tower student (``arch``: ``hidden``, ``out_dim``, ``dropout``, ``input_norm``, ``towers``)."""
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    class Student(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.query_tower = _mlp(n_in, arch["hidden"], arch["out_dim"], arch["dropout"], arch["input_norm"])
-            self.train_tower = (self.query_tower if arch["towers"] == "shared" else
-                                _mlp(n_in, arch["hidden"], arch["out_dim"], arch["dropout"], arch["input_norm"]))
-            self.scale = nn.Parameter(torch.ones(1))
-            self.bias = nn.Parameter(torch.zeros(1))
-
-        def embed(self, x, tower: str = "train"):
-            net = self.query_tower if tower == "query" else self.train_tower
-            return F.normalize(net(x), dim=1, eps=1e-12)
-
-        def forward(self, q, t):
-            cos = (self.embed(q, "query") * self.embed(t, "train")).sum(dim=1)
-            return cos * self.scale + self.bias
-
-    return Student()
-
-
-def student_state(student) -> dict:
-    """The student's tensors by name (a shared tower stored once, under ``query_tower``)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    if student.train_tower is student.query_tower:
-        state = {k: v for k, v in state.items() if not k.startswith("train_tower.")}
-    return state
-
-
-def save_student(student, path, meta: dict) -> None:
-    """Write the student as safetensors with ``meta`` (JSON strings) in the file's metadata."""
-    from safetensors.torch import save_file
-
-    md = {"format": FORMAT, "format_version": FORMAT_VERSION}
-    md.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in meta.items()})
-    save_file(student_state(student), str(path), metadata=md)
-
-
-def load_student(path):
-    """``(student in eval mode, metadata dict)`` from a file written by :func:`save_student` (no pickle)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"distilled: weights file {str(path)!r} does not exist")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            md = dict(f.metadata() or {})
-        tensors = load_file(str(p))
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
-        raise UserError(f"distilled: {p.name} is not a safetensors file ({type(exc).__name__})") from None
-    if md.get("format") != FORMAT:
-        raise UserError(f"distilled: {p.name} is not a distilled-attribution student (format {md.get('format')!r})")
-    arch = json.loads(md["arch"])
-    student = build_student(int(md["in_dim"]), arch)
-    state = dict(tensors)
-    if arch["towers"] == "shared":
-        state.update({"train_tower." + k[len("query_tower."):]: v for k, v in tensors.items()
-                      if k.startswith("query_tower.")})
-    student.load_state_dict(state, strict=True)
-    student.eval()
-    return student, md
 
 
 # -- the method ----------------------------------------------------------------------------------------------------
@@ -656,41 +573,3 @@ class DistilledMethod(ScalePresets):
             full[q] = floor
             full[q, found[q][ok]] = vals
         return full if idx is None else full[:, idx]
-
-
-def _sha_file(path) -> str:
-    from genattr.harness.cache import sha256_file
-
-    return sha256_file(Path(path).expanduser())
-
-
-def load_query_dir(folder, dataset) -> list:
-    """Training queries of an official release: ``{i}.png`` images (i = 0, 1, …, in the rank file's row order) and,
-    when present, ``prompts.json`` (a list of strings) — images resized to the training set's resolution and
-    channels, values in [-1, 1]."""
-    import torch
-
-    from genattr.harness.api import Query
-
-    from .baselines import match_format
-
-    if folder is None:
-        raise UserError("distilled: teacher_file needs teacher_queries_dir (the training-query images {i}.png)")
-    d = Path(folder).expanduser()
-    if not d.is_dir():
-        raise UserError(f"distilled: teacher_queries_dir {str(folder)!r} is not a directory")
-    files = sorted(d.glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else 1 << 62)
-    files = [p for p in files if p.stem.isdigit()]
-    if not files:
-        raise UserError(f"distilled: no {{i}}.png images in {str(folder)!r}")
-    prompts = None
-    if (d / "prompts.json").is_file():
-        prompts = [str(p) for p in json.loads((d / "prompts.json").read_text())]
-    from PIL import Image
-
-    out = []
-    for j, p in enumerate(files):
-        arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-        img = match_format(torch.from_numpy(arr).permute(2, 0, 1)[None], dataset.channels, dataset.resolution)[0]
-        out.append(Query(id=f"q{p.stem}", image=img, prompt=prompts[j] if prompts and j < len(prompts) else ""))
-    return out

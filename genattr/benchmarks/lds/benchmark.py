@@ -1,68 +1,5 @@
-"""The linear datamodeling score (LDS) benchmark (PAPER_NOTES §5–6; Park et al. 2023 "TRAK"; for diffusion D-TRAK,
-Zheng et al. ICLR 2024).
-
-Leave-K-out retrains once per (method, query, K). LDS trains a fixed family of subset models **once** and then
-scores any number of methods and queries without further training.
-
-Protocol
---------
-1. θ0 is trained on the N training items and the queries are synthesized by θ0 from held-out captions exactly as in
-   leave-K-out (:mod:`genattr.benchmarks._counterfactual`: same cache entries, so both benchmarks share θ0, the
-   queries and the methods' cached scores). ``num_real_queries`` adds held-out **real** images as queries: the
-   dataset's items after the training set (the dataset built with size ``n + num_real_queries``; items already in
-   the training set are skipped), each with one of its captions (``numpy_rng(run seed, "lds/real-caption", j)``).
-2. **Subsets.** ``S_j`` for ``j = 0 … M−1`` (``subsets`` = M) is
-   ``sorted(numpy_rng(run seed, "lds/subset", j).choice(N, ⌊β·N⌋, replace=False))`` — training indices, a function
-   of the run seed, j, N and β only (a larger M keeps the first subsets, and so their trained models).
-3. **Subset models.** One model per subset and training seed, trained with θ0's recipe through the model cache
-   (:func:`genattr.plugins.models.cache.load_or_train`, via ``Counterfactual._train``); the key depends on the
-   subset, the recipe, the seed and the retraining mode — never on a method or a query — so every method, query and
-   run shares them. ``retrain`` (:data:`RETRAIN_MODES`): ``independent`` (default, the standard: train from scratch
-   on the subset) or ``coupled`` (θ0's batch sequence over the full set with the items outside the subset weighted
-   0, as leave-K-out's ``coupled``). Training seed ``r = 0`` is the run's training seed (θ0's); seed ``r ≥ 1`` is
-   ``derive_seed(train seed, "lds/seed", r)``, which for an adapter whose constructor takes ``seed`` (tiny-t2i) also
-   re-seeds the initialisation. ``train_seeds`` (R) seeds per subset are trained and their outputs averaged.
-4. **Model output.** ``f(z; θ_S)`` = the diffusion loss of query z under θ_S: the mean over the strided timesteps
-   ``t = 0, s, 2s, …`` (``loss_stride`` s) of :func:`~genattr.plugins.metrics.counterfactual.query_loss`, whose
-   noise for timestep t is ``item_noise(run seed, "query:<id>", 0, t)`` — the same timesteps and noise for every
-   model (as D-TRAK). Outputs are cached per (subset model, queries, stride, seed).
-5. **Prediction and score.** ``g(z, S) = Σ_{i∈S} τ(z, i)`` from the method's scores at θ0 (higher = more helpful).
-   A subset full of helpful items should give a *low* loss, so
-   ``LDS(z) = Spearman((g(z, S_j))_j, (−f(z; θ_{S_j}))_j)`` (the registered metric ``lds``,
-   :mod:`genattr.plugins.metrics.lds`): higher is better, random scores give 0 in expectation. The benchmark reports
-   the mean over queries ± standard error.
-6. **Ceiling** (``ceiling = true``): models are also trained with a second seed (seed r = 1; free when
-   ``train_seeds ≥ 2``), and per query the Spearman correlation over the M subsets between the two seeds' outputs is
-   recorded (provenance ``ceiling``; each row's ``extra.ceiling``): ρ, the reliability of one training run's outputs.
-   ρ itself is not the upper bound of LDS: under the classical model (output = expected output + independent seed
-   noise) the best possible prediction, the expected output, correlates √ρ with one seed's outputs (Spearman's
-   correction for attenuation), and √(Rρ/(1+(R−1)ρ)) with R averaged seeds (Spearman-Brown). The provenance's
-   ``ceiling.bound`` and :meth:`LDSBenchmark.summarize` report that bound beside ρ.
-
-Cells are ``method × query`` (``id = "<method>/q<jjj>"`` for generated, ``"<method>/r<jjj>"`` for real queries;
-``params = {"query": id, "source": "generated" | "real"}``; ``group = {"source": ...}``). ``group`` (``method``,
-default): a method's cells are one task whose queries are scored in one ``attribute`` call; ``query``: one task per
-cell (spreads an expensive method's queries over a cluster's workers). Scores are cached per (method, config, θ0,
-query) — shared with leave-K-out — so a resumed run re-scores nothing. Rows carry ``extra``: the query, this query's
-``predictions`` g(S_j) and ``outputs`` f(θ_{S_j}) (LDS can be recomputed from the row alone), ``ceiling``, M, N, β.
-
-Configuration keys (``get_benchmark("lds", **config)``; unspecified keys come from the scale preset): ``scale``,
-``dataset``, ``dataset_config``, ``n``, ``model``, ``recipe``, ``model_config``, ``train_config``, ``train_seed``,
-``num_queries``, ``query_steps``, ``guidance_scale``, ``loss_stride`` (as leave-K-out), ``num_real_queries``,
-``subsets`` (M), ``beta`` (β), ``train_seeds`` (R), ``ceiling``, ``retrain``, ``metrics`` (datamodeling metrics
-through the metric registry: names or ``{name = ..., options}``; default ``lds``), ``group``.
-
-Setup trains every subset model the cache lacks; in several processes sharing one cache (a cluster's workers) each
-process visits the subset models in its own order (seeded by host and process id) and looks in the cache again
-before training one, so the trainings spread over the workers; two workers can still train the same model at the
-same moment (there is no lock; the second copy is discarded).
-
-Deviations from D-TRAK / TRAK at the built-in scales: tiny models and datasets (N = 48 / 300), fewer subsets
-(M = 6 / 32 instead of 64) and one training seed per subset instead of three; subset models train the same number
-of steps as θ0 (so an ``independent`` subset model sees each of its items 1/β times as often); the queries are images
-generated by θ0 (D-TRAK scores held-out real samples; ``num_real_queries`` adds those); a constant prediction or
-output vector gets LDS 0 (scipy's Spearman gives NaN).
-"""
+"""The LDS benchmark's class: setup (θ0, the queries, the subset models and their outputs), cells, running and the
+summary table."""
 
 from __future__ import annotations
 
@@ -74,139 +11,9 @@ from genattr.harness.api import Cell, Query
 from genattr.harness.cache import hash_json
 from genattr.harness.errors import UserError, did_you_mean
 
-from ._counterfactual import RETRAIN_MODES, Counterfactual, CounterfactualState
-from .leave_k_out import PAPER_MODEL, PAPER_TRAIN
-
-NAME = "lds"
-VERSION = "1"
-
-#: D-TRAK's LDS set-up: 64 subsets of half the training set, 3 training seeds per subset.
-PAPER_SUBSETS, PAPER_BETA, PAPER_SEEDS = 64, 0.5, 3
-
-SCALES: dict[str, dict] = {
-    # CI: a handful of subsets, seconds of training each; θ0 is leave-K-out tiny's (same cache entry)
-    "tiny": {
-        "dataset": "digits",
-        "dataset_config": {},
-        "n": 48,
-        "model": "tiny-t2i",
-        "recipe": "tiny",
-        "model_config": None,
-        "train_config": None,
-        "subsets": 6,
-        "beta": 0.5,
-        "train_seeds": 1,
-        "ceiling": False,
-        "num_queries": 4,
-        "num_real_queries": 0,
-        "query_steps": 10,
-        "loss_stride": 5,
-    },
-    # θ0 and the queries are leave-K-out small's (same cache entries)
-    "small": {
-        "dataset": "digits",
-        "dataset_config": {"resolution": 8},
-        "n": 300,
-        "model": "tiny-t2i",
-        "recipe": "small",
-        "model_config": None,
-        "train_config": {"steps": 400},
-        "subsets": 32,
-        "beta": 0.5,
-        "train_seeds": 1,
-        "ceiling": True,
-        "num_queries": 50,
-        "num_real_queries": 0,
-        "query_steps": 50,
-        "loss_stride": 5,
-    },
-    "paper": {
-        "dataset": "mscoco",
-        "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
-                           "latents": None, "query_split": "val2017", "query_annotations": None},
-        "n": None,
-        "model": "diffusers",
-        "recipe": None,
-        "model_config": PAPER_MODEL,
-        "train_config": PAPER_TRAIN,
-        "subsets": PAPER_SUBSETS,
-        "beta": PAPER_BETA,
-        "train_seeds": PAPER_SEEDS,
-        "ceiling": True,
-        "num_queries": 110,
-        "num_real_queries": 0,
-        "query_steps": 1000,
-        "guidance_scale": 7.5,
-        "loss_stride": 5,
-    },
-}
-
-COMMON = {"train_seed": None, "guidance_scale": None, "retrain": "independent", "metrics": None, "group": "method"}
-
-#: The datamodeling metrics reported when ``metrics`` is not given.
-DEFAULT_METRICS = ["lds"]
-
-GROUPS = ("method", "query")
-
-#: Rows :meth:`LDSBenchmark.summarize` adds when the results carry the ceiling.
-CEILING_ROW, BOUND_ROW = "ceiling: seed vs seed (ρ)", "ceiling: bound √ρ"
-
-#: The metric kind this benchmark calls: ``metric(scores, subsets, outputs) -> float``.
-METRIC_KIND = "datamodeling"
-
-
-def draw_subsets(seed: int, n: int, m: int, beta: float) -> list:
-    """The M subsets as sorted training-index arrays: ``S_j = sorted(numpy_rng(seed, "lds/subset", j).choice(n,
-    ⌊β·n⌋, replace=False))``."""
-    import numpy as np
-
-    from genattr.harness.seeding import numpy_rng
-
-    size = subset_size(n, beta)
-    return [np.sort(numpy_rng(int(seed), "lds/subset", j).choice(int(n), size=size, replace=False))
-            for j in range(int(m))]
-
-
-def attenuation_bound(rho: float, seeds: int = 1) -> float:
-    """The highest correlation any prediction can reach with outputs that are averaged over ``seeds`` training
-    seeds, when two single-seed runs correlate ``rho``: ``sqrt(reliability)``, with reliability ``rho`` for one seed
-    and ``R·rho / (1 + (R−1)·rho)`` for R (Spearman-Brown). Classical model: output = expected output +
-    independent seed noise; the expected output itself correlates ``sqrt(reliability)`` with the noisy one
-    (Spearman's correction for attenuation). 0 when ``rho ≤ 0``."""
-    rho, r = float(rho), int(seeds)
-    if rho <= 0:
-        return 0.0
-    return float(math.sqrt(min(1.0, r * rho / (1 + (r - 1) * rho))))
-
-
-def subset_size(n: int, beta: float) -> int:
-    """``⌊β·n⌋``, checked to leave at least one item in and one out."""
-    size = int(math.floor(float(beta) * int(n)))
-    if not 1 <= size < int(n):
-        raise UserError(f"lds: beta={beta} gives subsets of {size} of N={n} items; it must keep at least one item "
-                        "and leave at least one out")
-    return size
-
-
-def seed_for(train_seed: int, r: int) -> int:
-    """Training seed ``r`` of every subset: the run's training seed for r = 0, else ``derive_seed(train seed,
-    "lds/seed", r)`` (31 bits)."""
-    from ._counterfactual import derive
-
-    return int(train_seed) if int(r) == 0 else derive(int(train_seed), "lds/seed", int(r))
-
-
-def query_digest(q: Query) -> str:
-    """What identifies a query's output: id, prompt, mask and the image's pixels."""
-    import hashlib
-
-    h = hashlib.sha256()
-    h.update(f"{q.id}\x1f{q.prompt}\x1f".encode())
-    img = q.image.detach().float().cpu().contiguous()
-    h.update(str(tuple(img.shape)).encode() + img.numpy().tobytes())
-    if q.mask is not None:
-        h.update(q.mask.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+from .._counterfactual import Counterfactual, CounterfactualState
+from .config import BOUND_ROW, CEILING_ROW, COMMON, DEFAULT_METRICS, NAME, SCALES, VERSION, _validate, resolve_metrics
+from .subsets import _spearman, attenuation_bound, draw_subsets, query_digest, seed_for
 
 
 class LDSState(CounterfactualState):
@@ -222,7 +29,8 @@ class LDSState(CounterfactualState):
 
 
 class LDSBenchmark(Counterfactual):
-    """The LDS benchmark (see the module docstring for the protocol and the configuration)."""
+    """The LDS benchmark (see the docstring of :mod:`genattr.benchmarks.lds` for the protocol and the
+    configuration)."""
 
     name = NAME
     version = VERSION
@@ -580,12 +388,6 @@ class LDSBenchmark(Counterfactual):
         return table[order]
 
 
-def _spearman(a, b) -> float:
-    from genattr.plugins.metrics.lds import spearman
-
-    return spearman(a, b)
-
-
 def _takes_init_seed(model: str) -> bool:
     """Whether the model adapter's constructor takes ``seed`` (its initialisation seed)."""
     import inspect
@@ -596,74 +398,3 @@ def _takes_init_seed(model: str) -> bool:
         return "seed" in inspect.signature(_model_class(model)).parameters
     except (TypeError, ValueError):
         return False
-
-
-def resolve_metrics(cfg: dict) -> list[tuple[str, Any, dict]]:
-    """``[(column, metric object, info)]`` for the ``metrics`` option through the metric registry (datamodeling
-    metrics, called as ``metric(scores, subsets, outputs)``; the column is the registered name)."""
-    import genattr
-    from genattr.harness.manager import registry
-
-    specs = cfg.get("metrics") or DEFAULT_METRICS
-    if isinstance(specs, (str, dict)):
-        specs = [specs]
-    out, seen = [], set()
-    for spec in specs:
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        if not isinstance(spec.get("name"), str):
-            raise UserError(f"lds: each metric is a name or {{name = ..., options}}, got {spec!r}")
-        name = spec.pop("name")
-        entry = registry("metrics").get(name)
-        if entry.meta.get("kind") not in (None, METRIC_KIND):
-            raise UserError(f"lds: metric {name!r} is a {entry.meta.get('kind')} metric; this benchmark takes "
-                            f"{METRIC_KIND} metrics (scores, subsets, outputs)")
-        try:
-            metric = genattr.get_metric(name, **spec)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"lds: bad options for metric {name!r}: {str(exc).splitlines()[0]}") from None
-        column = str(getattr(metric, "column", None) or name)
-        if column in seen:
-            raise UserError(f"lds: two metrics report column {column!r}")
-        seen.add(column)
-        hib = getattr(metric, "higher_is_better", entry.meta.get("higher_is_better"))
-        out.append((column, metric, {"metric": name, "display": str(getattr(metric, "display", None)
-                                                                          or entry.meta.get("display") or column),
-                                     "higher_is_better": None if hib is None else bool(hib),
-                                     "unit": entry.meta.get("unit")}))
-    return out
-
-
-def _validate(cfg: dict) -> None:
-    """Types and ranges of the options (one line per mistake)."""
-    def integer(k, low):
-        v = cfg[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise UserError(f"lds: {k} must be an integer ≥ {low}, got {v!r}")
-
-    for k in ("num_queries", "query_steps", "loss_stride", "train_seeds"):
-        integer(k, 1)
-    integer("subsets", 3)
-    integer("num_real_queries", 0)
-    if cfg["n"] is not None:
-        integer("n", 2)
-    b = cfg["beta"]
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < float(b) < 1:
-        raise UserError(f"lds: beta must be a fraction in (0, 1), got {b!r}")
-    if cfg["n"] is not None:
-        subset_size(int(cfg["n"]), float(b))
-    if not isinstance(cfg["ceiling"], bool):
-        raise UserError(f"lds: ceiling must be true or false, got {cfg['ceiling']!r}")
-    for k in ("dataset", "model"):
-        if not isinstance(cfg[k], str) or not cfg[k]:
-            raise UserError(f"lds: {k} must be a registered {k} name, got {cfg[k]!r}")
-    from genattr.harness.manager import registry
-
-    registry("datasets").get(cfg["dataset"])
-    registry("models").get(cfg["model"])
-    if cfg["retrain"] not in RETRAIN_MODES:
-        raise UserError(f"lds: unknown retrain mode {cfg['retrain']!r}; choose from {', '.join(RETRAIN_MODES)}")
-    if cfg["group"] not in GROUPS:
-        raise UserError(f"lds: group must be one of {', '.join(GROUPS)}, got {cfg['group']!r}")
-    for k in ("dataset_config", "model_config", "train_config"):
-        if cfg[k] is not None and not isinstance(cfg[k], dict):
-            raise UserError(f"lds: {k} must be a table of options, got {cfg[k]!r}")

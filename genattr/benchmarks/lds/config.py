@@ -1,0 +1,160 @@
+"""The LDS benchmark's configuration: name and version, the scale presets, the options every scale shares, the
+metric columns (:func:`resolve_metrics`) and the validation of a configuration (:func:`_validate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genattr.harness.errors import UserError
+
+from .._counterfactual import RETRAIN_MODES
+from ..leave_k_out import PAPER_MODEL, PAPER_TRAIN
+from .subsets import subset_size
+
+NAME = "lds"
+VERSION = "1"
+
+#: D-TRAK's LDS set-up: 64 subsets of half the training set, 3 training seeds per subset.
+PAPER_SUBSETS, PAPER_BETA, PAPER_SEEDS = 64, 0.5, 3
+
+SCALES: dict[str, dict] = {
+    # CI: a handful of subsets, seconds of training each; θ0 is leave-K-out tiny's (same cache entry)
+    "tiny": {
+        "dataset": "digits",
+        "dataset_config": {},
+        "n": 48,
+        "model": "tiny-t2i",
+        "recipe": "tiny",
+        "model_config": None,
+        "train_config": None,
+        "subsets": 6,
+        "beta": 0.5,
+        "train_seeds": 1,
+        "ceiling": False,
+        "num_queries": 4,
+        "num_real_queries": 0,
+        "query_steps": 10,
+        "loss_stride": 5,
+    },
+    # θ0 and the queries are leave-K-out small's (same cache entries)
+    "small": {
+        "dataset": "digits",
+        "dataset_config": {"resolution": 8},
+        "n": 300,
+        "model": "tiny-t2i",
+        "recipe": "small",
+        "model_config": None,
+        "train_config": {"steps": 400},
+        "subsets": 32,
+        "beta": 0.5,
+        "train_seeds": 1,
+        "ceiling": True,
+        "num_queries": 50,
+        "num_real_queries": 0,
+        "query_steps": 50,
+        "loss_stride": 5,
+    },
+    "paper": {
+        "dataset": "mscoco",
+        "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
+                           "latents": None, "query_split": "val2017", "query_annotations": None},
+        "n": None,
+        "model": "diffusers",
+        "recipe": None,
+        "model_config": PAPER_MODEL,
+        "train_config": PAPER_TRAIN,
+        "subsets": PAPER_SUBSETS,
+        "beta": PAPER_BETA,
+        "train_seeds": PAPER_SEEDS,
+        "ceiling": True,
+        "num_queries": 110,
+        "num_real_queries": 0,
+        "query_steps": 1000,
+        "guidance_scale": 7.5,
+        "loss_stride": 5,
+    },
+}
+
+COMMON = {"train_seed": None, "guidance_scale": None, "retrain": "independent", "metrics": None, "group": "method"}
+
+#: The datamodeling metrics reported when ``metrics`` is not given.
+DEFAULT_METRICS = ["lds"]
+
+GROUPS = ("method", "query")
+
+#: Rows :meth:`LDSBenchmark.summarize` adds when the results carry the ceiling.
+CEILING_ROW, BOUND_ROW = "ceiling: seed vs seed (ρ)", "ceiling: bound √ρ"
+
+#: The metric kind this benchmark calls: ``metric(scores, subsets, outputs) -> float``.
+METRIC_KIND = "datamodeling"
+
+
+def resolve_metrics(cfg: dict) -> list[tuple[str, Any, dict]]:
+    """``[(column, metric object, info)]`` for the ``metrics`` option through the metric registry (datamodeling
+    metrics, called as ``metric(scores, subsets, outputs)``; the column is the registered name)."""
+    import genattr
+    from genattr.harness.manager import registry
+
+    specs = cfg.get("metrics") or DEFAULT_METRICS
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    out, seen = [], set()
+    for spec in specs:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        if not isinstance(spec.get("name"), str):
+            raise UserError(f"lds: each metric is a name or {{name = ..., options}}, got {spec!r}")
+        name = spec.pop("name")
+        entry = registry("metrics").get(name)
+        if entry.meta.get("kind") not in (None, METRIC_KIND):
+            raise UserError(f"lds: metric {name!r} is a {entry.meta.get('kind')} metric; this benchmark takes "
+                            f"{METRIC_KIND} metrics (scores, subsets, outputs)")
+        try:
+            metric = genattr.get_metric(name, **spec)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"lds: bad options for metric {name!r}: {str(exc).splitlines()[0]}") from None
+        column = str(getattr(metric, "column", None) or name)
+        if column in seen:
+            raise UserError(f"lds: two metrics report column {column!r}")
+        seen.add(column)
+        hib = getattr(metric, "higher_is_better", entry.meta.get("higher_is_better"))
+        out.append((column, metric, {"metric": name, "display": str(getattr(metric, "display", None)
+                                                                          or entry.meta.get("display") or column),
+                                     "higher_is_better": None if hib is None else bool(hib),
+                                     "unit": entry.meta.get("unit")}))
+    return out
+
+
+def _validate(cfg: dict) -> None:
+    """Types and ranges of the options (one line per mistake)."""
+    def integer(k, low):
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise UserError(f"lds: {k} must be an integer ≥ {low}, got {v!r}")
+
+    for k in ("num_queries", "query_steps", "loss_stride", "train_seeds"):
+        integer(k, 1)
+    integer("subsets", 3)
+    integer("num_real_queries", 0)
+    if cfg["n"] is not None:
+        integer("n", 2)
+    b = cfg["beta"]
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < float(b) < 1:
+        raise UserError(f"lds: beta must be a fraction in (0, 1), got {b!r}")
+    if cfg["n"] is not None:
+        subset_size(int(cfg["n"]), float(b))
+    if not isinstance(cfg["ceiling"], bool):
+        raise UserError(f"lds: ceiling must be true or false, got {cfg['ceiling']!r}")
+    for k in ("dataset", "model"):
+        if not isinstance(cfg[k], str) or not cfg[k]:
+            raise UserError(f"lds: {k} must be a registered {k} name, got {cfg[k]!r}")
+    from genattr.harness.manager import registry
+
+    registry("datasets").get(cfg["dataset"])
+    registry("models").get(cfg["model"])
+    if cfg["retrain"] not in RETRAIN_MODES:
+        raise UserError(f"lds: unknown retrain mode {cfg['retrain']!r}; choose from {', '.join(RETRAIN_MODES)}")
+    if cfg["group"] not in GROUPS:
+        raise UserError(f"lds: group must be one of {', '.join(GROUPS)}, got {cfg['group']!r}")
+    for k in ("dataset_config", "model_config", "train_config"):
+        if cfg[k] is not None and not isinstance(cfg[k], dict):
+            raise UserError(f"lds: {k} must be a table of options, got {cfg[k]!r}")
