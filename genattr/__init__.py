@@ -57,15 +57,30 @@ from .harness.scoring import score  # noqa: E402
 from .harness.seeding import derive_seed, generator, item_noise, numpy_rng, strided_timesteps  # noqa: E402
 
 
+SINGULAR_KIND = {"methods": "method", "models": "model", "metrics": "metric", "datasets": "dataset",
+                 "benchmarks": "benchmark", "executors": "executor"}
+
+
 def _entry(kind: str, name: str):
     from .harness.manager import registry
 
     return registry(kind).get(name)
 
 
+#: Methods every instance of a kind must have (checked when created, so an incomplete plugin component is one line
+#: naming its plugin, not a traceback in the middle of a run).
+REQUIRED_METHODS = {"methods": ("prepare", "attribute")}
+
+
 def _create(kind: str, name: str, config: dict):
     entry = _entry(kind, name)
     obj = entry.create(**config)
+    missing = [m for m in REQUIRED_METHODS.get(kind, ()) if not callable(getattr(obj, m, None))]
+    if missing:
+        from .harness.errors import UserError
+
+        raise UserError(f"{SINGULAR_KIND.get(kind, kind)} {name!r} (plugin {entry.plugin!r}) has no "
+                        f"{' and no '.join(m + '()' for m in missing)}; see CONTRIBUTING.md for the protocol")
     for attr, value in (("plugin", entry.plugin), ("registered_name", entry.name)):
         try:
             setattr(obj, attr, value)

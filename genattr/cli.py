@@ -156,7 +156,26 @@ def _add_plugin_commands() -> None:
     add_commands(cli)  # a plugin that fails here is reported and skipped (strict mode: a PluginError)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """The CLI's display of Python warnings: genattr's own (``"genattr: …"``) as one ``genattr: warning: …`` line
+    like the logged warnings, anything else as Python shows it."""
+    text = str(message)
+    if text.startswith("genattr: "):
+        click.echo(f"genattr: warning: {text[len('genattr: '):].strip().splitlines()[0]}", err=True)
+        return
+    _PY_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PY_SHOWWARNING = None
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    global _PY_SHOWWARNING
+    if warnings.showwarning is not _show_warning:
+        _PY_SHOWWARNING = warnings.showwarning
+        warnings.showwarning = _show_warning
     try:
         _add_plugin_commands()
     except UserError as e:  # strict mode and a broken plugin

@@ -25,10 +25,18 @@ HOOK_NAMES = sorted(n for n in dir(hookspecs) if n.startswith("register_"))
 
 # -- helpers ----------------------------------------------------------------------------------------------------
 class _Thing:
+    """A throwaway component of any kind (it has what a method must have: ``prepare`` and ``attribute``)."""
+
     version = "7"
 
     def __init__(self, **config):
         self.config = config
+
+    def prepare(self, ctx):  # pragma: no cover - never called
+        pass
+
+    def attribute(self, ctx, queries, candidates=None):  # pragma: no cover - never called
+        raise NotImplementedError
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+import genattr
 import test_runner_fakes as fakes
 from genattr.harness import results
 from genattr.harness import run as runner
@@ -130,3 +131,57 @@ def test_the_python_floor_is_the_one_the_code_needs():
     assert meta["project"]["requires-python"] == ">=3.11"
     assert sys.version_info >= (3, 11)
     assert not any(d.startswith("platformdirs") for d in meta["project"]["dependencies"])  # nothing used it
+
+
+class _HalfDone:
+    """A plugin method without ``prepare``."""
+
+    name = "half-done"
+
+    def attribute(self, ctx, queries, candidates=None):  # pragma: no cover - never reached
+        raise AssertionError
+
+
+class _HalfDonePlugin:
+    @genattr.hookimpl
+    def register_methods(self, register):
+        register("half-done", _HalfDone, version="1")
+
+
+def test_incomplete_method_plugin_is_one_line_before_any_work(tmp_path, capsys):
+    from genattr.cli import main
+
+    genattr.register_plugin(_HalfDonePlugin(), "half-done-plugin")
+    try:
+        with pytest.raises(UserError, match=r"method 'half-done' \(plugin 'half-done-plugin'\) has no prepare\(\)"):
+            genattr.get_method("half-done")
+        out = tmp_path / "run"
+        assert main(["run", "leave-k-out", "-m", "half-done", "--scale", "tiny", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "has no prepare()" in err[0]
+        assert not out.exists()  # refused before the run directory was created
+    finally:
+        genattr.unregister_plugin("half-done-plugin")
+
+
+def test_an_invocation_left_running_by_a_kill_is_marked_interrupted_by_the_next_run():
+    from types import SimpleNamespace
+
+    from genattr.harness.run.driver import _run_doc
+
+    spec = SimpleNamespace(seed=0, scale="tiny", argv=["run"], executor="local", executor_config={})
+    previous = {"invocations": [{"status": "done", "pid": 1}, {"status": "running", "pid": 2}]}
+    doc, inv = _run_doc(spec, previous, {}, {}, "now", 4, 0, "0")
+    assert [i["status"] for i in doc["invocations"]] == ["done", "interrupted", "running"]
+    assert doc["invocations"][-1] is inv and previous["invocations"][1]["status"] == "running"  # not mutated
+
+
+def test_cli_shows_genattr_python_warnings_as_one_line(capsys):
+    import warnings
+
+    from genattr import cli
+
+    cli.main(["list", "executors"])  # installs the CLI's warning display
+    capsys.readouterr()
+    warnings.showwarning("genattr: runs/x/results.jsonl: skipping unreadable line 9", RuntimeWarning, "f.py", 1)
+    assert capsys.readouterr().err == "genattr: warning: runs/x/results.jsonl: skipping unreadable line 9\n"

@@ -334,7 +334,7 @@ def iter_rows(directory: str | os.PathLike) -> Iterator[dict]:
             row = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             if not last_unterminated:
-                warnings.warn(f"{path}: skipping unreadable line {i + 1}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"genattr: {path}: skipping unreadable line {i + 1}", RuntimeWarning, stacklevel=2)
             continue
         if last_unterminated:
             continue  # complete JSON but never terminated: the write did not finish (no fsync'd newline)

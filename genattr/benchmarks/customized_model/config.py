@@ -37,7 +37,7 @@ SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
         n_train_object=2, n_train_style=2, train_queries_per_concept=2,
     ),
     "small": dict(
-        n_object=3, n_style=3, exemplars_per_style=(4, 8), queries_per_concept=4, sample_steps=50, pool_size=None,
+        n_object=3, n_style=3, exemplars_per_style=(4, 8), queries_per_concept=8, sample_steps=50, pool_size=None,
         n_train_object=3, n_train_style=3, train_queries_per_concept=4,
     ),
     "paper": dict(

@@ -364,7 +364,10 @@ def _run_doc(spec, previous, bench_info, pair, started, total, skipped, version)
     run_doc["executor"] = {"name": spec.executor, "config": clean_json(spec.executor_config)}
     invocation = {"started_at": started, "argv": spec.argv, "executor": spec.executor, "cells_total": total,
                   "cells_skipped": skipped, "cells_run": 0, "status": "running", "pid": os.getpid()}
-    run_doc["invocations"] = list(previous.get("invocations", [])) + [invocation]
+    # the run directory is locked by this process, so an earlier invocation still marked running was killed
+    earlier = [dict(i, status="interrupted") if i.get("status") == "running" else i
+               for i in previous.get("invocations", [])]
+    run_doc["invocations"] = earlier + [invocation]
     return run_doc, invocation
 
 
