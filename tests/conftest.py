@@ -38,15 +38,20 @@ def clean_env(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _genattr_logger_restored():
-    """Undo what an in-process ``genattr`` command does to the ``genattr`` logger (its own handler, no propagation),
-    so later tests' ``caplog`` sees the warnings."""
+def _genattr_logger_reset():
+    """Each test starts with the ``genattr`` logger as a library leaves it (no handler of its own, propagating to
+    the root, where ``caplog`` listens): an in-process ``genattr`` command — in a test or in a module- or
+    session-scoped fixture — installs its own non-propagating handler, which would hide later warnings."""
     import logging
 
+    from genattr.harness import progress
+
     log = logging.getLogger("genattr")
-    state = (list(log.handlers), log.level, log.propagate)
+    if progress._HANDLER is not None and progress._HANDLER in log.handlers:
+        log.removeHandler(progress._HANDLER)
+    log.setLevel(logging.NOTSET)
+    log.propagate = True
     yield
-    log.handlers[:], log.level, log.propagate = state
 
 
 @pytest.fixture

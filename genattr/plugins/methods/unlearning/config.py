@@ -86,7 +86,7 @@ DEFAULTS: dict[str, Any] = dict(
 #: every cache and result keyed on it — of the paper's rule is what it was before they existed; absent means
 #: ``step_rule="fixed"`` (α/N). ``"fisher-norm"``: each step of Fisher length ``step_norm``; ``"loss-target"``: each
 #: step sized so the linearised query loss rises by ``loss_target^(1/steps)`` (see ``update.step_scale``).
-STEP_DEFAULTS: dict[str, Any] = dict(step_rule="fixed", step_norm=1e-4, loss_target=2.0)
+STEP_DEFAULTS: dict[str, Any] = dict(step_rule="fixed", step_norm=5e-5, loss_target=2.0)  # calibrated: docs/methods
 
 FLIPS = ("max", "mean", "none")
 VARIANTS = ("newton", "sgd")
