@@ -417,3 +417,30 @@ def test_theta0_loss_cache_key_holds_the_scoring_timesteps(tmp_path, monkeypatch
     fisher_key2, loss_key2 = m._keys(ctx)
     assert loss_key2 != loss_key and fisher_key2 == fisher_key
     assert m._keys(ctx) == (fisher_key2, loss_key2)  # and the key is stable otherwise
+
+
+@pytest.mark.parametrize("option,value,fisher_changes,losses_change", [
+    ("fisher_samples", 64, True, False),
+    ("fisher_flips", True, True, False),
+    ("selection", "cross-attn", True, False),
+    ("seed", 5, True, True),
+    ("timesteps", 3, False, True),
+    ("captions", 2, False, True),
+    ("flip", "max", False, True),
+    ("alpha", 0.5, False, False),  # the update's options change neither query-independent artefact
+    ("steps", 1, False, False),
+    ("step_rule", "fisher-norm", False, False),
+    ("prescreen", "coarse", False, False),
+])
+def test_fisher_and_theta0_keys_cover_exactly_their_inputs(tmp_path, option, value, fisher_changes, losses_change):
+    """Each query-independent artefact's cache key changes with every option that changes the artefact, and with
+    nothing else (so a change never reuses a stale Fisher or stale θ0 losses, and an update option never recomputes
+    them)."""
+    ctx = ctx_for(ToyT2I(a=0.3, b=-0.2, noisy=False), toy_dataset(n=5, captions=2), tmp_path)
+    fk, lk = U.Unlearning(preset="tiny")._keys(ctx)
+    fk2, lk2 = U.Unlearning(preset="tiny", **{option: value})._keys(ctx)
+    assert (fk2 != fk) == fisher_changes
+    assert (lk2 != lk) == losses_change
+    other = ctx_for(ToyT2I(a=0.31, b=-0.2, noisy=False), toy_dataset(n=5, captions=2), tmp_path / "o")
+    fo, lo = U.Unlearning(preset="tiny")._keys(other)  # another model: both change
+    assert fo != fk and lo != lk
