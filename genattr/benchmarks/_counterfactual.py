@@ -270,3 +270,73 @@ def derive(*keys) -> int:
     from genattr.harness.seeding import derive_seed
 
     return derive_seed(*keys) % (2**31 - 1)
+
+
+def preset_config(bench: str, scale: str, overrides: dict, scales: dict, common: dict) -> dict:
+    """A deep copy of ``common`` updated with the scale's preset, after checking the scale and that every override
+    is a known option (one-line :class:`UserError` naming ``bench`` otherwise)."""
+    import copy
+
+    from genattr.harness.errors import did_you_mean
+
+    if scale not in scales:
+        raise UserError(f"{bench}: unknown scale {scale!r}; choose from {', '.join(scales)}")
+    known = set(scales[scale]) | set(common)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"{bench}: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}; known: "
+                        f"{', '.join(sorted(known))}")
+    return {**copy.deepcopy(common), **copy.deepcopy(scales[scale])}
+
+
+def apply_overrides(cfg: dict, overrides: dict, preset_model) -> dict:
+    """``cfg`` with ``overrides`` applied: a ``dataset_config`` dict adjusts the preset's (unless the dataset is
+    replaced); a ``model_config`` / ``train_config`` dict adjusts the preset's recipe while the model stays
+    ``preset_model`` (another model: replaced); every other value replaces the preset's."""
+    for key, value in overrides.items():
+        if key == "dataset_config" and isinstance(value, dict) and "dataset" not in overrides:
+            cfg[key] = {**(cfg[key] or {}), **value}
+        elif (key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict)
+              and overrides.get("model", cfg["model"]) == preset_model):
+            cfg[key] = {**cfg[key], **value}  # adjust the preset's recipe (another model: replace it)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def resolve_metric_specs(bench: str, specs, kind: str, takes: str, prepare=None) -> list:
+    """``[(column, metric object, info)]`` for a benchmark's ``metrics`` option through the metric registry: each
+    spec a registered name or ``{name = ..., options}``; the metric's registered ``kind`` must be ``kind`` (or
+    unset; ``takes`` says what such metrics are called with); ``prepare(entry, spec)`` may add options first.
+    ``info`` holds the metric name, display name, ``higher_is_better`` and unit."""
+    import genattr
+    from genattr.harness.manager import registry
+
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    out, seen = [], set()
+    for spec in specs:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        if not isinstance(spec.get("name"), str):
+            raise UserError(f"{bench}: each metric is a name or {{name = ..., options}}, got {spec!r}")
+        name = spec.pop("name")
+        entry = registry("metrics").get(name)
+        if entry.meta.get("kind") not in (None, kind):
+            raise UserError(f"{bench}: metric {name!r} is a {entry.meta.get('kind')} metric; this benchmark takes "
+                            f"{takes}")
+        if prepare is not None:
+            prepare(entry, spec)
+        try:
+            metric = genattr.get_metric(name, **spec)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{bench}: bad options for metric {name!r}: {str(exc).splitlines()[0]}") from None
+        column = str(getattr(metric, "column", None) or name)
+        if column in seen:
+            raise UserError(f"{bench}: two metrics report column {column!r}")
+        seen.add(column)
+        hib = getattr(metric, "higher_is_better", entry.meta.get("higher_is_better"))
+        out.append((column, metric, {"metric": name, "display": str(getattr(metric, "display", None)
+                                                                          or entry.meta.get("display") or column),
+                                     "higher_is_better": None if hib is None else bool(hib),
+                                     "unit": entry.meta.get("unit")}))
+    return out

@@ -45,15 +45,14 @@ set); a metric takes the keywords it names.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Sequence
 
 from genattr.harness.api import Cell, Query
 from genattr.harness.cache import hash_json
-from genattr.harness.errors import UserError, did_you_mean
+from genattr.harness.errors import UserError
 
-from ._counterfactual import RETRAIN_MODES, Counterfactual
+from ._counterfactual import RETRAIN_MODES, Counterfactual, apply_overrides, preset_config, resolve_metric_specs
 
 NAME = "leave-k-out"
 VERSION = "1"
@@ -188,22 +187,8 @@ class LeaveKOutBenchmark(Counterfactual):
     preset_hint = None
 
     def __init__(self, scale: str = "tiny", **overrides: Any):
-        if scale not in SCALES:
-            raise UserError(f"leave-k-out: unknown scale {scale!r}; choose from {', '.join(SCALES)}")
-        known = set(SCALES[scale]) | set(COMMON)
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UserError(f"leave-k-out: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}; known: "
-                            f"{', '.join(sorted(known))}")
-        cfg = {**copy.deepcopy(COMMON), **copy.deepcopy(SCALES[scale])}
-        for key, value in overrides.items():
-            if key == "dataset_config" and isinstance(value, dict) and "dataset" not in overrides:
-                cfg[key] = {**(cfg[key] or {}), **value}
-            elif (key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict)
-                  and overrides.get("model", cfg["model"]) == SCALES[scale]["model"]):
-                cfg[key] = {**cfg[key], **value}  # adjust the preset's recipe (another model: replace it)
-            else:
-                cfg[key] = value
+        cfg = apply_overrides(preset_config("leave-k-out", scale, overrides, SCALES, COMMON), overrides,
+                              SCALES[scale]["model"])
         if isinstance(cfg["k"], (int, float)) and not isinstance(cfg["k"], bool):
             cfg["k"] = [cfg["k"]]
         if cfg["retrain"] is None:
@@ -434,22 +419,7 @@ def resolve_metrics(cfg: dict) -> list[tuple[str, Any, dict]]:
     metrics; the column is the registered name). ``encoder`` is handed to a metric with that option."""
     import inspect
 
-    import genattr
-    from genattr.harness.manager import registry
-
-    specs = cfg.get("metrics") or DEFAULT_METRICS
-    if isinstance(specs, (str, dict)):
-        specs = [specs]
-    out, seen = [], set()
-    for spec in specs:
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        if not isinstance(spec.get("name"), str):
-            raise UserError(f"leave-k-out: each metric is a name or {{name = ..., options}}, got {spec!r}")
-        name = spec.pop("name")
-        entry = registry("metrics").get(name)
-        if entry.meta.get("kind") not in (None, "counterfactual"):
-            raise UserError(f"leave-k-out: metric {name!r} is a {entry.meta.get('kind')} metric; this benchmark "
-                            "takes counterfactual metrics (base model, retrained model, query)")
+    def prepare(entry, spec):
         target = entry.factory.resolve() if hasattr(entry.factory, "resolve") else entry.factory
         try:
             params = inspect.signature(target).parameters
@@ -457,20 +427,9 @@ def resolve_metrics(cfg: dict) -> list[tuple[str, Any, dict]]:
             params = {}
         if cfg.get("encoder") and "encoder" in params and "encoder" not in spec:
             spec["encoder"] = cfg["encoder"]
-        try:
-            metric = genattr.get_metric(name, **spec)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"leave-k-out: bad options for metric {name!r}: {str(exc).splitlines()[0]}") from None
-        column = str(getattr(metric, "column", None) or name)
-        if column in seen:
-            raise UserError(f"leave-k-out: two metrics report column {column!r}")
-        seen.add(column)
-        hib = getattr(metric, "higher_is_better", entry.meta.get("higher_is_better"))
-        out.append((column, metric, {"metric": name, "display": str(getattr(metric, "display", None)
-                                                                          or entry.meta.get("display") or column),
-                                     "higher_is_better": None if hib is None else bool(hib),
-                                     "unit": entry.meta.get("unit")}))
-    return out
+
+    return resolve_metric_specs("leave-k-out", cfg.get("metrics") or DEFAULT_METRICS, "counterfactual",
+                                "counterfactual metrics (base model, retrained model, query)", prepare)
 
 
 def _accepted(fn, context: dict) -> dict:

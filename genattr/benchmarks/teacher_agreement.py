@@ -35,14 +35,13 @@ k; 0.42 % of 300 would be a single item); ``paper`` the MSCOCO model of leave-K-
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Sequence
 
 from genattr.harness.api import Cell
-from genattr.harness.errors import UserError, did_you_mean
+from genattr.harness.errors import UserError
 
-from ._counterfactual import Counterfactual
+from ._counterfactual import Counterfactual, preset_config
 from .leave_k_out import PAPER_MODEL, PAPER_TRAIN
 
 NAME = "teacher-agreement"
@@ -97,14 +96,7 @@ class TeacherAgreementBenchmark(Counterfactual):
     preset_hint = None
 
     def __init__(self, scale: str = "tiny", **overrides: Any):
-        if scale not in SCALES:
-            raise UserError(f"{NAME}: unknown scale {scale!r}; choose from {', '.join(SCALES)}")
-        known = set(SCALES[scale]) | set(COMMON)
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UserError(f"{NAME}: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}; known: "
-                            f"{', '.join(sorted(known))}")
-        cfg = {**copy.deepcopy(COMMON), **copy.deepcopy(SCALES[scale])}
+        cfg = preset_config(NAME, scale, overrides, SCALES, COMMON)
         for key, value in overrides.items():
             if key in ("dataset_config", "model_config", "train_config") and isinstance(value, dict) \
                     and isinstance(cfg.get(key), dict) and "dataset" not in overrides and "model" not in overrides:

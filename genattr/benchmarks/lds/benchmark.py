@@ -9,9 +9,9 @@ from typing import Any, Sequence
 
 from genattr.harness.api import Cell, Query
 from genattr.harness.cache import hash_json
-from genattr.harness.errors import UserError, did_you_mean
+from genattr.harness.errors import UserError
 
-from .._counterfactual import Counterfactual, CounterfactualState
+from .._counterfactual import Counterfactual, CounterfactualState, apply_overrides, preset_config
 from .config import BOUND_ROW, CEILING_ROW, COMMON, DEFAULT_METRICS, NAME, SCALES, VERSION, _validate, resolve_metrics
 from .subsets import _spearman, attenuation_bound, draw_subsets, query_digest, seed_for
 
@@ -38,22 +38,7 @@ class LDSBenchmark(Counterfactual):
     preset_hint = None
 
     def __init__(self, scale: str = "tiny", **overrides: Any):
-        if scale not in SCALES:
-            raise UserError(f"lds: unknown scale {scale!r}; choose from {', '.join(SCALES)}")
-        known = set(SCALES[scale]) | set(COMMON)
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UserError(f"lds: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}; known: "
-                            f"{', '.join(sorted(known))}")
-        cfg = {**copy.deepcopy(COMMON), **copy.deepcopy(SCALES[scale])}
-        for key, value in overrides.items():
-            if key == "dataset_config" and isinstance(value, dict) and "dataset" not in overrides:
-                cfg[key] = {**(cfg[key] or {}), **value}
-            elif (key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict)
-                  and overrides.get("model", cfg["model"]) == SCALES[scale]["model"]):
-                cfg[key] = {**cfg[key], **value}  # adjust the preset's recipe (another model: replace it)
-            else:
-                cfg[key] = value
+        cfg = apply_overrides(preset_config("lds", scale, overrides, SCALES, COMMON), overrides, SCALES[scale]["model"])
         _validate(cfg)
         cfg["scale"] = scale
         self.config = cfg

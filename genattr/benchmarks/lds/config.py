@@ -92,36 +92,10 @@ METRIC_KIND = "datamodeling"
 def resolve_metrics(cfg: dict) -> list[tuple[str, Any, dict]]:
     """``[(column, metric object, info)]`` for the ``metrics`` option through the metric registry (datamodeling
     metrics, called as ``metric(scores, subsets, outputs)``; the column is the registered name)."""
-    import genattr
-    from genattr.harness.manager import registry
+    from .._counterfactual import resolve_metric_specs
 
-    specs = cfg.get("metrics") or DEFAULT_METRICS
-    if isinstance(specs, (str, dict)):
-        specs = [specs]
-    out, seen = [], set()
-    for spec in specs:
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        if not isinstance(spec.get("name"), str):
-            raise UserError(f"lds: each metric is a name or {{name = ..., options}}, got {spec!r}")
-        name = spec.pop("name")
-        entry = registry("metrics").get(name)
-        if entry.meta.get("kind") not in (None, METRIC_KIND):
-            raise UserError(f"lds: metric {name!r} is a {entry.meta.get('kind')} metric; this benchmark takes "
-                            f"{METRIC_KIND} metrics (scores, subsets, outputs)")
-        try:
-            metric = genattr.get_metric(name, **spec)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"lds: bad options for metric {name!r}: {str(exc).splitlines()[0]}") from None
-        column = str(getattr(metric, "column", None) or name)
-        if column in seen:
-            raise UserError(f"lds: two metrics report column {column!r}")
-        seen.add(column)
-        hib = getattr(metric, "higher_is_better", entry.meta.get("higher_is_better"))
-        out.append((column, metric, {"metric": name, "display": str(getattr(metric, "display", None)
-                                                                          or entry.meta.get("display") or column),
-                                     "higher_is_better": None if hib is None else bool(hib),
-                                     "unit": entry.meta.get("unit")}))
-    return out
+    return resolve_metric_specs("lds", cfg.get("metrics") or DEFAULT_METRICS, METRIC_KIND,
+                                f"{METRIC_KIND} metrics (scores, subsets, outputs)")
 
 
 def _validate(cfg: dict) -> None:
