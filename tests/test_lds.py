@@ -60,6 +60,38 @@ def test_lds_sign_convention():
         LDS()(scores, subsets, [1.0, 2.0])
 
 
+def test_lds_of_the_head_only():
+    """``top=k``: only the top k's membership and score differences count; the tail's order and scale do not."""
+    rng = np.random.default_rng(3)
+    n, m = 40, 12
+    subsets = [rng.choice(n, size=n // 2, replace=False) for _ in range(m)]
+    scores = rng.normal(size=n)
+    outputs = rng.normal(size=m)
+    order = np.argsort(-scores, kind="stable")
+    tail = order[5:]
+    shuffled = scores.copy()  # the tail re-ordered and re-scaled below the 6th score, the head untouched
+    shuffled[tail] = scores[order[5]] - rng.uniform(0, 10, size=tail.size)
+    shuffled[order[5]] = scores[order[5]]
+    top = LDS(top=5)
+    assert top(scores, subsets, outputs) == pytest.approx(top(shuffled, subsets, outputs), abs=1e-12)
+    assert LDS()(scores, subsets, outputs) != pytest.approx(LDS()(shuffled, subsets, outputs), abs=1e-6)
+    # the head's scores relative to the 6th are what the predictions sum
+    head = top.head_only(scores)
+    assert np.all(head[tail] == scores[order[5]]) and np.all(head[order[:5]] == scores[order[:5]])
+    # a fraction of N, k >= N (plain LDS), the column and errors
+    assert LDS(top=0.125).head_only(scores).tolist() == head.tolist()
+    assert LDS(top=n)(scores, subsets, outputs) == LDS()(scores, subsets, outputs)
+    assert (top.column, top.display, top.config) == ("lds@top5", "LDS (top 5)", {"top": 5})
+    assert not hasattr(LDS(), "column") and LDS().config == {}
+    for bad in (0, -3, 1.5, True, "5", float("nan")):
+        with pytest.raises(ValueError):
+            LDS(top=bad)
+    with pytest.raises(UserError, match="bad options for metric 'lds'"):
+        LDSBenchmark("tiny", metrics=[{"name": "lds", "top": 0}])
+    b = LDSBenchmark("tiny", metrics=["lds", {"name": "lds", "top": 0.25}])
+    assert set(b.metrics) == {"lds", "lds@top0.25"}
+
+
 def test_metric_is_registered():
     import genattr
     from genattr.harness.manager import registry

@@ -21,6 +21,12 @@ Conventions (where the papers leave it open):
   ``spearmanr``);
 * when either side is constant the coefficient is undefined (scipy returns NaN); here it is **0** — predictions
   that are all equal carry no ranking information, which is the chance level.
+
+Option ``top`` (not in the papers; a diagnostic): LDS of the method's **top k only** — the items outside the
+top ``k`` (a count, or a fraction of N when in (0, 1)) all take the (k+1)-th highest score, so only the head's
+membership and its scores' differences to that value move the predictions. LDS sums raw scores over half the
+training set, so a method is judged on the scale and order of its whole tail too; ``top`` tells how much of a
+method's LDS (or of its shortfall) comes from its head. Column ``lds@top<k>``.
 """
 
 from __future__ import annotations
@@ -105,8 +111,32 @@ class LDS:
     higher_is_better = True
     display = "LDS"
 
-    def __init__(self):
-        self.config: dict = {}
+    def __init__(self, top: int | float | None = None):
+        if top is not None:
+            ok = isinstance(top, (int, float)) and not isinstance(top, bool) and (
+                (top >= 1 and float(top).is_integer()) or 0 < top < 1)
+            if not ok:
+                raise ValueError(f"top must be a count >= 1 or a fraction in (0, 1), got {top!r}")
+            top = int(top) if top >= 1 else float(top)
+            self.column = f"lds@top{top:g}"
+            self.display = f"LDS (top {top:g})"
+        self.top = top
+        self.config: dict = {} if top is None else {"top": top}
+
+    def head_only(self, scores) -> "np.ndarray":
+        """``scores`` with every item outside the top ``k`` set to the (k+1)-th highest score (ties: lower index
+        first, as the rankings); unchanged without ``top`` or when k ≥ N."""
+        import numpy as np
+
+        s = np.asarray(scores, dtype=np.float64).reshape(-1).copy()
+        if self.top is None:
+            return s
+        k = self.top if isinstance(self.top, int) else max(1, round(self.top * s.size))
+        if k >= s.size:
+            return s
+        order = np.argsort(-s, kind="stable")
+        s[order[k:]] = s[order[k]]
+        return s
 
     def __call__(self, scores, subsets, outputs, **_: Any) -> float:
         import numpy as np
@@ -114,13 +144,13 @@ class LDS:
         f = np.asarray(outputs, dtype=np.float64)
         if f.ndim == 2:
             f = f.mean(axis=0)
-        g = subset_predictions(scores, subsets)
+        g = subset_predictions(self.head_only(scores), subsets)
         if f.shape != g.shape:
             raise ValueError(f"lds: {g.size} subsets but {f.size} outputs")
         return spearman(g, -f)
 
     def __repr__(self) -> str:
-        return "<LDS>"
+        return "<LDS>" if self.top is None else f"<LDS top={self.top:g}>"
 
 
 def lds(scores, subsets: Sequence, outputs) -> float:
