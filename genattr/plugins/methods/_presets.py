@@ -22,9 +22,13 @@ class ScalePresets:
     name = "method"
     PRESETS: dict = {}
     COMMON: dict = {}
+    #: Options added after a method's results were published, with their defaults: they enter the configuration
+    #: only when given, so the configuration of a run that does not use one — and every cache entry, config hash and
+    #: result keyed on it — is what it was before the option existed. Read them with :meth:`option`.
+    OPTIONAL: dict = {}
 
     def _init_presets(self, scale: str | None, overrides: dict[str, Any]) -> None:
-        allowed = set(self.COMMON) | {k for p in self.PRESETS.values() for k in p}
+        allowed = set(self.COMMON) | set(self.OPTIONAL) | {k for p in self.PRESETS.values() for k in p}
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise UserError(f"unknown {self.name} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
@@ -37,6 +41,10 @@ class ScalePresets:
         if scale not in self.PRESETS:
             raise UserError(f"unknown scale {scale!r} for {self.name}; choose one of {', '.join(self.PRESETS)}")
         return {**self.COMMON, **self.PRESETS[scale], **self._overrides, "scale": scale}
+
+    def option(self, cfg: dict, key: str) -> Any:
+        """``cfg[key]``, or the default of an :attr:`OPTIONAL` option that was not given."""
+        return cfg[key] if key in cfg else self.OPTIONAL[key]
 
     def resolve_config(self, scale: str, preset_hint: str | None = None) -> dict:
         """The configuration the method will run with at ``scale`` (the preset hint of a benchmark is not used by

@@ -78,8 +78,9 @@ class DataInfMethod(ScalePresets):
         "grad_mode": "vmap",
         "captions": "cycle",
         "draws": "shared",
-        "normalize": "none",  # or "unit": ReTrac's per-draw unit-norm gradients (not in the DataInf paper)
     }
+    #: "unit": ReTrac's per-draw unit-norm gradients (not in the DataInf paper); default "none"
+    OPTIONAL = {"normalize": "none"}
 
     def __init__(self, scale: str | None = None, **overrides):
         self._memo: dict = {}
@@ -91,7 +92,7 @@ class DataInfMethod(ScalePresets):
             cfg["include"] = list(cfg["include"])
         if cfg["draws"] not in ("per-item", "shared"):
             raise UserError(f"draws must be 'per-item' or 'shared', got {cfg['draws']!r}")
-        if cfg["normalize"] not in ("none", "unit"):
+        if self.option(cfg, "normalize") not in ("none", "unit"):
             raise UserError(f"datainf: normalize must be 'none' or 'unit', got {cfg['normalize']!r}")
         if float(cfg["lambda_scale"]) <= 0:
             raise UserError("datainf lambda_scale must be positive")
@@ -107,7 +108,8 @@ class DataInfMethod(ScalePresets):
         draws = {"kind": "random", "count": int(cfg["num_timesteps"]),
                  "namespace": "datainf" if shared else "datainf/train", "shared": shared, "captions": cfg["captions"]}
         return GradientSpec(selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
-                            output="loss", draws=draws, flips=False, reduce="mean", normalize=cfg["normalize"],
+                            output="loss", draws=draws, flips=False, reduce="mean",
+                            normalize=self.option(cfg, "normalize"),
                             projection="identity",
                             seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"])
 
@@ -118,11 +120,12 @@ class DataInfMethod(ScalePresets):
         from genattr.harness.gradstore import UnitNormGrad
 
         cfg = self.config
-        key = ("gf", id(ctx.model), cfg["selection"], tuple(cfg["include"] or ()), cfg["grad_mode"], cfg["normalize"])
+        key = ("gf", id(ctx.model), cfg["selection"], tuple(cfg["include"] or ()), cfg["grad_mode"],
+               self.option(cfg, "normalize"))
         if key not in self._memo:
             params = select_parameters(ctx.model, cfg["selection"], cfg["include"])
             gf = PerSampleGrad(ctx.model, params, target="loss", mode=cfg["grad_mode"])
-            self._memo[key] = UnitNormGrad(gf) if cfg["normalize"] == "unit" else gf
+            self._memo[key] = UnitNormGrad(gf) if self.option(cfg, "normalize") == "unit" else gf
         return self._memo[key]
 
     def _draws(self, ctx, role: str):

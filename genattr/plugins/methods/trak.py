@@ -103,8 +103,9 @@ class _KernelMethod(ScalePresets):
         "max_projector_bytes": 1 << 29,
         "draws": "per-item",  # or "shared": the same timesteps and noise for every item and query
         "captions": "cycle",  # caption of draw j: j mod n ("cycle"), "random" or "first"
-        "normalize": "none",  # or "unit": ReTrac's per-draw unit-norm gradients (not in the TRAK-family papers)
     }
+    #: "unit": ReTrac's per-draw unit-norm gradients (not in the TRAK-family papers); default "none"
+    OPTIONAL = {"normalize": "none"}
 
     def __init__(self, scale: str | None = None, **overrides):
         self._memo: dict = {}
@@ -122,7 +123,7 @@ class _KernelMethod(ScalePresets):
             raise UserError(f"draws must be 'per-item' or 'shared', got {cfg['draws']!r}")
         if cfg["lambda_mode"] not in ("absolute", "relative"):
             raise UserError(f"lambda_mode must be 'absolute' or 'relative', got {cfg['lambda_mode']!r}")
-        if cfg["normalize"] not in NORMALIZE_CHOICES:
+        if self.option(cfg, "normalize") not in NORMALIZE_CHOICES:
             raise UserError(f"{self.name}: normalize must be 'none' or 'unit', got {cfg['normalize']!r}")
         return cfg
 
@@ -158,7 +159,8 @@ class _KernelMethod(ScalePresets):
                  "captions": cfg["captions"]}
         return GradientSpec(
             selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
-            output=self.target, draws=draws, flips=False, reduce=self.reduce, normalize=cfg["normalize"],
+            output=self.target, draws=draws, flips=False, reduce=self.reduce,
+            normalize=self.option(cfg, "normalize"),
             projection=cfg["projection"],
             proj_dim=None if cfg["projection"] == "identity" else int(cfg["proj_dim"]), proj_seed=int(ctx.seed),
             seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
@@ -175,11 +177,11 @@ class _KernelMethod(ScalePresets):
 
         cfg = self.config
         key = ("tools", id(model), cfg["selection"], tuple(cfg["include"] or ()), cfg["proj_dim"], cfg["projection"],
-               ctx.seed, self.target, cfg["grad_mode"], cfg["normalize"], str(ctx.device))
+               ctx.seed, self.target, cfg["grad_mode"], self.option(cfg, "normalize"), str(ctx.device))
         if key not in self._memo:
             store, spec = store_for(ctx.cache), self._spec(ctx, model)
             gf = PerSampleGrad(model, store.parameters(model, spec), target=self.target, mode=cfg["grad_mode"])
-            if cfg["normalize"] == "unit":
+            if self.option(cfg, "normalize") == "unit":
                 gf = UnitNormGrad(gf)
             self._memo[key] = (gf, store.projector(model, spec, ctx.device))
         return self._memo[key]
