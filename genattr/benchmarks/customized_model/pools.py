@@ -16,34 +16,10 @@ def resolve_metrics(specs: Sequence[dict] | None = None) -> list[tuple[str, Any,
     """``[(column, metric object, info)]`` for the retrieval metric specs, through the metric registry: the column
     is the metric's ``column`` attribute (``recall@10``, ``ap``) or its registered name; ``info`` holds the
     registered name, a display label and ``higher_is_better``."""
-    import genattr
-    from genattr.harness.errors import UserError
-    from genattr.harness.manager import registry
+    from .._metrics import resolve_metric_specs
 
-    out = []
-    seen: dict[str, str] = {}
-    for spec in (specs if specs is not None else DEFAULT_METRICS):
-        spec = dict(spec)
-        name = spec.pop("name")
-        entry = registry("metrics").get(name)
-        kind = entry.meta.get("kind")
-        if kind not in (None, "retrieval"):
-            raise UserError(f"customized-model: metric {name!r} is a {kind} metric; this benchmark takes retrieval "
-                            "metrics (scores, positives)")
-        try:
-            metric = genattr.get_metric(name, **spec)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"customized-model: bad options for metric {name!r}: {str(exc).splitlines()[0]}") from None
-        column = str(getattr(metric, "column", None) or name)
-        if column in seen:
-            raise UserError(f"customized-model: metrics {seen[column]!r} and {name!r} both report column {column!r}")
-        seen[column] = name
-        hib = getattr(metric, "higher_is_better", entry.meta.get("higher_is_better"))
-        display = getattr(metric, "display", None) or entry.meta.get("display") or column
-        out.append((column, metric, {"metric": name, "display": str(display),
-                                     "higher_is_better": None if hib is None else bool(hib),
-                                     "unit": entry.meta.get("unit")}))
-    return out
+    return resolve_metric_specs("customized-model", specs if specs is not None else DEFAULT_METRICS, "retrieval",
+                                "retrieval metrics (scores, positives)")
 
 
 def score_pools(scores, n_base: int, own_idx, pools: Sequence[str],
