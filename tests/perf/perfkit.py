@@ -413,6 +413,43 @@ def throughput(dataset_name: str, scale: str, setting: dict, train_steps: int = 
             "sample_unet_evals_per_s": sample_images * sample_steps / sample_s}
 
 
+def update_draw_throughput(dataset_name: str, scale: str, batches: Sequence[int], draws: int = 512,
+                           threads: int = 1) -> list[dict]:
+    """Seconds per draw of the unlearning update's query gradient (forward + backward to the cross-attention K/V
+    weights, seeded noise included: :func:`genattr.plugins.methods.unlearning.update.query_gradient`) at each batch
+    size, on a fresh model of the recipe, ``draws`` draws per batch size (one warm-up call first). Batching the
+    draws of several queries into one pass can only save what a larger batch saves here."""
+    import torch
+
+    from genattr.harness.api import Query
+    from genattr.plugins.methods.unlearning.update import query_gradient
+    from genattr.plugins.models.recipes import recipe
+    from genattr.plugins.models.tiny_t2i import TinyT2I
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        r = recipe(dataset_name, scale)
+        model = TinyT2I(resolution=int(r["dataset"].get("resolution", 16)), channels=1 if dataset_name == "digits" else 3, vocab=["a", "b", "c"],
+                        **r["model"])
+        q = Query(id="q", image=torch.rand(model.channels, model.resolution, model.resolution), prompt="a b c")
+        params = model.parameters("cross-attn-kv")
+        with torch.no_grad():
+            lat = model.latents(q.image[None])
+            emb = model.text_embeddings([q.prompt])
+        rows = []
+        for b in batches:
+            query_gradient(model, params, lat, emb, "q", 0, 0, int(b), 1)
+            acc = max(1, int(draws) // int(b))
+            t0 = time.perf_counter()
+            query_gradient(model, params, lat, emb, "q", 1, 0, int(b), acc)
+            dt = time.perf_counter() - t0
+            rows.append({"batch": int(b), "draws": int(b) * acc, "s_per_draw": dt / (int(b) * acc)})
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
 # -- peak resident set ---------------------------------------------------------------------------------------------
 def peak_rss(code: str, env: dict | None = None, timeout: int = 600) -> int:
     """Peak resident set (bytes) of ``python -c code`` (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` printed by the

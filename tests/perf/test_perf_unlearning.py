@@ -113,6 +113,31 @@ def test_update_direction_with_fewer_draws(scale, benchmark, figures, cache_for,
         assert -1 <= r["cosine"] <= 1
 
 
+#: Batch sizes of the update's draws compared per scale (the first is the preset's batch: 64 at small).
+DRAW_BATCHES = {"tiny": (8, 32), "small": (64, 128, 256, 512)}
+
+
+@pytest.mark.parametrize("scale", perfkit.SCALES)
+def test_update_draws_per_second_by_batch(scale, benchmark, figures):
+    """Seconds per draw of the update's forward + backward at growing batch sizes (one torch thread), on the digits
+    (leave-K-out) and shapes (Customized Model) recipes: what stacking the draws of Q queries into larger batches
+    could save at most. ``gain_at_B`` = time per draw at the preset's batch over that at B."""
+    batches = DRAW_BATCHES[scale]
+    draws = 512 if scale == "small" else 32
+    out = {}
+
+    def run():
+        for ds in ("digits", "shapes"):
+            out[ds] = perfkit.update_draw_throughput(ds, scale, batches, draws=draws)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    for ds, rows in out.items():
+        assert [r["batch"] for r in rows] == list(batches) and all(r["s_per_draw"] > 0 for r in rows)
+        first = rows[0]["s_per_draw"]
+        figures(**{f"{ds}.ms_per_draw_b{r['batch']}": 1e3 * r["s_per_draw"] for r in rows},
+                **{f"{ds}.gain_at_b{r['batch']}": first / r["s_per_draw"] for r in rows[1:]})
+
+
 @pytest.mark.parametrize("scale", perfkit.SCALES)
 def test_evaluations_at_a_large_pool(scale, benchmark, figures):
     """UNet evaluations per query through the real scoring path at faithful settings (T = 20) on a large pool (100k
