@@ -103,6 +103,54 @@ def test_out_of_list_draws_skip_the_blocked_items():
     assert got.tolist() == [int(w) for w in want]
 
 
+def test_a_base_teachers_student_trains_on_the_base_items_only(trained):
+    """Under teacher_model="base" with ctx.extra["base_items"] = B (the Customized Model benchmark), items from B on
+    (exemplars the base model never saw) are in no ranked list and never drawn as an out-of-list negative; the
+    student is cached under its own key; without the restriction every item takes part."""
+    m, ctx = trained
+    queries, ranks = m.teacher(ctx)
+    tf, qf = m.train_features(ctx), m.query_features(ctx, queries)
+    b = POOL - 7
+    lists, blocked, cutoff = m.training_lists(qf, tf, ranks, b)
+    assert cutoff == m._cutoff(b) and all(len(x) > 0 for x in lists)
+    for lst, blk in zip(lists, blocked):
+        assert lst.max() < b and set(range(b, POOL)) <= set(blk.tolist())
+        free = np.setdiff1d(np.arange(POOL), blk)
+        assert free.size == 0 or free.max() < b
+    full, _, _ = m.training_lists(qf, tf, ranks)
+    assert max(int(x.max()) for x in full) >= b  # the unrestricted lists do reach the later items
+    base = genattr.get_method("distilled", **{**OPTS, "teacher_model": "base"})
+    base.resolve_config("tiny")
+    plain = AttributionContext(model=None, train_set=ctx.train_set, cache=ctx.cache, scale="tiny",
+                               extra={"base_model": ctx.model})
+    marked = AttributionContext(model=None, train_set=ctx.train_set, cache=ctx.cache, scale="tiny",
+                                extra={"base_model": ctx.model, "base_items": b})
+    assert base.student_items(plain) is None and base.student_items(marked) == b
+    assert m.student_items(marked) is None  # a context teacher trains on every item
+    assert base._train_key(marked, "t") != base._train_key(plain, "t")
+    _, report = m.train_student(qf, tf, ranks, seed=0, n_items=b)
+    assert report["items"] == b and report["pairs"] == sum(len(x) for x in lists)
+
+
+def test_scale_init_sets_the_students_starting_geometry(tmp_path):
+    """scale_init (default FastGDA's +1, then absent from the configuration) starts a at the given value; the
+    architecture, the student file and the cache key carry it; zero or a non-number is a one-line error."""
+    from genattr.plugins.methods.distilled import build_student, load_student, save_student
+
+    plain = genattr.get_method("distilled", **OPTS)
+    assert "scale_init" not in plain.config and "scale_init" not in plain._arch()
+    neg = genattr.get_method("distilled", **OPTS, scale_init=-1)
+    assert neg.config["scale_init"] == -1.0 and neg._arch()["scale_init"] == -1.0
+    student = build_student(12, neg._arch())
+    assert float(student.scale) == -1.0 and float(build_student(12, plain._arch()).scale) == 1.0
+    save_student(student, tmp_path / "s.safetensors", {"arch": neg._arch(), "in_dim": "12"})
+    back, md = load_student(tmp_path / "s.safetensors")
+    assert float(back.scale) == -1.0 and json.loads(md["arch"])["scale_init"] == -1.0
+    for bad in (0, "x", True):
+        with pytest.raises(UserError, match="scale_init"):
+            genattr.get_method("distilled", **OPTS, scale_init=bad)
+
+
 def test_student_file_is_safetensors_with_its_teachers_fingerprint(trained, tmp_path):
     from genattr.plugins.methods.distilled import load_student
 

@@ -103,15 +103,16 @@ class CustomizedModelBenchmark:
     def context(self, case_id: str, method, env: RunEnv, split: str = "test") -> AttributionContext:
         """The :class:`AttributionContext` a method sees for one concept: model = the concept's customized model,
         train set = the ``all`` pool; ``extra``: ``preset_hint``, ``base_model`` (the model every customized model
-        derives from, e.g. for a Fisher shared by all of them; built-in data) and ``training_concepts`` (built on
-        first access)."""
+        derives from, e.g. for a Fisher shared by all of them; built-in data), ``base_items`` (the pool's first
+        ``base_items`` items are base-model training images, the rest concept exemplars the base model never saw)
+        and ``training_concepts`` (built on first access)."""
         state = self._load(env, split)
         case = state.cases[case_id]
         model = self._model_for(case, env) if getattr(method, "needs_model", True) else None
         factories = {}
         if state.training_concepts is not None:
             factories["training_concepts"] = state.training_concepts
-        data = {"benchmark": self.name, "preset_hint": self.preset_hint}
+        data = {"benchmark": self.name, "preset_hint": self.preset_hint, "base_items": int(state.n_base)}
         if state.base_model is not None:
             data["base_model"] = state.base_model
         return AttributionContext(model=model, train_set=state.pool, cache=env.cache, device=env.device,

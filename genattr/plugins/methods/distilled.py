@@ -16,7 +16,12 @@ Pipeline (``prepare``; every step cached)
    every customized model of the Customized Model benchmark derives from, so **one** student serves every customized
    model (FastGDA's Stable Diffusion setting: the teacher ranks for the base model); ``"auto"`` (default) — ``base``
    under the benchmark preset hint ``customized``, else ``context``. The base model's teacher is resolved without
-   the hint (it is a model trained from scratch).
+   the hint (it is a model trained from scratch). With ``base``, when the context says how many leading items of
+   its training set are the base model's own training images (``ctx.extra["base_items"]``; the Customized Model
+   benchmark does), the student trains on those items only: the other items (the concepts' exemplars) are new to
+   the base model, so they are kept out of the ranked lists and of the out-of-list draws — otherwise they are drawn
+   as negatives for every training query and the student learns to rank exactly them last — and are embedded like
+   any unseen image when the index is built.
 2. **Features**: ``encoders`` — one registered encoder spec (``builtin:digits`` | ``builtin:shapes`` | ``clip:…`` |
    ``dino:…`` | ``dinov2:…`` | ``pixels:R``), ``"text:<clip spec>"`` for the CLIP text embedding of the training
    captions (mean of each item's captions) and of the query prompt, or a list of them, concatenated (FastGDA's best:
@@ -33,6 +38,11 @@ Pipeline (``prepare``; every step cached)
    weights (``towers="shared"``, as the public code; ``"separate"`` gives the query its own tower). Prediction
    ``p = a · cos(e_q, e_i) + b`` (learnable a = 1, b = 0 at start), loss BCE-with-logits against the targets, AdamW
    (``lr``), ``epochs`` passes over the (query, position) pairs in seeded random order, batches of ``batch_size``.
+   ``scale_init`` (not in the paper; default FastGDA's +1): the initial a. Items are ranked by ascending p, so with
+   a > 0 the student learns to place influential items *away* from the query, and an item whose features equal the
+   query's (a near-duplicate; cosine 1 through the shared tower) gets the worst score. On the Customized Model
+   miniature, whose object exemplars are near-duplicates of their queries, that ranks every exemplar last;
+   ``scale_init = -1`` starts from the mirror geometry (influential = close), which the targets then refine.
    Saved as **safetensors** with metadata: the teacher's fingerprint (its store key or rank-file sha256), the
    encoders' fingerprints and the architecture (cache namespace ``methods/distilled/student``; option ``weights``
    loads such a file instead of training, and ``save(path)`` writes one).
@@ -119,6 +129,8 @@ class DistilledMethod(ScalePresets):
         "index_k": 1000,
         "chunk": 65536,
     }
+    #: Options that enter the configuration only when given (so configurations without them keep their hashes).
+    OPTIONAL = {"scale_init": 1.0}
 
     def __init__(self, scale: str | None = None, **overrides):
         self._hint: str | None = None
@@ -167,6 +179,11 @@ class DistilledMethod(ScalePresets):
         if isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 or (isinstance(c, float) and c > 1
                                                                                  and c != int(c)):
             raise UserError(f"distilled: cutoff must be a count or a fraction of N in (0, 1], got {c!r}")
+        si = self.option(cfg, "scale_init")
+        if isinstance(si, bool) or not isinstance(si, (int, float)) or si == 0 or si != si:
+            raise UserError(f"distilled: scale_init must be a non-zero number, got {si!r}")
+        if "scale_init" in cfg:
+            cfg["scale_init"] = float(si)
         if not (0.0 <= float(cfg["prob_outlier"]) < 1.0) or not (0.0 <= float(cfg["dropout"]) < 1.0):
             raise UserError("distilled: prob_outlier and dropout must be in [0, 1)")
         # the teacher's own resolved configuration (recorded, so it enters the configuration hash)
@@ -320,15 +337,20 @@ class DistilledMethod(ScalePresets):
         count = int(round(float(c) * n)) if isinstance(c, float) and c <= 1 else int(c)
         return max(1, min(n, count))
 
-    def training_lists(self, qfeat, tfeat, ranks) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    def training_lists(self, qfeat, tfeat, ranks, items: int | None = None
+                       ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
         """Per training query: its ranked list (neighbours in feature space ordered by the teacher, best first), the
         sorted items out-of-list pairs may not use (its neighbours and the teacher's top ``cutoff``), and the cutoff
-        (see the module docstring). Similarities are computed 256 queries at a time."""
+        (see the module docstring). Similarities are computed 256 queries at a time. ``items``: only the first
+        ``items`` training items take part (neighbours, lists, out-of-list draws; the cutoff is a fraction of them);
+        the others are blocked for every query."""
         import torch.nn.functional as F
 
         n = tfeat.shape[0]
-        cutoff = self._cutoff(n)
-        t = F.normalize(tfeat.double(), dim=1)
+        m = n if items is None else max(1, min(n, int(items)))
+        cutoff = self._cutoff(m)
+        t = F.normalize(tfeat[:m].double(), dim=1)
+        outside = np.arange(m, n, dtype=np.int64)
         lists, blocked = [], []
         for a in range(0, len(ranks), 256):
             sims = (F.normalize(qfeat[a:a + 256].double(), dim=1) @ t.T).numpy()
@@ -336,11 +358,20 @@ class DistilledMethod(ScalePresets):
                 q = a + r
                 nn_set = np.argsort(-sims[r], kind="stable")[:cutoff]
                 known = ranks.top(q)
-                in_nn = np.zeros(n, dtype=bool)
+                known = known[known < m]
+                in_nn = np.zeros(m, dtype=bool)
                 in_nn[nn_set] = True
                 lists.append(known[in_nn[known]][:cutoff])
-                blocked.append(np.union1d(nn_set, known[:cutoff]).astype(np.int64))
+                blocked.append(np.union1d(np.union1d(nn_set, known[:cutoff]), outside).astype(np.int64))
         return lists, blocked, cutoff
+
+    def student_items(self, ctx) -> int | None:
+        """How many leading training items the student trains on: ``ctx.extra["base_items"]`` under
+        ``teacher_model="base"`` (the base model's own training images), else all (None)."""
+        if self.config["teacher_model"] != "base" or ctx.extra is None:
+            return None
+        v = ctx.extra.get("base_items") if hasattr(ctx.extra, "get") else None
+        return None if v is None else int(v)
 
     @staticmethod
     def free_items(blocked: list[np.ndarray], n: int, rows, u) -> np.ndarray:
@@ -358,23 +389,30 @@ class DistilledMethod(ScalePresets):
 
     def _arch(self) -> dict:
         cfg = self.config
-        return {"hidden": list(cfg["hidden"]), "out_dim": int(cfg["out_dim"]), "dropout": float(cfg["dropout"]),
+        arch = {"hidden": list(cfg["hidden"]), "out_dim": int(cfg["out_dim"]), "dropout": float(cfg["dropout"]),
                 "input_norm": bool(cfg["input_norm"]), "towers": cfg["towers"]}
+        if float(self.option(cfg, "scale_init")) != 1.0:  # absent at FastGDA's 1, so those students keep their keys
+            arch["scale_init"] = float(self.option(cfg, "scale_init"))
+        return arch
 
     def _train_key(self, ctx, teacher_fp: str) -> str:
         cfg = self.config
         recipe = {k: cfg[k] for k in ("cutoff", "prob_outlier", "lr", "epochs", "batch_size", "keep")}
+        items = self.student_items(ctx)
+        if items is not None:  # absent otherwise, so students trained on every item keep their cache keys
+            recipe["items"] = items
         return ctx.cache.key(self.name, self.version, "student", teacher_fp, ctx.train_set.fingerprint,
                              self.encoder_fingerprints(ctx), self._arch(), recipe, self._seed(ctx))
 
-    def train_student(self, qfeat, tfeat, ranks, seed: int) -> tuple[object, dict]:
-        """Train the student on (query features, training features, teacher rankings); deterministic for a seed."""
+    def train_student(self, qfeat, tfeat, ranks, seed: int, n_items: int | None = None) -> tuple[object, dict]:
+        """Train the student on (query features, training features, teacher rankings); deterministic for a seed.
+        ``n_items``: train on the first ``n_items`` training items only (:meth:`training_lists`)."""
         import torch
 
         from genattr.harness.seeding import derive_seed, generator
 
         cfg = self.config
-        lists, blocked, cutoff = self.training_lists(qfeat, tfeat, ranks)
+        lists, blocked, cutoff = self.training_lists(qfeat, tfeat, ranks, n_items)
         n = int(tfeat.shape[0])
         qi = np.concatenate([np.full(len(lst), q, dtype=np.int64) for q, lst in enumerate(lists)]) if lists else \
             np.zeros(0, np.int64)
@@ -386,7 +424,8 @@ class DistilledMethod(ScalePresets):
         worst = (cutoff - 1) / cutoff
         targets = torch.tensor(pos / cutoff, dtype=torch.float32)
         g = generator(seed, "distilled/train")
-        report = {"pairs": int(items.size), "cutoff": cutoff, "queries": len(lists), "losses": []}
+        report = {"pairs": int(items.size), "cutoff": cutoff, "queries": len(lists), "losses": [],
+                  "items": int(tfeat.shape[0]) if n_items is None else int(n_items)}
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "distilled/init") % (2**63 - 1))
@@ -448,7 +487,7 @@ class DistilledMethod(ScalePresets):
             with single_thread():
                 tfeat = self.train_features(ctx)
                 qfeat = self.query_features(ctx, queries)
-                student, report = self.train_student(qfeat, tfeat, ranks, self._seed(ctx))
+                student, report = self.train_student(qfeat, tfeat, ranks, self._seed(ctx), self.student_items(ctx))
             save_student(student, tmp / "student.safetensors", {
                 "teacher": ranks.fingerprint, "teacher_meta": ranks.meta, "encoders": self.encoder_specs(ctx),
                 "encoder_fingerprints": self.encoder_fingerprints(ctx), "arch": self._arch(),

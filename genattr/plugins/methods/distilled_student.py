@@ -35,7 +35,8 @@ def _mlp(n_in: int, hidden: Sequence[int], n_out: int, dropout: float, input_nor
 
 
 def build_student(n_in: int, arch: dict):
-    """The two-tower student (``arch``: ``hidden``, ``out_dim``, ``dropout``, ``input_norm``, ``towers``)."""
+    """The two-tower student (``arch``: ``hidden``, ``out_dim``, ``dropout``, ``input_norm``, ``towers``, optional
+    ``scale_init``: the initial scale a of ``p = a · cos + b``, default 1)."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -46,7 +47,7 @@ def build_student(n_in: int, arch: dict):
             self.query_tower = _mlp(n_in, arch["hidden"], arch["out_dim"], arch["dropout"], arch["input_norm"])
             self.train_tower = (self.query_tower if arch["towers"] == "shared" else
                                 _mlp(n_in, arch["hidden"], arch["out_dim"], arch["dropout"], arch["input_norm"]))
-            self.scale = nn.Parameter(torch.ones(1))
+            self.scale = nn.Parameter(torch.full((1,), float(arch.get("scale_init", 1.0))))
             self.bias = nn.Parameter(torch.zeros(1))
 
         def embed(self, x, tower: str = "train"):
