@@ -430,8 +430,8 @@ def update_draw_throughput(dataset_name: str, scale: str, batches: Sequence[int]
     torch.set_num_threads(int(threads))
     try:
         r = recipe(dataset_name, scale)
-        model = TinyT2I(resolution=int(r["dataset"].get("resolution", 16)), channels=1 if dataset_name == "digits" else 3, vocab=["a", "b", "c"],
-                        **r["model"])
+        model = TinyT2I(resolution=int(r["dataset"].get("resolution", 16)),
+                        channels=1 if dataset_name == "digits" else 3, vocab=["a", "b", "c"], **r["model"])
         q = Query(id="q", image=torch.rand(model.channels, model.resolution, model.resolution), prompt="a b c")
         params = model.parameters("cross-attn-kv")
         with torch.no_grad():

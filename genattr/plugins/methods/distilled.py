@@ -65,8 +65,8 @@ project's ``unlearning`` at the run's scale (the paper's AbU+ used an EK-FAC Fis
 neighbours of each training query; here every item is scored). Query features come from the image only unless a
 ``text:`` encoder is given (FastGDA's best used the prompt's CLIP text embedding as well).
 
-The student network, its safetensors files and the release-file helpers live in :mod:`.distilled_student` (imported
-here, so ``genattr.plugins.methods.distilled`` still exports them).
+The training lists, the student network, its safetensors files and the release-file helpers live in
+:mod:`.distilled_student` (imported here, so ``genattr.plugins.methods.distilled`` still exports them).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets
 from .distilled_student import (  # noqa: F401 - re-exported: tests and teacher_agreement import them from here
-    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, load_query_dir, load_student, save_student, student_state,
+    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, free_items, load_query_dir, load_student, ranked_lists,
+    save_student, student_state,
 )
 
 STUDENT_NS = "methods/distilled/student"
@@ -339,31 +340,10 @@ class DistilledMethod(ScalePresets):
 
     def training_lists(self, qfeat, tfeat, ranks, items: int | None = None
                        ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-        """Per training query: its ranked list (neighbours in feature space ordered by the teacher, best first), the
-        sorted items out-of-list pairs may not use (its neighbours and the teacher's top ``cutoff``), and the cutoff
-        (see the module docstring). Similarities are computed 256 queries at a time. ``items``: only the first
-        ``items`` training items take part (neighbours, lists, out-of-list draws; the cutoff is a fraction of them);
-        the others are blocked for every query."""
-        import torch.nn.functional as F
-
-        n = tfeat.shape[0]
-        m = n if items is None else max(1, min(n, int(items)))
-        cutoff = self._cutoff(m)
-        t = F.normalize(tfeat[:m].double(), dim=1)
-        outside = np.arange(m, n, dtype=np.int64)
-        lists, blocked = [], []
-        for a in range(0, len(ranks), 256):
-            sims = (F.normalize(qfeat[a:a + 256].double(), dim=1) @ t.T).numpy()
-            for r in range(sims.shape[0]):
-                q = a + r
-                nn_set = np.argsort(-sims[r], kind="stable")[:cutoff]
-                known = ranks.top(q)
-                known = known[known < m]
-                in_nn = np.zeros(m, dtype=bool)
-                in_nn[nn_set] = True
-                lists.append(known[in_nn[known]][:cutoff])
-                blocked.append(np.union1d(np.union1d(nn_set, known[:cutoff]), outside).astype(np.int64))
-        return lists, blocked, cutoff
+        """:func:`.distilled_student.ranked_lists` with this configuration's cutoff (of the first ``items`` training
+        items, or of all)."""
+        m = tfeat.shape[0] if items is None else max(1, min(int(tfeat.shape[0]), int(items)))
+        return ranked_lists(qfeat, tfeat, ranks, self._cutoff(m), items)
 
     def student_items(self, ctx) -> int | None:
         """How many leading training items the student trains on: ``ctx.extra["base_items"]`` under
@@ -373,26 +353,15 @@ class DistilledMethod(ScalePresets):
         v = ctx.extra.get("base_items") if hasattr(ctx.extra, "get") else None
         return None if v is None else int(v)
 
-    @staticmethod
-    def free_items(blocked: list[np.ndarray], n: int, rows, u) -> np.ndarray:
-        """The ``u[j]``-th item (ascending) *not* in ``blocked[rows[j]]`` for each j — out-of-list draws without
-        materialising the complements (``u[j]`` < n − len(blocked[rows[j]]))."""
-        rows = np.asarray(rows, dtype=np.int64)
-        u = np.asarray(u, dtype=np.int64)
-        starts = np.zeros(len(blocked) + 1, dtype=np.int64)
-        starts[1:] = np.cumsum([len(b) for b in blocked])
-        # b_j − j is non-decreasing within a query; offset each query's segment so the whole array is sorted
-        keys = np.concatenate([q * (n + 1) + (b - np.arange(len(b))) for q, b in enumerate(blocked)]) \
-            if starts[-1] else np.zeros(0, np.int64)
-        k = np.searchsorted(keys, rows * (n + 1) + u, side="right") - starts[rows]
-        return u + k
+    free_items = staticmethod(free_items)
 
     def _arch(self) -> dict:
         cfg = self.config
         arch = {"hidden": list(cfg["hidden"]), "out_dim": int(cfg["out_dim"]), "dropout": float(cfg["dropout"]),
                 "input_norm": bool(cfg["input_norm"]), "towers": cfg["towers"]}
-        if float(self.option(cfg, "scale_init")) != 1.0:  # absent at FastGDA's 1, so those students keep their keys
-            arch["scale_init"] = float(self.option(cfg, "scale_init"))
+        a0 = float(self.option(cfg, "scale_init"))
+        if a0 != 1.0:  # absent at FastGDA's 1, so those students keep their keys
+            arch["scale_init"] = a0
         return arch
 
     def _train_key(self, ctx, teacher_fp: str) -> str:

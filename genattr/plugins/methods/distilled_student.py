@@ -1,7 +1,7 @@
-"""The student of distilled attribution (:mod:`.distilled`) and its files: the two-tower MLP (:func:`build_student`),
-its safetensors I/O (:func:`save_student`, :func:`load_student`; format :data:`FORMAT`, version
-:data:`FORMAT_VERSION`, no pickle), and the helpers for an official release's files (:func:`load_query_dir`, the
-training-query images; ``_sha_file``)."""
+"""The student of distilled attribution (:mod:`.distilled`) and its files: its training lists (:func:`ranked_lists`,
+:func:`free_items`), the two-tower MLP (:func:`build_student`), its safetensors I/O (:func:`save_student`,
+:func:`load_student`; format :data:`FORMAT`, version :data:`FORMAT_VERSION`, no pickle), and the helpers for an
+official release's files (:func:`load_query_dir`, the training-query images; ``_sha_file``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,49 @@ from genattr.harness.errors import UserError
 
 FORMAT = "genattr-distilled"
 FORMAT_VERSION = "1"
+
+
+# -- training lists --------------------------------------------------------------------------------------------------
+def ranked_lists(qfeat, tfeat, ranks, cutoff: int, items: int | None = None
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Per training query: its ranked list (its ``cutoff`` neighbours in feature space ordered by the teacher, best
+    first), the sorted items out-of-list pairs may not use (its neighbours and the teacher's top ``cutoff``), and the
+    cutoff (see :mod:`.distilled`). Similarities are computed 256 queries at a time. ``items``: only the first
+    ``items`` training items take part (neighbours, lists, out-of-list draws); the others are blocked for every
+    query."""
+    import torch.nn.functional as F
+
+    n = tfeat.shape[0]
+    m = n if items is None else max(1, min(n, int(items)))
+    t = F.normalize(tfeat[:m].double(), dim=1)
+    outside = np.arange(m, n, dtype=np.int64)
+    lists, blocked = [], []
+    for a in range(0, len(ranks), 256):
+        sims = (F.normalize(qfeat[a:a + 256].double(), dim=1) @ t.T).numpy()
+        for r in range(sims.shape[0]):
+            q = a + r
+            nn_set = np.argsort(-sims[r], kind="stable")[:cutoff]
+            known = ranks.top(q)
+            known = known[known < m]
+            in_nn = np.zeros(m, dtype=bool)
+            in_nn[nn_set] = True
+            lists.append(known[in_nn[known]][:cutoff])
+            blocked.append(np.union1d(np.union1d(nn_set, known[:cutoff]), outside).astype(np.int64))
+    return lists, blocked, cutoff
+
+
+def free_items(blocked: list[np.ndarray], n: int, rows, u) -> np.ndarray:
+    """The ``u[j]``-th item (ascending) *not* in ``blocked[rows[j]]`` for each j — out-of-list draws without
+    materialising the complements (``u[j]`` < n − len(blocked[rows[j]]))."""
+    rows = np.asarray(rows, dtype=np.int64)
+    u = np.asarray(u, dtype=np.int64)
+    starts = np.zeros(len(blocked) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([len(b) for b in blocked])
+    # b_j − j is non-decreasing within a query; offset each query's segment so the whole array is sorted
+    keys = np.concatenate([q * (n + 1) + (b - np.arange(len(b))) for q, b in enumerate(blocked)]) \
+        if starts[-1] else np.zeros(0, np.int64)
+    k = np.searchsorted(keys, rows * (n + 1) + u, side="right") - starts[rows]
+    return u + k
 
 
 # -- the student ---------------------------------------------------------------------------------------------------
