@@ -348,9 +348,7 @@ class DistilledMethod(ScalePresets):
     def student_items(self, ctx) -> int | None:
         """How many leading training items the student trains on: ``ctx.extra["base_items"]`` under
         ``teacher_model="base"`` (the base model's own training images), else all (None)."""
-        if self.config["teacher_model"] != "base" or ctx.extra is None:
-            return None
-        v = ctx.extra.get("base_items") if hasattr(ctx.extra, "get") else None
+        v = (ctx.extra or {}).get("base_items") if self.config["teacher_model"] == "base" else None
         return None if v is None else int(v)
 
     free_items = staticmethod(free_items)
