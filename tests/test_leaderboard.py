@@ -473,3 +473,65 @@ def test_media_outside_the_run_directory_is_never_copied(tmp_path):
     leaderboard.render([tmp_path / "run"], "html", out=out)
     assert not (out / "media").exists() or not list((out / "media").rglob("*"))
     assert "no image" in (out / "method-a.html").read_text()
+
+
+# -- runs that differ only in their model seeds -----------------------------------------------------------------
+def _seed_run(directory, cfg, bhash, seed, model_seeds, methods, values):
+    """One customized-model run: rows of ``methods`` for two queries; ``model_seeds`` None = one model, the run
+    seed's (cells without params.model_seed), else one set of rows per seed."""
+    rows = []
+    seeds = [None] if model_seeds is None else model_seeds
+    for m in methods:
+        for s in seeds:
+            for q in range(2):
+                params = {"concept": "c", "query": q, "split": "style"}
+                if s is not None:
+                    params["model_seed"] = s
+                v = values(m, seed if s is None else s, q)
+                r = _row("customized-model", m, f"{m}/{'' if s is None else f's{s}/'}c/q{q}", {"split": "style"},
+                         {"ap": v}, {"ap": True}, bhash=bhash, params=params, mcfg={"alpha": 1e-2},
+                         extra={"query_id": f"c/q{q}", "concept": "c"})
+                r["seed"] = seed
+                rows.append(r)
+    run = {"schema_version": 1, "genattr_version": "0.1.0", "status": "complete", "config_hash": "c" * 64,
+           "seed": seed, "benchmarks": {"customized-model": {
+               "version": "1", "config": {**cfg, "model_seeds": model_seeds}, "config_hash": bhash}}}
+    _write(directory, rows, run=run)
+    return directory
+
+
+def test_runs_differing_only_in_model_seeds_pool_into_one_board(tmp_path, capsys):
+    cfg = {"scale": "tiny", "queries_per_concept": 2}
+    def values(m, s, q):
+        return {"pixel": 0.5, "unlearning": 0.1 * (s + 1) + 0.01 * q}[m]
+    a = _seed_run(tmp_path / "a", cfg, "1" * 64, 0, None, ["unlearning", "pixel"], values)     # seed 0, no list
+    b = _seed_run(tmp_path / "b", cfg, "2" * 64, 0, [0, 1, 2], ["pixel"], values)              # seed 0 again
+    c = _seed_run(tmp_path / "c", cfg, "3" * 64, 0, [1, 2], ["unlearning"], values)             # extends a
+    d = _seed_run(tmp_path / "d", {**cfg, "queries_per_concept": 4}, "4" * 64, 0, [3], ["pixel"], values)
+    doc = json.loads(leaderboard.render([a, b, c, d], "json"))
+    boards = {x["config_hash"][:8]: x for x in doc["benchmarks"]}
+    assert len(boards) == 2 and "44444444" in boards  # another config never pools
+    pooled = next(x for k, x in boards.items() if k != "44444444")
+    assert pooled["config_hashes"] == ["1" * 64, "2" * 64, "3" * 64] and pooled["model_seeds"] == [0, 1, 2]
+    # pixel's seed-0 rows appear in a and b: counted once; the two unlearning runs are one method, not two
+    assert pooled["methods"] == ["unlearning", "pixel"] and pooled["cells"] == 12
+    stat = {r["method"]: r for r in pooled["summary"]}
+    assert stat["pixel"]["n"] == 6 and stat["unlearning"]["n"] == 6
+    assert stat["unlearning"]["mean"] == pytest.approx(np.mean([0.1, 0.11, 0.2, 0.21, 0.3, 0.31]))
+    # paired on (query, model seed): unlearning − pixel over all six queries, not a mixture
+    assert stat["unlearning"]["n_best_other"] == 6
+    assert stat["unlearning"]["diff_best_other"] == pytest.approx(np.mean([0.1, 0.11, 0.2, 0.21, 0.3, 0.31]) - 0.5)
+    md = leaderboard.render([a, b, c], "md")
+    assert "3 configs pooled over model seeds 0, 1, 2" in md
+    # --separate-seeds keeps one board per run configuration
+    assert main(["leaderboard", str(a), str(b), str(c), "--separate-seeds", "--format", "json"]) in (0, None)
+    sep = json.loads(capsys.readouterr().out)
+    assert len(sep["benchmarks"]) == 3
+
+
+def test_the_site_labels_queries_by_model_seed(tmp_path):
+    cfg = {"scale": "tiny"}
+    a = _seed_run(tmp_path / "a", cfg, "1" * 64, 0, [0, 1], ["pixel", "random"], lambda m, s, q: 0.5)
+    leaderboard.render([a], "html", out=tmp_path / "site")
+    page = next((tmp_path / "site").rglob("*pixel*.html")).read_text()
+    assert "s1/c/q0" in page and "s0/c/q0" in page  # the same query id of two base models, told apart

@@ -19,12 +19,16 @@ LEADERBOARD_FORMATS = ("md", "csv", "html", "json")
 @click.option("--figures", metavar="DIR", help="Also save every benchmark's figure as a PNG in DIR.")
 @click.option("--include-unverified", is_flag=True,
               help="Keep cells of customized models that failed verification in the numbers (flagged either way).")
-def leaderboard_command(dirs, fmt, out, figures, include_unverified):
+@click.option("--separate-seeds", is_flag=True,
+              help="One board per run configuration: do not pool runs that differ only in their model seeds "
+                   "(model_seeds, or --seed where a run has none).")
+def leaderboard_command(dirs, fmt, out, figures, include_unverified, separate_seeds):
     """Tables (mean ± s.e. and n, paired differences with 95 % bootstrap intervals, best marked only when
     separated), figures and a static HTML site from the results in DIRS alone — no models needed."""
     from genattr.harness import leaderboard
 
-    text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures, include_unverified=include_unverified)
+    text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures, include_unverified=include_unverified,
+                              pool_seeds=not separate_seeds)
     if out is None:
         click.echo(text, nl=False)
     elif fmt == "html":

@@ -1,5 +1,11 @@
 """Loading stored results and summarising them into boards: one per (benchmark, benchmark configuration).
 
+Runs whose benchmark configuration differs only in the model seeds (``model_seeds``, or the run seed where a run has
+none) share one board: their queries pool, each row paired on its model seed (``params["model_seed"]``, the run seed
+for rows without one), and a cell present in two runs counts once. So a run extended later with more seeds, or a
+benchmark run once per ``--seed``, reads as one table. The run.json of each directory says which configuration its
+rows have; rows whose configuration it does not hold stay on their own board.
+
 A board holds, for every (method, group, metric column), the mean ± standard error over the group's cells, n, and
 the paired comparisons of :mod:`genattr.harness.statistics` (rows of different methods are paired by the canonical
 JSON of their ``params``: the query's identity). Cells of customized models that failed their verification
@@ -8,6 +14,7 @@ JSON of their ``params``: the query's identity). Cells of customized models that
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -198,6 +205,8 @@ class Board:
     reference: str | None
     directories: list[str] = field(default_factory=list)
     figure: bytes | None = None
+    config_hashes: list[str] = field(default_factory=list)  # the runs' benchmark configuration hashes pooled here
+    model_seeds: list[int] = field(default_factory=list)     # the model seeds pooled (when more than one config)
 
     @property
     def slug(self) -> str:
@@ -325,26 +334,97 @@ def _metric_info(runs: dict[str, dict], bench: str, bhash: str) -> dict[str, dic
     return found
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                     default=str).encode()).hexdigest()
+
+
+def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, str], str]:
+    """(benchmark, benchmark config hash) -> the hash of that configuration without ``model_seeds``, for every
+    configuration some run.json states (the run seed is not part of a benchmark's config, only of its hash)."""
+    configs: dict[tuple[str, str], Any] = {}
+    for run in runs.values():
+        for name, b in ((run or {}).get("benchmarks") or {}).items():
+            if isinstance(b, dict) and isinstance(b.get("config"), dict) and b.get("config_hash"):
+                configs.setdefault((str(name), str(b["config_hash"])), b["config"])
+    out = {}
+    for r in rows:
+        key = (str(r.get("benchmark", "?")), str(r.get("benchmark_config_hash", "")))
+        if key in configs and key not in out:
+            cfg = {k: v for k, v in configs[key].items() if k != "model_seeds"}
+            out[key] = _digest({"benchmark": key[0], "version": str(r.get("benchmark_version", "")), "config": cfg})
+    return out
+
+
+def model_seed_of(row: dict) -> int | None:
+    """The seed of the model a row's query came from: ``params["model_seed"]``, else the run seed."""
+    p = row.get("params") if isinstance(row.get("params"), dict) else {}
+    s = p.get("model_seed", row.get("seed"))
+    return int(s) if _is_number(s) else None
+
+
+def _pool_rows(brow: list[dict]) -> list[dict]:
+    """Rows of several runs on one board: each row's params carry its model seed (copies; the stored rows are not
+    touched), and a cell two runs both hold (same method configuration, same query) is kept once, first seen."""
+    out, seen = [], set()
+    for r in brow:
+        p = dict(r.get("params")) if isinstance(r.get("params"), dict) else {}
+        s = model_seed_of(r)
+        if s is not None:
+            p["model_seed"] = s
+        r = {**r, "params": p}
+        key = (_method_identity(r), pair_key(r))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
+
+
+def _method_identity(r: dict) -> str:
+    """What makes two rows the same method configuration across runs: name, version and resolved config (the
+    row's ``config_hash`` also covers the benchmark configuration, which differs between pooled runs)."""
+    if "method_config" not in r:
+        return str(r.get("config_hash", ""))
+    return _digest([str(r.get("method", "?")), str(r.get("method_version", "")), r.get("method_config")])
+
+
 def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unverified: bool = False,
-              n_boot: int = statistics.N_BOOT) -> list[Board]:
-    """Group rows into one :class:`Board` per (benchmark, benchmark configuration)."""
+              n_boot: int = statistics.N_BOOT, pool_seeds: bool = True) -> list[Board]:
+    """Group rows into one :class:`Board` per (benchmark, benchmark configuration); with ``pool_seeds``,
+    configurations that differ only in their model seeds share a board (module docstring)."""
     runs = runs or {}
+    seedless = _seedless_keys(rows, runs) if pool_seeds else {}
     by_bench: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        by_bench.setdefault((str(r.get("benchmark", "?")), str(r.get("benchmark_config_hash", ""))), []).append(r)
+        key = (str(r.get("benchmark", "?")), str(r.get("benchmark_config_hash", "")))
+        if key in seedless:
+            key = (key[0], "seeds:" + seedless[key])
+        by_bench.setdefault(key, []).append(r)
     names = [b for b, _ in by_bench]
     boards = []
-    for (bench, bhash), brow in by_bench.items():
+    for (bench, bkey), brow in by_bench.items():
+        member_hashes = list(dict.fromkeys(str(r.get("benchmark_config_hash", "")) for r in brow))
+        pooled = len(member_hashes) > 1
+        bhash = bkey[len("seeds:"):] if pooled else member_hashes[0]
+        if pooled:
+            brow = _pool_rows(brow)
         # method labels: the name, plus a short config hash where one name has several configurations
         cfgs: dict[str, list[str]] = {}
+        first_hash: dict[str, str] = {}
         for r in brow:
+            ident = _method_identity(r)
+            first_hash.setdefault(ident, str(r.get("config_hash", "")))
             lst = cfgs.setdefault(str(r.get("method", "?")), [])
-            if r.get("config_hash", "") not in lst:
-                lst.append(r.get("config_hash", ""))
+            if ident not in lst:
+                lst.append(ident)
 
         def label_of(r: dict) -> str:
             m = str(r.get("method", "?"))
-            return m if len(cfgs[m]) == 1 else f"{m}@{str(r.get('config_hash', ''))[:6]}"
+            return m if len(cfgs[m]) == 1 else f"{m}@{first_hash[_method_identity(r)][:6]}"
+
+        for r in brow:
+            r["_label"] = label_of(r)
 
         excluded = [r for r in brow if is_unverified(r)]
         unverified = list(dict.fromkeys(c for c in (concept_of(r) for r in excluded) if c))
@@ -360,7 +440,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
                 if k not in seen_cols:
                     seen_cols.append(k)
         keys = [k for k in hib if k in seen_cols] + [k for k in seen_cols if k not in hib]
-        info = _metric_info(runs, bench, bhash)
+        info = _metric_info(runs, bench, member_hashes[0])
         columns: dict[str, Column] = {}
         for k in keys:
             base, _, pool = k.partition("/")
@@ -393,7 +473,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
         groups = sorted(gvals, key=gsort)
         methods = list(dict.fromkeys(label_of(r) for r in brow))
         method_names = {label_of(r): str(r.get("method", "?")) for r in brow}
-        method_hashes = {label_of(r): str(r.get("config_hash", "")) for r in brow}
+        method_hashes = {label_of(r): first_hash[_method_identity(r)] for r in brow}
         refs = [m for m in methods if method_names[m] == REFERENCE_METHOD]
         reference = refs[0] if len(refs) == 1 else None
         # values: (group, column) -> method -> pairing key -> [values]
@@ -427,6 +507,8 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             method_hashes=method_hashes, stats=stats, rows=kept, excluded=excluded, unverified=unverified,
             include_unverified=include_unverified, reference=reference,
             directories=list(dict.fromkeys(r["_dir"] for r in brow if "_dir" in r)),
+            config_hashes=member_hashes,
+            model_seeds=sorted({s for s in map(model_seed_of, brow) if s is not None}) if pooled else [],
         ))
     return boards
 
@@ -436,7 +518,11 @@ def caption(board: Board) -> str:
     parts = [f"version {board.version}"]
     if board.scale:
         parts.append(f"scale {board.scale}")
-    parts.append(f"config {board.config_hash[:12]}")
+    if len(board.config_hashes) > 1:
+        parts.append(f"{len(board.config_hashes)} configs pooled over model seeds "
+                     + ", ".join(map(str, board.model_seeds)))
+    else:
+        parts.append(f"config {board.config_hash[:12]}")
     parts.append(f"{board.cells} cells")
     if board.label_keys:
         parts.append("groups by " + ", ".join(board.label_keys))

@@ -171,14 +171,17 @@ class _Media:
 
 def _query_label(row: dict, board: Board) -> str:
     extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
-    if extra.get("query_id") is not None:
-        return str(extra["query_id"])
     params = row.get("params") if isinstance(row.get("params"), dict) else {}
+    if extra.get("query_id") is not None:
+        seed = params.get("model_seed")  # the same query id recurs once per model seed
+        return str(extra["query_id"]) if seed is None else f"s{seed}/{extra['query_id']}"
     rest = {k: v for k, v in params.items() if k not in board.group_keys}
     return ", ".join(f"{k}={v}" for k, v in rest.items()) or str(row.get("cell_id", ""))
 
 
 def _label_for(board: Board, row: dict) -> str:
+    if row.get("_label") in board.method_names:
+        return row["_label"]
     m = str(row.get("method", "?"))
     cands = [x for x in board.methods if board.method_names[x] == m]
     if len(cands) == 1:

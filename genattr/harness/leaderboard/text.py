@@ -146,7 +146,7 @@ def to_csv(boards: list[Board]) -> str:
 def board_json(b: Board) -> dict:
     return {
         "title": b.title, "benchmark": b.benchmark, "version": b.version, "config_hash": b.config_hash,
-        "scale": b.scale, "group_keys": b.group_keys, "label_keys": b.label_keys, "metrics": b.metrics,
+        "config_hashes": b.config_hashes, "model_seeds": b.model_seeds, "scale": b.scale, "group_keys": b.group_keys, "label_keys": b.label_keys, "metrics": b.metrics,
         "columns": {k: {"display": c.display, "unit": c.unit, "pool": c.pool, "metric": c.metric,
                         "higher_is_better": c.higher_is_better, "scale_exponent": -c.exp, "decimals": c.decimals}
                     for k, c in b.columns.items()},
