@@ -521,8 +521,16 @@ def test_runs_differing_only_in_model_seeds_pool_into_one_board(tmp_path, capsys
     # paired on (query, model seed): unlearning − pixel over all six queries, not a mixture
     assert stat["unlearning"]["n_best_other"] == 6
     assert stat["unlearning"]["diff_best_other"] == pytest.approx(np.mean([0.1, 0.11, 0.2, 0.21, 0.3, 0.31]) - 0.5)
+    # the mean per model seed beside the pooled one: unlearning 0.105 / 0.205 / 0.305, pixel 0.5 on each
+    per = {(r["method"], r["model_seed"]): (r["mean"], r["n"]) for r in pooled["by_model_seed"]}
+    assert per[("unlearning", 1)][0] == pytest.approx(0.205) and per[("unlearning", 1)][1] == 2
+    assert per[("pixel", 2)] == (0.5, 2) and len(per) == 6
     md = leaderboard.render([a, b, c], "md")
     assert "3 configs pooled over model seeds 0, 1, 2" in md
+    seed_table = md[md.index("Per model seed"):]
+    assert "mAP seed 2 (n)" in seed_table and "0.305 (2)" in seed_table and "0.200" in seed_table  # max − min
+    # one model: no per-seed table
+    assert "Per model seed" not in leaderboard.render([a], "md")
     # --separate-seeds keeps one board per run configuration
     assert main(["leaderboard", str(a), str(b), str(c), "--separate-seeds", "--format", "json"]) in (0, None)
     sep = json.loads(capsys.readouterr().out)

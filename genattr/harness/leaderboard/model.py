@@ -207,6 +207,13 @@ class Board:
     figure: bytes | None = None
     config_hashes: list[str] = field(default_factory=list)  # the runs' benchmark configuration hashes pooled here
     model_seeds: list[int] = field(default_factory=list)     # the model seeds pooled (when more than one config)
+    # (method, group, column) -> model seed -> {"mean", "n"}: filled when the rows hold two or more model seeds
+    by_seed: dict[tuple[str, str, str], dict[int, dict]] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The model seeds the per-seed means cover (empty when the rows come from one model)."""
+        return sorted({s for per in self.by_seed.values() for s in per})
 
     @property
     def slug(self) -> str:
@@ -389,6 +396,26 @@ def _method_identity(r: dict) -> str:
     return _digest([str(r.get("method", "?")), str(r.get("method_version", "")), r.get("method_config")])
 
 
+def _per_seed_means(rows: list[dict], label_keys: list[str]) -> dict[tuple[str, str, str], dict[int, dict]]:
+    """Mean and n per model seed of every (method label, group, column), when the rows hold two or more model
+    seeds (``params.model_seed``): how far the base models disagree, beside the pooled mean."""
+    seeds = {s for s in (r.get("params", {}).get("model_seed") if isinstance(r.get("params"), dict) else None
+                         for r in rows) if _is_number(s)}
+    if len(seeds) < 2:
+        return {}
+    acc: dict[tuple[str, str, str], dict[int, list[float]]] = {}
+    for r in rows:
+        s = (r.get("params") or {}).get("model_seed")
+        if not _is_number(s):
+            continue
+        g = group_label(r.get("group") or {}, label_keys)
+        for k, v in (r.get("metrics") or {}).items():
+            if _finite(v):
+                acc.setdefault((r["_label"], g, k), {}).setdefault(int(s), []).append(float(v))
+    return {key: {s: {"mean": sum(v) / len(v), "n": len(v)} for s, v in sorted(per.items())}
+            for key, per in acc.items()}
+
+
 def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unverified: bool = False,
               n_boot: int = statistics.N_BOOT, pool_seeds: bool = True) -> list[Board]:
     """Group rows into one :class:`Board` per (benchmark, benchmark configuration); with ``pool_seeds``,
@@ -496,6 +523,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
                                              n_boot=n_boot)
             for m, s in cmp["methods"].items():
                 stats[(m, g, k)] = {**s, "best": cmp["best"] == m}
+        by_seed = _per_seed_means(kept, label_keys)
         for k, col in columns.items():
             _choose_format(col, [s for (m, g, kk), s in stats.items() if kk == k])
         scale = brow[0].get("scale")
@@ -507,7 +535,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             method_hashes=method_hashes, stats=stats, rows=kept, excluded=excluded, unverified=unverified,
             include_unverified=include_unverified, reference=reference,
             directories=list(dict.fromkeys(r["_dir"] for r in brow if "_dir" in r)),
-            config_hashes=member_hashes,
+            config_hashes=member_hashes, by_seed=by_seed,
             model_seeds=sorted({s for s in map(model_seed_of, brow) if s is not None}) if pooled else [],
         ))
     return boards

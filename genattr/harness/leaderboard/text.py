@@ -60,11 +60,8 @@ def _wrap(text: str, width: int = MD_WIDTH) -> str:
     return "\n".join(textwrap.wrap(text, width=width, break_long_words=False, break_on_hyphens=False))
 
 
-def board_tables(board: Board, pool: str | None, width: int = MD_WIDTH, bold=("**", "**")) -> list[list[str]]:
-    """One pool's long table (rows: group × method) split to fit ``width``."""
-    cols = board.pool_columns(pool)
-    order = [(g, m) for g in board.groups for m in board.methods
-             if any((m, g, c.key) in board.stats for c in cols)]
+def _row_labels(board: Board, order: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """The fixed columns of a group × method table: the group (shown once per run of rows) and the method."""
     fixed: list[tuple[str, list[str]]] = []
     if board.label_keys:
         glabels, last = [], None
@@ -73,6 +70,15 @@ def board_tables(board: Board, pool: str | None, width: int = MD_WIDTH, bold=("*
             last = g
         fixed.append((" / ".join(board.label_keys), glabels))
     fixed.append(("method", [m for _, m in order]))
+    return fixed
+
+
+def board_tables(board: Board, pool: str | None, width: int = MD_WIDTH, bold=("**", "**")) -> list[list[str]]:
+    """One pool's long table (rows: group × method) split to fit ``width``."""
+    cols = board.pool_columns(pool)
+    order = [(g, m) for g in board.groups for m in board.methods
+             if any((m, g, c.key) in board.stats for c in cols)]
+    fixed = _row_labels(board, order)
     fixed.append(("n", [str(board.n_label(m, g)) for g, m in order]))
     values: list[tuple[str, list[str]]] = []
     for c in cols:
@@ -94,6 +100,30 @@ def board_tables(board: Board, pool: str | None, width: int = MD_WIDTH, bold=("*
     return fit_tables(fixed, values, width)
 
 
+def seed_tables(board: Board, width: int = MD_WIDTH) -> list[list[str]]:
+    """The headline column's mean per model seed (rows: group × method) and its spread (max − min over seeds)."""
+    seeds = board.seeds
+    cols = board.pool_columns(board.pools[0]) if board.columns else []
+    if len(seeds) < 2 or not cols:
+        return []
+    head = cols[0]
+    order = [(g, m) for g in board.groups for m in board.methods if (m, g, head.key) in board.by_seed]
+    fixed = _row_labels(board, order)
+    values = []
+    for s in seeds:
+        cells = []
+        for g, m in order:
+            st = board.by_seed[(m, g, head.key)].get(s)
+            cells.append("–" if st is None else f"{head.num(st['mean'])} ({st['n']})")
+        values.append((f"{head.display} seed {s} (n)", cells))
+    spread = []
+    for g, m in order:
+        means = [st["mean"] for st in board.by_seed[(m, g, head.key)].values()]
+        spread.append(head.num(max(means) - min(means)) if len(means) > 1 else "–")
+    values.append(("max − min", spread))
+    return fit_tables(fixed, values, width)
+
+
 def to_markdown(boards: list[Board], figure_links: dict[str, str] | None = None, width: int = MD_WIDTH) -> str:
     out = [_wrap(LEGEND, width), ""] if boards else []
     for b in boards:
@@ -109,6 +139,14 @@ def to_markdown(boards: list[Board], figure_links: dict[str, str] | None = None,
                 note = b.pool_note(pool)
                 out.append("\n" + _wrap(f"{label}: {note}" if note else label, width))
             for t in board_tables(b, pool, width):
+                out.append("")
+                out.extend(t)
+        tables = seed_tables(b, width)
+        if tables:
+            out.append("\n" + _wrap(f"Per model seed ({b.headline(b.pools[0]).header(arrow=False)}, mean over the seed's "
+                                     "cells, n in brackets): the spread between base models beside the pooled mean.",
+                                     width))
+            for t in tables:
                 out.append("")
                 out.extend(t)
         if figure_links and b.title in figure_links:
@@ -153,6 +191,8 @@ def board_json(b: Board) -> dict:
         "higher_is_better": b.higher_is_better, "methods": b.methods, "groups": b.groups, "cells": b.cells,
         "reference": b.reference, "unverified_concepts": b.unverified, "unverified_cells": len(b.excluded),
         "unverified_included": b.include_unverified, "summary": b.summary(),
+        "by_model_seed": [{"method": m, "group": g, "metric": k, "model_seed": s, **st}
+                          for (m, g, k), per in b.by_seed.items() for s, st in per.items()],
     }
 
 
