@@ -279,3 +279,32 @@ def test_tasks_option_errors(abc_root, tmp_path):
         _bench(abc_root, tasks=3)
     with pytest.raises(UserError, match="repeats the image"):
         _bench(abc_root, tasks=_task_file(tmp_path, [TASKS[0], TASKS[0]])).concept_specs()
+
+
+def test_a_method_needing_context_the_benchmark_never_offers_is_refused_before_any_cell(tmp_path, capsys):
+    """abc-clip without a mappers file needs training concepts; leave-k-out has none: the run stops before the
+    first cell (not after random's), with a one-line error naming the way out. distilled's base-model teacher
+    likewise. With a mappers file abc-clip passes the check."""
+    from genattr.cli import main
+    from genattr.harness.errors import UserError
+    from genattr.harness.run import build_spec, run
+
+    out = tmp_path / "o"
+    capsys.readouterr()
+    rc = main(["run", "leave-k-out", "--scale", "tiny", "-m", "random", "-m", "abc-clip", "--out", str(out),
+               "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc not in (0, None) and len(err) == 1
+    assert "abc-clip cannot run on leave-k-out" in err[0] and "abc-clip.mappers=FILE" in err[0]
+    assert not (out / "results.jsonl").exists()
+    spec = build_spec(["leave-k-out"], ["distilled"], scale="tiny", sets=['distilled.teacher_model="base"'],
+                      out=str(tmp_path / "d"), device="cpu", quiet=True)
+    with pytest.raises(UserError, match="distilled cannot run on leave-k-out.*base_model"):
+        run(spec)
+    # the check itself: what each side declares
+    import genattr
+
+    abc = genattr.get_method("abc-clip")
+    assert abc.required_extra(abc.config) == ("training_concepts",)
+    assert abc.required_extra({**abc.config, "mappers_sha256": "0" * 64}) == ()
+    assert "training_concepts" in CustomizedModelBenchmark.provides_extra

@@ -53,6 +53,8 @@ class Counterfactual:
     ``guidance_scale``, ``loss_stride``, ``retrain``; ``NAME`` and ``VERSION`` key its cache entries."""
 
     NAME = "counterfactual"
+    #: what the attribution context's ``extra`` carries (the base model is the context's model itself)
+    provides_extra = ("benchmark", "preset_hint")
     VERSION = "1"
 
     # -- datasets ---------------------------------------------------------------------------------------------------

@@ -202,6 +202,11 @@ class AttributionMethod(Protocol):
     and workers call it again before their cells; it must set ``config`` to the value it returns. Methods whose
     configuration does not depend on the scale need not define it. A benchmark also offers its hint to the method
     as ``ctx.extra["preset_hint"]``.
+
+    Optional: ``required_extra(config) -> Sequence[str]`` — the ``ctx.extra`` keys the method cannot run without
+    under the resolved ``config`` (abc-clip without a mappers file: ``"training_concepts"``). The runner checks
+    them against each benchmark's ``provides_extra`` before any cell runs, so a pairing that cannot work fails
+    at once instead of after the other methods' cells.
     """
 
     name: str
@@ -279,7 +284,9 @@ class Benchmark(Protocol):
     it from the metric registry entries they resolve with ``genattr.get_metric``); ``preset_hint`` — a string
     handed to every method's ``resolve_config`` (see :class:`AttributionMethod`); ``run_cells(cells, method,
     env)`` — a generator of ``(cell, metrics)`` for cells sharing a ``batch`` key, in any order (the runner writes
-    each row as it comes); ``summarize(rows)``."""
+    each row as it comes); ``summarize(rows)``; ``provides_extra`` — every ``ctx.extra`` key the benchmark's
+    contexts may carry (a superset: a key may still be absent for some data), checked against the methods'
+    ``required_extra`` before the run (not checked when the benchmark does not declare it)."""
 
     name: str
     version: str

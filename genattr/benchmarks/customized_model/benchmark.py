@@ -16,6 +16,9 @@ class CustomizedModelBenchmark:
     """Customized Model benchmark (see :mod:`genattr.benchmarks.customized_model`). Config: ``scale`` plus any key
     of :data:`~.config.COMMON_DEFAULTS` / :data:`~.config.SCALE_DEFAULTS`."""
 
+    #: what :meth:`context` may put in ``ctx.extra`` (base_model and training_concepts only on built-in data)
+    provides_extra = ("benchmark", "preset_hint", "base_items", "base_model", "training_concepts")
+
     name = "customized-model"
     #: 2: the built-in style concepts a 16 px model can learn (test: night, sunset, stripes, glow; train: sepia,
     #: palette-shift, crimson, shadow); the pool carries its base dataset's name.

@@ -279,6 +279,18 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
             pair[(b, m)] = {"method": method, "config": cfg, "version": v, "plugin": getattr(method, "plugin", None),
                             "hash": config_hash(bench_info[b]["config_hash"], m, v, cfg)}
 
+    # a method that needs context the benchmark never offers fails now, not after the other methods' cells
+    for (b, m), p in pair.items():
+        offers = getattr(benches[b], "provides_extra", None)
+        needs = getattr(p["method"], "required_extra", None)
+        if offers is None or not callable(needs):
+            continue
+        missing = [k for k in (needs(p["config"]) or ()) if k not in set(offers)]
+        if missing:
+            hint = getattr(p["method"], "required_extra_hint", "")
+            raise UserError(f"{m} cannot run on {b}: it needs ctx.extra[{missing[0]!r}], which {b} does not "
+                            f"offer" + (f"; {hint}" if hint else ""))
+
     # never mix configurations in one directory
     existing = read_rows(out) if out.is_dir() else []
     held: dict[tuple[str, str], set[str]] = {}

@@ -274,6 +274,15 @@ class _AbcMethod:
         return get_encoder(spec, cache=ctx.cache, device=ctx.device, setting=f"{self.name}.backbone",
                            batch_size=self.config["encoder_batch_size"])
 
+    @property
+    def required_extra_hint(self) -> str:
+        return (f"pass trained mappers with {self.name}.mappers=FILE (written by {self.name}.save_mappers=FILE on "
+                "customized-model)")
+
+    def required_extra(self, config: dict) -> tuple[str, ...]:
+        """Training the mappers needs the benchmark's training concepts; a mappers file needs nothing."""
+        return () if "mappers_sha256" in config else ("training_concepts",)
+
     # -- protocol --------------------------------------------------------------------------------------------
     def prepare(self, ctx: AttributionContext) -> None:
         from genattr.harness.cache import Cache

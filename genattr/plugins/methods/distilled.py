@@ -149,6 +149,12 @@ class DistilledMethod(ScalePresets):
             self.config = self._resolve(target)
         return self.config
 
+    required_extra_hint = "use distilled.teacher_model=context"
+
+    def required_extra(self, config: dict) -> tuple[str, ...]:
+        """The base model's teacher needs the benchmark's base model (customized-model on built-in data)."""
+        return ("base_model",) if config.get("teacher_model") == "base" else ()
+
     def _config_for(self, ctx) -> dict:
         extra = ctx.extra if ctx.extra is not None else {}
         hint = extra.get("preset_hint") if hasattr(extra, "get") else None
