@@ -543,3 +543,5 @@ def test_the_site_labels_queries_by_model_seed(tmp_path):
     leaderboard.render([a], "html", out=tmp_path / "site")
     page = next((tmp_path / "site").rglob("*pixel*.html")).read_text()
     assert "s1/c/q0" in page and "s0/c/q0" in page  # the same query id of two base models, told apart
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "Per model seed" in index and "seed 1" in index and "max − min" in index

@@ -137,6 +137,36 @@ def matrix_table(board: Board, pool: str | None, tid: str, method_pages: dict[st
     return {"id": tid, "caption": "", "headers": headers, "rows": rows, "header_groups": header_groups}
 
 
+def seed_table(board: Board, tid: str, method_pages: dict[str, str]) -> dict | None:
+    """The headline column's mean per model seed: methods × (group, seed), plus the spread (max − min) per group;
+    None when the board's rows come from one model."""
+    seeds = board.seeds
+    if len(seeds) < 2 or not board.columns:
+        return None
+    c = board.headline(board.pools[0])
+    headers = [_head("Method", 0, first="asc", numeric=False)]
+    header_groups = [{"text": "", "span": 1}]
+    for g in board.groups:
+        header_groups.append({"text": f"{c.header(arrow=False)} · {g}", "span": len(seeds) + 1})
+        for sd in seeds:
+            headers.append(_head(f"seed {sd}", len(headers), title=f"{c.key}, {g}, model seed {sd}", first=_first(c)))
+        headers.append(_head("max − min", len(headers), title=f"spread over model seeds, {g}", first="asc"))
+    rows = []
+    for m in board.methods:
+        cells = [_cell(m, sort=m, href=method_pages.get(m, ""), cls="name")]
+        for g in board.groups:
+            per = board.by_seed.get((m, g, c.key), {})
+            for sd in seeds:
+                st = per.get(sd)
+                cells.append(_cell("–" if st is None else c.num(st["mean"]), sort=None if st is None else st["mean"],
+                                   title="" if st is None else f"n = {st['n']}"))
+            means = [st["mean"] for st in per.values()]
+            spread = max(means) - min(means) if len(means) > 1 else None
+            cells.append(_cell("–" if spread is None else c.num(spread), sort=spread))
+        rows.append({"cells": cells})
+    return {"id": tid, "caption": "", "headers": headers, "rows": rows, "header_groups": header_groups}
+
+
 class _Media:
     """Copies the thumbnails rows name (paths relative to their run directory) into ``SITE/media/<run>/``."""
 
@@ -361,6 +391,7 @@ def render_site(boards: list[Board], runs: dict[str, dict], out_dir: str | os.Pa
         bctx.append({"title": b.title, "slug": b.slug, "caption": caption(b), "note": unverified_note(b),
                      "note_included": b.include_unverified, "pools": pools, "dirs": b.directories,
                      "config_hash": b.config_hash, "group_by": " / ".join(b.label_keys),
+                     "seeds": seed_table(b, f"table-{b.slug}-by-model-seed", pages),
                      "numeric_key": figures.numeric_key(b)})
     media = _Media(site, list(runs))
     methods_ctx = []
