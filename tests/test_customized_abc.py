@@ -308,3 +308,6 @@ def test_a_method_needing_context_the_benchmark_never_offers_is_refused_before_a
     assert abc.required_extra(abc.config) == ("training_concepts",)
     assert abc.required_extra({**abc.config, "mappers_sha256": "0" * 64}) == ()
     assert "training_concepts" in CustomizedModelBenchmark.provides_extra
+    dist = genattr.get_method("distilled", teacher_model="base")
+    assert dist.required_extra(dist.config) == ("base_model",)
+    assert dist.required_extra({**dist.config, "weights": "student.safetensors"}) == ()

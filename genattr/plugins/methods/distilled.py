@@ -152,8 +152,10 @@ class DistilledMethod(ScalePresets):
     required_extra_hint = "use distilled.teacher_model=context"
 
     def required_extra(self, config: dict) -> tuple[str, ...]:
-        """The base model's teacher needs the benchmark's base model (customized-model on built-in data)."""
-        return ("base_model",) if config.get("teacher_model") == "base" else ()
+        """The base model's teacher needs the benchmark's base model (customized-model on built-in data), unless a
+        trained student (``weights``) or stored teacher rankings (``teacher_file``) replace the teacher."""
+        teacher_runs = config.get("weights") is None and config.get("teacher_file") is None
+        return ("base_model",) if teacher_runs and config.get("teacher_model") == "base" else ()
 
     def _config_for(self, ctx) -> dict:
         extra = ctx.extra if ctx.extra is not None else {}
