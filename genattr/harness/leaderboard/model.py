@@ -14,7 +14,6 @@ JSON of their ``params``: the query's identity). Cells of customized models that
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import statistics
+from ..cache import hash_json
 from ..errors import UserError
 from ..results import RESULTS_FILE, SCHEMA_VERSION, read_rows, read_run
 
@@ -341,11 +341,6 @@ def _metric_info(runs: dict[str, dict], bench: str, bhash: str) -> dict[str, dic
     return found
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                     default=str).encode()).hexdigest()
-
-
 def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, str], str]:
     """(benchmark, benchmark config hash) -> the hash of that configuration without ``model_seeds``, for every
     configuration some run.json states (the run seed is not part of a benchmark's config, only of its hash)."""
@@ -359,7 +354,7 @@ def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, s
         key = (str(r.get("benchmark", "?")), str(r.get("benchmark_config_hash", "")))
         if key in configs and key not in out:
             cfg = {k: v for k, v in configs[key].items() if k != "model_seeds"}
-            out[key] = _digest({"benchmark": key[0], "version": str(r.get("benchmark_version", "")), "config": cfg})
+            out[key] = hash_json({"benchmark": key[0], "version": str(r.get("benchmark_version", "")), "config": cfg})
     return out
 
 
@@ -393,7 +388,7 @@ def _method_identity(r: dict) -> str:
     row's ``config_hash`` also covers the benchmark configuration, which differs between pooled runs)."""
     if "method_config" not in r:
         return str(r.get("config_hash", ""))
-    return _digest([str(r.get("method", "?")), str(r.get("method_version", "")), r.get("method_config")])
+    return hash_json([str(r.get("method", "?")), str(r.get("method_version", "")), r.get("method_config")])
 
 
 def _per_seed_means(rows: list[dict], label_keys: list[str]) -> dict[tuple[str, str, str], dict[int, dict]]:

@@ -210,13 +210,9 @@ def _query_label(row: dict, board: Board) -> str:
 
 
 def _label_for(board: Board, row: dict) -> str:
-    if row.get("_label") in board.method_names:
-        return row["_label"]
-    m = str(row.get("method", "?"))
-    cands = [x for x in board.methods if board.method_names[x] == m]
-    if len(cands) == 1:
-        return cands[0]
-    return next((x for x in cands if board.method_hashes[x] == row.get("config_hash")), m)
+    """The method label :func:`~.model.summarise` gave the row (one configuration of a method may span runs, so
+    its label is not recoverable from the row's own config hash)."""
+    return str(row.get("_label") or row.get("method", "?"))
 
 
 def _method_rows(board: Board, label: str) -> list[dict]:

@@ -69,11 +69,15 @@ def concepts_digest(concepts: Sequence[dict]) -> str:
     return h.hexdigest()
 
 
+def mappers_hint(who: str) -> str:
+    """How to run ``who`` where no training concepts are offered."""
+    return f"pass trained mappers with {who}.mappers=FILE (written by {who}.save_mappers=FILE on customized-model)"
+
+
 def validate_concepts(concepts, who: str) -> list[dict]:
     if not concepts:
         raise UserError(f"{who} needs the benchmark's training concepts (ctx.extra['training_concepts']), which only "
-                        f"the customized-model benchmark supplies; elsewhere pass trained mappers with "
-                        f"{who}.mappers=FILE (written by {who}.save_mappers=FILE on customized-model)")
+                        f"the customized-model benchmark supplies; elsewhere {mappers_hint(who)}")
     out = []
     for c in concepts:
         try:
@@ -276,8 +280,7 @@ class _AbcMethod:
 
     @property
     def required_extra_hint(self) -> str:
-        return (f"pass trained mappers with {self.name}.mappers=FILE (written by {self.name}.save_mappers=FILE on "
-                "customized-model)")
+        return mappers_hint(self.name)
 
     def required_extra(self, config: dict) -> tuple[str, ...]:
         """Training the mappers needs the benchmark's training concepts; a mappers file needs nothing."""
