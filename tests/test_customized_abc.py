@@ -311,3 +311,30 @@ def test_a_method_needing_context_the_benchmark_never_offers_is_refused_before_a
     dist = genattr.get_method("distilled", teacher_model="base")
     assert dist.required_extra(dist.config) == ("base_model",)
     assert dist.required_extra({**dist.config, "weights": "student.safetensors"}) == ()
+
+
+def test_abc_mappers_of_another_builtin_backbone_are_refused_before_any_cell(tmp_path, capsys):
+    """Mappers trained on the shapes encoder, backbone auto, on the digits leave-K-out: one line naming both
+    backbones before any cell; the digits encoder's mappers pass the check."""
+    from genattr.cli import main
+    from genattr.plugins.methods.abc_tuned import identity_mappers, save_mappers_file
+
+    files = {}
+    for which in ("shapes", "digits"):
+        files[which] = tmp_path / f"{which}.safetensors"
+        save_mappers_file(files[which], identity_mappers(4), method="abc-clip", backbone=f"builtin:{which}",
+                          backbone_fingerprint="0" * 64, training_concepts=["c"], config={})
+    out = tmp_path / "o"
+    capsys.readouterr()
+    rc = main(["run", "leave-k-out", "--scale", "tiny", "-m", "random", "-m", "abc-clip", "--set",
+               f"abc-clip.mappers={files['shapes']}", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc not in (0, None) and len(err) == 1
+    assert "'builtin:shapes'" in err[0] and "'builtin:digits'" in err[0] and "abc-clip.backbone" in err[0]
+    assert not (out / "results.jsonl").exists()
+    import genattr
+
+    ok = genattr.get_method("abc-clip", mappers=str(files["digits"]))
+    ok.check_benchmark("leave-k-out", {"dataset": "digits"}, ok.config)
+    explicit = genattr.get_method("abc-clip", mappers=str(files["shapes"]), backbone="pixels:8")
+    explicit.check_benchmark("leave-k-out", {"dataset": "digits"}, explicit.config)  # checked in prepare

@@ -207,6 +207,12 @@ class AttributionMethod(Protocol):
     under the resolved ``config`` (abc-clip without a mappers file: ``"training_concepts"``). The runner checks
     them against each benchmark's ``provides_extra`` before any cell runs, so a pairing that cannot work fails
     at once instead of after the other methods' cells.
+
+    Optional: ``check_benchmark(benchmark, benchmark_config, config) -> None`` — raise a
+    :class:`~genattr.harness.errors.UserError` when the method under its resolved ``config`` cannot run on the
+    benchmark named ``benchmark`` with the resolved ``benchmark_config`` (abc-clip with a mappers file trained on
+    another built-in backbone than the benchmark's dataset selects). Called with ``required_extra``, before any
+    cell runs; it must be cheap (no model, no dataset).
     """
 
     name: str

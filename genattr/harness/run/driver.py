@@ -283,13 +283,15 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     for (b, m), p in pair.items():
         offers = getattr(benches[b], "provides_extra", None)
         needs = getattr(p["method"], "required_extra", None)
-        if offers is None or not callable(needs):
-            continue
-        missing = [k for k in (needs(p["config"]) or ()) if k not in set(offers)]
+        missing = ([k for k in (needs(p["config"]) or ()) if k not in set(offers)]
+                   if offers is not None and callable(needs) else [])
         if missing:
             hint = getattr(p["method"], "required_extra_hint", "")
             raise UserError(f"{m} cannot run on {b}: it needs ctx.extra[{missing[0]!r}], which {b} does not "
                             f"offer" + (f"; {hint}" if hint else ""))
+        check = getattr(p["method"], "check_benchmark", None)
+        if callable(check):
+            check(b, bench_info[b]["config"], p["config"])
 
     # never mix configurations in one directory
     existing = read_rows(out) if out.is_dir() else []

@@ -286,6 +286,26 @@ class _AbcMethod:
         """Training the mappers needs the benchmark's training concepts; a mappers file needs nothing."""
         return () if "mappers_sha256" in config else ("training_concepts",)
 
+    def _backbone_mismatch(self, trained_on, this_run) -> UserError:
+        return UserError(f"{self.name}: the mappers in {self.mappers_path!r} were trained on backbone "
+                         f"{trained_on!r}, but this run's backbone is {this_run!r}; set {self.name}.backbone to the "
+                         f"backbone the mappers were trained on")
+
+    def check_benchmark(self, benchmark: str, benchmark_config: dict, config: dict) -> None:
+        """Before any cell: a mappers file trained on one built-in encoder, with ``backbone="auto"``, on a
+        benchmark whose built-in dataset selects another (shapes mappers on the digits leave-K-out) fails here,
+        not at the first abc cell after the other methods' cells. Other backbones are checked by fingerprint in
+        :meth:`prepare` (that needs the encoder)."""
+        from genattr.plugins.methods.features import builtin_encoder_for
+
+        dataset = (benchmark_config or {}).get("dataset")
+        if not self.mappers_path or config.get("backbone") != "auto" or not isinstance(dataset, str):
+            return
+        this_run = builtin_encoder_for(dataset)
+        trained_on = load_mappers_file(self.mappers_path, self.name)[1].get("backbone")
+        if this_run and trained_on != this_run:
+            raise self._backbone_mismatch(trained_on, this_run)
+
     # -- protocol --------------------------------------------------------------------------------------------
     def prepare(self, ctx: AttributionContext) -> None:
         from genattr.harness.cache import Cache
@@ -323,9 +343,7 @@ class _AbcMethod:
         mappers, meta = load_mappers_file(self.mappers_path, self.name)
         enc = self.encoder(ctx)
         if meta.get("backbone_fingerprint") != enc.fingerprint:
-            raise UserError(f"{self.name}: the mappers in {self.mappers_path!r} were trained on backbone "
-                            f"{meta.get('backbone')!r}, but this run's backbone is {enc.name!r}; set "
-                            f"{self.name}.backbone to the backbone the mappers were trained on")
+            raise self._backbone_mismatch(meta.get("backbone"), enc.name)
         self.training_info = {"backbone": enc.name, "mappers_file": self.mappers_path,
                               "training_concepts": json.loads(meta.get("training_concepts", "[]"))}
         self._adopt(ctx, state_key, enc, mappers, json.loads(meta.get("config", "{}")))
