@@ -121,6 +121,37 @@ def test_projection_and_float16(toy, data, tmp_path):
                                atol=2e-3 * np.abs(np.asarray(got.array)).max())
 
 
+def test_projected_entries_derive_from_the_unprojected_one(toy, data, tmp_path):
+    """via_identity: the gradients are taken once (the identity entry); every projection size, seed and storage
+    dtype is then a projection of those rows, equal to the direct computation up to rounding, at no gradient
+    evaluation. Without an identity entry and without via_identity nothing changes."""
+    direct_store = GradientStore(Cache(tmp_path / "direct"))
+    store = GradientStore(Cache(tmp_path / "derived"), chunk_items=4)
+    spec = GradientSpec(draws=GRID, flips=True, projection="rademacher", proj_dim=32, proj_seed=5, via_identity=True)
+    assert store.key(toy, data, spec) == direct_store.key(toy, data, GradientSpec(**{**spec.__dict__,
+                                                                                      "via_identity": False}))
+    got = store.get(toy, data, spec)
+    per_pass = N * spec.views * 2 * 3
+    assert store.evaluations == per_pass and got.evaluations == 0
+    assert store.lookup(toy, data, store.identity_spec(spec)) is not None
+    layout = json.loads((got.path / "layout.json").read_text())
+    assert layout["derived_from"] == store.key(toy, data, store.identity_spec(spec))
+    want = direct_store.get(toy, data, GradientSpec(**{**spec.__dict__, "via_identity": False}))
+    scale = np.abs(np.asarray(want.array)).max()
+    np.testing.assert_allclose(np.asarray(got.array), np.asarray(want.array), rtol=1e-4, atol=1e-5 * scale)
+    # another size, seed and dtype: no new gradient, same as computing directly
+    for other in (dict(proj_dim=8), dict(proj_seed=6), dict(dtype="float16", projection="gaussian")):
+        o = GradientSpec(**{**spec.__dict__, **other, "via_identity": False})
+        a = store.get(toy, data, o)
+        b = direct_store.get(toy, data, o)
+        assert a.dim == b.dim and a.array.dtype == b.array.dtype
+        np.testing.assert_allclose(np.asarray(a.array, dtype=np.float32), np.asarray(b.array, dtype=np.float32),
+                                   rtol=2e-3, atol=2e-3 * np.abs(np.asarray(b.array, dtype=np.float32)).max())
+    assert store.evaluations == per_pass
+    assert direct_store.evaluations == 4 * per_pass
+    assert direct_store.lookup(toy, data, store.identity_spec(spec)) is None
+
+
 def test_killed_computation_resumes_from_its_last_finished_chunk(toy, data, tmp_path, monkeypatch):
     spec = GradientSpec(draws=GRID, include=("down_blocks.0",))
     cache = Cache(tmp_path)
@@ -251,3 +282,22 @@ def test_second_method_and_run_reuse_the_stored_gradients(toy, data, tmp_path):
     fresh = GradientStore(cache)
     spec = TrakMethod(proj_dim=32)._spec(ctx)
     assert fresh.lookup(toy, data, spec) is not None
+
+
+def test_a_projection_size_sweep_takes_the_gradients_once(toy, data, tmp_path):
+    """TRAK with unprojected_store=True: the option enters the configuration only when given; scores equal the
+    default path's; a second projection size then spends no gradient evaluation."""
+    from genattr.plugins.methods.trak import DTrakMethod
+
+    assert "unprojected_store" not in DTrakMethod(proj_dim=32).config
+    qs = [Query("t", data.item(3).image, "big dot")]
+    plain = DTrakMethod(proj_dim=32).attribute(_ctx(toy, data, Cache(tmp_path / "a")), qs)
+    cache = Cache(tmp_path / "b")
+    store = store_for(cache)
+    m = DTrakMethod(proj_dim=32, unprojected_store=True)
+    assert m.config["unprojected_store"] is True
+    got = m.attribute(_ctx(toy, data, cache), qs)
+    np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
+    spent = store.evaluations
+    DTrakMethod(proj_dim=8).attribute(_ctx(toy, data, cache), qs)
+    assert store.evaluations == spent

@@ -30,6 +30,15 @@ optionally randomly projected. :class:`GradientStore` computes such an array onc
   finished after each flushed chunk, so a killed computation restarts at its last finished chunk. The finished
   array is then moved into a regular cache entry (``Cache.writing``: manifest + checksum, atomic rename), so a
   reader only ever sees complete entries.
+* **Projected entries from an unprojected one**: projection is linear, so a projected row equals the projection of
+  the unprojected (``projection="identity"``) row of the same spec, up to float rounding. When a float32
+  identity entry of the same spec exists — or ``via_identity=True`` asks for one to be computed first — a
+  projected entry is written by projecting its rows chunk by chunk instead of taking the gradients again, so a
+  sweep over projection sizes or projection seeds costs one pass over the gradients and one matrix product per
+  configuration. Such an entry has the same key as a directly computed one (like batch size, the path changes
+  only rounding), counts no gradient evaluations of its own, and names its source in ``layout.json``
+  (``derived_from``). The identity entry holds ``N × V × P`` floats for ``P`` selected weights: meant for small
+  selections (cross-attention K/V), not a whole UNet.
 
 :attr:`GradientStore.evaluations` counts the per-sample gradients this process computed (the UNet
 forward + backward passes), for cost accounting.
@@ -79,6 +88,7 @@ class GradientSpec:
     batch_size: int = 32
     grad_mode: str = "vmap"
     max_projector_bytes: int = 1 << 29
+    via_identity: bool = False  # compute the unprojected entry first and project it (see the module docstring)
 
     def __post_init__(self):
         from .gradients import DRAW_KINDS, OUTPUTS, PROJECTION_KINDS
@@ -118,7 +128,7 @@ class GradientSpec:
     def key_parts(self, device_type: str = "cpu") -> dict:
         """Every field that changes a stored value (see the module docstring)."""
         d = asdict(self)
-        for k in ("batch_size", "grad_mode", "max_projector_bytes"):
+        for k in ("batch_size", "grad_mode", "max_projector_bytes", "via_identity"):
             d.pop(k)
         d["include"] = list(self.include) if self.include is not None else None
         if self.normalize == "none":
@@ -253,12 +263,26 @@ class GradientStore:
         self._open[key] = got
         return got
 
+    @staticmethod
+    def identity_spec(spec: GradientSpec) -> GradientSpec:
+        """The unprojected float32 spec whose rows ``spec``'s projected rows can be derived from."""
+        return dataclasses.replace(spec, projection="identity", proj_dim=None, proj_seed=0, dtype="float32",
+                                   via_identity=False)
+
     def get(self, model, dataset, spec: GradientSpec, device="cpu", progress: bool = False,
             desc: str = "gradients") -> StoredGradients:
-        """The stored gradients of ``dataset`` under ``model`` for ``spec``, computed (or resumed) when missing."""
+        """The stored gradients of ``dataset`` under ``model`` for ``spec``, computed (or resumed) when missing;
+        a projected entry is derived from an unprojected one when that exists or ``spec.via_identity`` asks for it
+        (see the module docstring)."""
         got = self.lookup(model, dataset, spec, device)
         if got is not None:
             return got
+        raw = None
+        if spec.projection != "identity":
+            ident = self.identity_spec(spec)
+            raw = self.lookup(model, dataset, ident, device)
+            if raw is None and spec.via_identity:
+                raw = self.get(model, dataset, ident, device, progress, desc)
         key = self.key(model, dataset, spec, device)
         staging = self.cache.root / ".staging" / NAMESPACE / key
         try:
@@ -270,9 +294,14 @@ class GradientStore:
             if got is not None:
                 return got
             staging.mkdir(parents=True, exist_ok=True)
-            self._compute(model, dataset, spec, device, staging, progress, desc)
+            if raw is not None:
+                self._project(raw, model, spec, device, staging)
+            else:
+                self._compute(model, dataset, spec, device, staging, progress, desc)
             meta = {"store_version": STORE_VERSION, "model": model.fingerprint, "dataset": dataset.fingerprint,
                     "spec": spec.key_parts(self._device_type(device)), "rows": len(dataset)}
+            if raw is not None:
+                meta["derived_from"] = raw.key
             with self.cache.writing(NAMESPACE, key, meta) as tmp:
                 os.replace(staging / "grads.npy", tmp / "grads.npy")
                 os.replace(staging / "layout.json", tmp / "layout.json")
@@ -281,6 +310,24 @@ class GradientStore:
         if got is None:  # pragma: no cover - the entry vanished between store and lookup
             raise RuntimeError(f"gradient store entry {key[:12]} could not be read back")
         return got
+
+    def _project(self, raw: StoredGradients, model, spec: GradientSpec, device, staging: Path) -> None:
+        """Write ``spec``'s projected rows into ``staging`` from the unprojected entry ``raw``, chunk by chunk."""
+        import numpy as np
+
+        proj = self.projector(model, spec, device)
+        n, views, dim = len(raw), raw.views, proj.dim_out
+        arr = np.lib.format.open_memmap(staging / "grads.npy", mode="w+", dtype=np.dtype(spec.dtype),
+                                        shape=(n, views, dim))
+        for a, g in raw.chunks():
+            out = proj(g.reshape(-1, raw.dim)).reshape(g.shape[0], views, dim)
+            arr[a:a + g.shape[0]] = out.cpu().numpy().astype(spec.dtype, copy=False)
+            arr.flush()
+            _release(arr)
+        del arr
+        _write_json(staging / "layout.json", {"names": list(raw.names), "shapes": [list(s) for s in raw.shapes],
+                                              "evaluations": 0, "dim": dim, "views": views,
+                                              "derived_from": raw.key})
 
     def _compute(self, model, dataset, spec: GradientSpec, device, staging: Path, progress: bool, desc: str) -> None:
         import numpy as np

@@ -6,7 +6,9 @@ method's scale preset) is scored on the first ``--queries`` queries of every tra
 of each concept's model, for every base-model seed of ``--model-seeds`` (the benchmark's ``model_seeds``: the base
 model, the training concepts and their queries are those of that seed; the seed also seeds the method). Printed
 per configuration: mAP per split per base model and the mean over base models; ``--out`` appends one JSON line per
-(configuration, base model). Gradient stores are keyed without λ, so a λ sweep reuses one store per concept.
+(configuration, base model). Gradient stores are keyed without λ, so a λ sweep reuses one store per concept; for a
+TRAK-family projection-size sweep put ``"unprojected_store": true`` in the first configuration: the gradients are
+then taken once per concept and every other size is projected from them.
 
 Run (tens of minutes per base model and store on 2 cores; customizes the training concepts first if not cached):
     OMP_NUM_THREADS=1 python tests/perf/calibrate_baselines.py --method trak \\
