@@ -121,7 +121,7 @@ def test_projection_and_float16(toy, data, tmp_path):
                                atol=2e-3 * np.abs(np.asarray(got.array)).max())
 
 
-def test_projected_entries_derive_from_the_unprojected_one(toy, data, tmp_path):
+def test_projected_entries_derive_from_the_unprojected_one(toy, data, tmp_path, monkeypatch):
     """via_identity: the gradients are taken once (the identity entry); every projection size, seed and storage
     dtype is then a projection of those rows, equal to the direct computation up to rounding, at no gradient
     evaluation. Without an identity entry and without via_identity nothing changes."""
@@ -150,6 +150,10 @@ def test_projected_entries_derive_from_the_unprojected_one(toy, data, tmp_path):
     assert store.evaluations == per_pass
     assert direct_store.evaluations == 4 * per_pass
     assert direct_store.lookup(toy, data, store.identity_spec(spec)) is None
+    # a selection too large to keep unprojected is refused in one line
+    monkeypatch.setattr("genattr.harness.gradstore.MAX_IDENTITY_BYTES", 16)
+    with pytest.raises(Exception, match="unprojected gradients would take"):
+        GradientStore(Cache(tmp_path / "small-limit")).get(toy, data, spec)
 
 
 def test_killed_computation_resumes_from_its_last_finished_chunk(toy, data, tmp_path, monkeypatch):

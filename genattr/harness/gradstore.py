@@ -64,6 +64,8 @@ DTYPES = ("float32", "float16")
 REDUCTIONS = ("mean", "sum")
 #: Per-draw gradient normalisations: ``"none"``, or ``"unit"`` (each draw's gradient scaled to unit L2 norm).
 NORMALIZATIONS = ("none", "unit")
+#: The largest unprojected entry ``via_identity`` may write (a whole-UNet selection would need terabytes).
+MAX_IDENTITY_BYTES = 16 << 30
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,12 @@ class GradientStore:
             ident = self.identity_spec(spec)
             raw = self.lookup(model, dataset, ident, device)
             if raw is None and spec.via_identity:
+                params = self.parameters(model, spec)
+                size = len(dataset) * spec.views * sum(int(p.numel()) for p in params.values()) * 4
+                if size > MAX_IDENTITY_BYTES:
+                    raise UserError(f"gradient store: the unprojected gradients would take {size / 2**30:.1f} GiB "
+                                    f"(more than {MAX_IDENTITY_BYTES / 2**30:.0f} GiB); leave via_identity off "
+                                    f"(unprojected_store) for this selection")
                 raw = self.get(model, dataset, ident, device, progress, desc)
         key = self.key(model, dataset, spec, device)
         staging = self.cache.root / ".staging" / NAMESPACE / key
