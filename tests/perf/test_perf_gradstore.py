@@ -1,7 +1,8 @@
 """A TRAK-family projection-size sweep through the gradient store: each size computed directly (one gradient pass
 per size) against ``via_identity`` (one pass, every size projected from the unprojected rows). Figures: gradient
 evaluations and seconds of each path and their ratios, and the largest relative deviation of a derived entry from
-the direct one (rounding). tiny: the tiny digits model, K/V selection, 10 strided draws over the first 40 training items."""
+the direct one (rounding). tiny: the tiny digits model, K/V selection, 10 strided draws over the first 40
+training items."""
 
 from __future__ import annotations
 

@@ -63,8 +63,9 @@ Caching: training features Φ per model checkpoint come from the shared gradient
 fingerprints, the weights, the output function, the draws, the per-draw normalisation, the projection and the
 run seed — so D-TRAK and TRAK share nothing, but a second run, a second λ or another method with the same settings
 reuses them; with ``unprojected_store=True`` the store keeps the unprojected gradients too and projects them, so a
-projection-size sweep takes the gradients once). The k×k kernel (ΦᵀΦ+λI)⁻¹ is cached on top (namespace ``methods/<name>/kernel``), keyed with λ. Φ is
-streamed in chunks for the Gram matrix and for scoring, so peak memory does not grow with the pool.
+projection-size sweep takes the gradients once). The k×k kernel (ΦᵀΦ+λI)⁻¹ is cached on top (namespace
+``methods/<name>/kernel``), keyed with λ. Φ is streamed in chunks for the Gram matrix and for scoring, so peak
+memory does not grow with the pool.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ class _KernelMethod(ScalePresets):
             projection=cfg["projection"],
             proj_dim=None if cfg["projection"] == "identity" else int(cfg["proj_dim"]), proj_seed=int(ctx.seed),
             seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
-            max_projector_bytes=int(cfg["max_projector_bytes"]), via_identity=bool(self.option(cfg, "unprojected_store")),
+            max_projector_bytes=int(cfg["max_projector_bytes"]),
+            via_identity=bool(self.option(cfg, "unprojected_store")),
         )
 
     def _tools(self, model, ctx):
