@@ -4,9 +4,10 @@ built-in Customized Model miniature's **training** concepts, over several base m
 The test concepts are never used. Every configuration of ``--grid`` (a JSON list of option dicts, merged over the
 method's scale preset) is scored on the first ``--queries`` queries of every training concept, over the whole pool
 of each concept's model, for every base-model seed of ``--model-seeds`` (the benchmark's ``model_seeds``: the base
-model, the training concepts and their queries are those of that seed; the seed also seeds the method). Printed
-per configuration: mAP per split per base model and the mean over base models; ``--out`` appends one JSON line per
-(configuration, base model). Gradient stores are keyed without λ, so a λ sweep reuses one store per concept; for a
+model, the training concepts and their queries are those of that seed; the seed also seeds the method, unless
+``--method-seeds`` gives method seeds: each is then run on every base model through the method's ``seed`` option).
+Printed per configuration: mAP per split per run (base model × method seed) and the mean over runs; ``--out``
+appends one JSON line per (configuration, base model, method seed). Gradient stores are keyed without λ, so a λ sweep reuses one store per concept; for a
 TRAK-family projection-size sweep put ``"unprojected_store": true`` in the first configuration: the gradients are
 then taken once per concept and every other size is projected from them.
 
@@ -30,6 +31,8 @@ def main(argv=None):
     ap.add_argument("--method", required=True)
     ap.add_argument("--grid", required=True, help="JSON list of option dicts")
     ap.add_argument("--model-seeds", default="0")
+    ap.add_argument("--method-seeds", default="",
+                    help="comma-separated method seeds (option 'seed'); default: the model seed")
     ap.add_argument("--queries", type=int, default=2)
     ap.add_argument("--scale", default="small")
     ap.add_argument("--out", default=None)
@@ -45,26 +48,32 @@ def main(argv=None):
     if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
         raise SystemExit("--grid must be a JSON list of option dicts")
     bench = CustomizedModelBenchmark(scale=args.scale, verify="off")
+    method_seeds = [None] if not args.method_seeds else [int(s) for s in args.method_seeds.split(",")]
     per_seed = {}
     for ms in (int(s) for s in args.model_seeds.split(",")):
         env = RunEnv(cache=Cache(), seed=ms, scale=args.scale)
-        t = time.time()
-        res = calibrate(bench, env, args.method, grid, queries_per_concept=args.queries)
-        print(f"base model {ms}: {time.time() - t:.0f} s", flush=True)
-        for row in res["table"]:
-            label = json.dumps(row["config"], sort_keys=True)
-            per_seed.setdefault(label, {})[ms] = row["by_split"]
-            print(f"  {label} base {ms}: mAP {row['mean']:.3f} "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["by_split"].items())), flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps({"method": args.method, "config": row["config"], "model_seed": ms,
-                                        "by_split": row["by_split"], "values": row["values"]}) + "\n")
+        for sd in method_seeds:
+            t = time.time()
+            g_sd = grid if sd is None else [{**g, "seed": sd} for g in grid]
+            res = calibrate(bench, env, args.method, g_sd, queries_per_concept=args.queries)
+            tag = f"base model {ms}" + ("" if sd is None else f", method seed {sd}")
+            print(f"{tag}: {time.time() - t:.0f} s", flush=True)
+            for row in res["table"]:
+                label = json.dumps({k: v for k, v in row["config"].items() if k != "seed"}, sort_keys=True)
+                per_seed.setdefault(label, {})[(ms, sd)] = row["by_split"]
+                print(f"  {label} {tag}: mAP {row['mean']:.3f} "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["by_split"].items())), flush=True)
+                if args.out:
+                    rec = {"method": args.method, "config": row["config"], "model_seed": ms}
+                    if sd is not None:
+                        rec["method_seed"] = sd
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps({**rec, "by_split": row["by_split"], "values": row["values"]}) + "\n")
     for label, seeds in per_seed.items():
         splits = sorted(next(iter(seeds.values())))
         mean = {k: statistics.fmean(s[k] for s in seeds.values()) for k in splits}
         print(f"== {args.method} {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items())
-              + f" (mean {statistics.fmean(mean.values()):.3f}; per base model "
+              + f" (mean {statistics.fmean(mean.values()):.3f} over {len(seeds)} runs; per run "
               + " / ".join(f"{statistics.fmean(s.values()):.3f}" for s in seeds.values()) + ")", flush=True)
 
 

@@ -1,7 +1,7 @@
 """Per-scale presets shared by the built-in methods whose defaults follow the scale (the TRAK family, DataInf).
 
 A method built on :class:`ScalePresets` declares ``PRESETS`` (``{scale: {option: value}}``) and ``COMMON`` (options
-shared by every scale). ``Method(scale=None, **overrides)``: the configuration is ``COMMON``, then the preset of the
+shared by every scale); every such method also takes ``seed`` (:meth:`ScalePresets.seed_for`). ``Method(scale=None, **overrides)``: the configuration is ``COMMON``, then the preset of the
 scale, then the explicit overrides, plus ``"scale"``. Without an explicit ``scale`` the method follows the run:
 :meth:`ScalePresets.resolve_config` (the protocol method the runner calls once per benchmark before the first cell,
 see ``AttributionMethod`` in :mod:`genattr.harness.api`) adopts the run's scale, so the recorded and hashed
@@ -28,10 +28,18 @@ class ScalePresets:
     OPTIONAL: dict = {}
 
     def _init_presets(self, scale: str | None, overrides: dict[str, Any]) -> None:
-        allowed = set(self.COMMON) | set(self.OPTIONAL) | {k for p in self.PRESETS.values() for k in p}
+        allowed = (set(self.COMMON) | set(self.OPTIONAL) | {k for p in self.PRESETS.values() for k in p}
+                   | {"seed"})
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise UserError(f"unknown {self.name} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        overrides = dict(overrides)
+        if overrides.get("seed", 0) is None:
+            del overrides["seed"]  # null = the run's seed, the same configuration (and hash) as leaving it out
+        if "seed" in overrides:
+            s = overrides["seed"]
+            if isinstance(s, bool) or not isinstance(s, int):
+                raise UserError(f"{self.name}: option 'seed' must be an integer or null, got {s!r}")
         self._explicit_scale = scale is not None
         self._overrides = dict(overrides)
         self.config = self._resolve(scale or "tiny")
@@ -41,6 +49,14 @@ class ScalePresets:
         if scale not in self.PRESETS:
             raise UserError(f"unknown scale {scale!r} for {self.name}; choose one of {', '.join(self.PRESETS)}")
         return {**self.COMMON, **self.PRESETS[scale], **self._overrides, "scale": scale}
+
+    def seed_for(self, ctx) -> int:
+        """The seed of every draw the method makes (projection, timesteps, noise, captions): option ``seed`` when
+        given, else the run's (``ctx.seed``; with a benchmark's ``model_seeds`` that is the model seed). ``seed``
+        varies the method's own randomness on the same models and queries — a second *method* seed — and enters the
+        configuration (hash, cache keys) only when given."""
+        s = self.config.get("seed")
+        return int(ctx.seed if s is None else s)
 
     def option(self, cfg: dict, key: str) -> Any:
         """``cfg[key]``, or the default of an :attr:`OPTIONAL` option that was not given."""

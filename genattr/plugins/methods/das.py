@@ -209,7 +209,7 @@ class DASMethod(ScalePresets):
             selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
             output=cfg["output"], draws=self.draw_scheme(), flips=False, reduce="mean", normalize=cfg["normalize"],
             projection=cfg["projection"], proj_dim=None if cfg["projection"] == "identity" else int(cfg["proj_dim"]),
-            proj_seed=int(ctx.seed), seed=int(ctx.seed), batch_size=int(cfg["batch_size"]),
+            proj_seed=self.seed_for(ctx), seed=self.seed_for(ctx), batch_size=int(cfg["batch_size"]),
             grad_mode=cfg["grad_mode"], max_projector_bytes=int(cfg["max_projector_bytes"]),
         )
 
@@ -229,7 +229,7 @@ class DASMethod(ScalePresets):
 
         cfg = self.config
         key = ("tools", id(ctx.model), ctx.model.fingerprint, cfg["selection"], tuple(cfg["include"] or ()),
-               cfg["output"], cfg["normalize"], cfg["projection"], cfg["proj_dim"], ctx.seed, str(ctx.device))
+               cfg["output"], cfg["normalize"], cfg["projection"], cfg["proj_dim"], self.seed_for(ctx), str(ctx.device))
         if key not in self._memo:
             store, spec = store_for(ctx.cache), self.spec(ctx)
             gf = PerSampleGrad(ctx.model, store.parameters(ctx.model, spec), target=cfg["output"],
@@ -278,7 +278,7 @@ class DASMethod(ScalePresets):
             return self._memo[("res", key)]
 
         def compute():
-            per_draw = draw_losses(ctx.model, ctx.train_set, self.draw_scheme(), int(ctx.seed),
+            per_draw = draw_losses(ctx.model, ctx.train_set, self.draw_scheme(), self.seed_for(ctx),
                                    batch_size=max(int(cfg["batch_size"]), 64), device=ctx.device)
             e = np.sqrt(np.maximum(per_draw, 0.0))  # √MSE per draw
             if cfg["residual"] == "code":
@@ -297,9 +297,9 @@ class DASMethod(ScalePresets):
 
         items = query_items(queries)
         gf, proj = self._tools(ctx)
-        draws = make_draws(self.draw_scheme(), int(ctx.seed), int(ctx.model.num_train_timesteps))
+        draws = make_draws(self.draw_scheme(), self.seed_for(ctx), int(ctx.model.num_train_timesteps))
         return gradient_features(ctx.model, lambda r: items[r], len(items), draws, gf, proj, reduce="mean",
-                                 batch_size=int(self.config["batch_size"]), seed=int(ctx.seed), device=ctx.device)
+                                 batch_size=int(self.config["batch_size"]), seed=self.seed_for(ctx), device=ctx.device)
 
     # -- protocol -----------------------------------------------------------------------------------------------
     def prepare(self, ctx) -> None:

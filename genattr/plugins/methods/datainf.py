@@ -111,7 +111,7 @@ class DataInfMethod(ScalePresets):
                             output="loss", draws=draws, flips=False, reduce="mean",
                             normalize=self.option(cfg, "normalize"),
                             projection="identity",
-                            seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"])
+                            seed=self.seed_for(ctx), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"])
 
     def _grad_fn(self, ctx):
         """The query-side per-sample gradient function (wrapped in
@@ -134,7 +134,7 @@ class DataInfMethod(ScalePresets):
         n, T = int(self.config["num_timesteps"]), int(ctx.model.num_train_timesteps)
         caps, shared = self.config["captions"], self.config["draws"] == "shared"
         ns = "datainf" if shared else f"datainf/{role}"
-        return lambda item: random_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
+        return lambda item: random_draws(self.seed_for(ctx), ns, item, n, T, shared=shared, captions=caps)
 
     def train_gradients(self, ctx):
         """The training gradients: a :class:`~genattr.harness.gradstore.StoredGradients` (``N × 1 × P`` float32,
@@ -198,7 +198,7 @@ class DataInfMethod(ScalePresets):
         layout = gf.layout
         items = [GradItem(f"query:{q.id}", q.image, (q.prompt,), q.mask) for q in queries]
         V = gradient_features(ctx.model, lambda r: items[r], len(items), self._draws(ctx, "query"), gf, None,
-                              reduce="mean", batch_size=int(self.config["batch_size"]), seed=ctx.seed,
+                              reduce="mean", batch_size=int(self.config["batch_size"]), seed=self.seed_for(ctx),
                               device=ctx.device).double()
         norms = self._layer_norms(G, layout)
         lams = self.layer_lambdas(norms, layout)

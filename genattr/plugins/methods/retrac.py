@@ -121,7 +121,7 @@ class ReTracMethod(ScalePresets):
         return GradientSpec(
             selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None, output="loss",
             draws=draws, flips=False, reduce="mean", normalize="unit" if cfg["normalize"] else "none",
-            projection=cfg["projection"], proj_dim=cfg["proj_dim"], proj_seed=int(ctx.seed), seed=int(ctx.seed),
+            projection=cfg["projection"], proj_dim=cfg["proj_dim"], proj_seed=self.seed_for(ctx), seed=self.seed_for(ctx),
             batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
             max_projector_bytes=int(cfg["max_projector_bytes"]),
         )
@@ -147,7 +147,7 @@ class ReTracMethod(ScalePresets):
         model = ctx.model
         store, spec = store_for(ctx.cache), self.spec(ctx)
         key = ("tools", id(model), model.fingerprint, cfg["selection"], tuple(cfg["include"] or ()),
-               cfg["projection"], cfg["proj_dim"], ctx.seed, str(ctx.device))
+               cfg["projection"], cfg["proj_dim"], self.seed_for(ctx), str(ctx.device))
         if key not in self._memo:
             gf = PerSampleGrad(model, store.parameters(model, spec), target="loss", mode=cfg["grad_mode"])
             self._memo[key] = (gf, store.projector(model, spec, ctx.device))
@@ -172,7 +172,7 @@ class ReTracMethod(ScalePresets):
             return [Draw(int(t), 0, noise_key, r) for r in range(R)]
 
         u = gradient_features(model, lambda r: items[r], len(items), draws, gf, proj, reduce="mean",
-                              batch_size=int(cfg["batch_size"]), seed=int(ctx.seed), device=ctx.device).double()
+                              batch_size=int(cfg["batch_size"]), seed=self.seed_for(ctx), device=ctx.device).double()
         if cfg["normalize"]:
             u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return u.reshape(len(queries), len(ts), -1).mean(dim=1).to(torch.float64)

@@ -166,8 +166,8 @@ class _KernelMethod(ScalePresets):
             output=self.target, draws=draws, flips=False, reduce=self.reduce,
             normalize=self.option(cfg, "normalize"),
             projection=cfg["projection"],
-            proj_dim=None if cfg["projection"] == "identity" else int(cfg["proj_dim"]), proj_seed=int(ctx.seed),
-            seed=int(ctx.seed), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
+            proj_dim=None if cfg["projection"] == "identity" else int(cfg["proj_dim"]), proj_seed=self.seed_for(ctx),
+            seed=self.seed_for(ctx), batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
             max_projector_bytes=int(cfg["max_projector_bytes"]),
             via_identity=bool(self.option(cfg, "unprojected_store")),
         )
@@ -182,7 +182,7 @@ class _KernelMethod(ScalePresets):
 
         cfg = self.config
         key = ("tools", id(model), cfg["selection"], tuple(cfg["include"] or ()), cfg["proj_dim"], cfg["projection"],
-               ctx.seed, self.target, cfg["grad_mode"], self.option(cfg, "normalize"), str(ctx.device))
+               self.seed_for(ctx), self.target, cfg["grad_mode"], self.option(cfg, "normalize"), str(ctx.device))
         if key not in self._memo:
             store, spec = store_for(ctx.cache), self._spec(ctx, model)
             gf = PerSampleGrad(model, store.parameters(model, spec), target=self.target, mode=cfg["grad_mode"])
@@ -199,8 +199,8 @@ class _KernelMethod(ScalePresets):
         caps = self.config["captions"]
         ns = self.name if shared else f"{self.name}/{role}"
         if self.timesteps == "strided":
-            return lambda item: strided_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
-        return lambda item: random_draws(ctx.seed, ns, item, n, T, shared=shared, captions=caps)
+            return lambda item: strided_draws(self.seed_for(ctx), ns, item, n, T, shared=shared, captions=caps)
+        return lambda item: random_draws(self.seed_for(ctx), ns, item, n, T, shared=shared, captions=caps)
 
     def _query_draws(self, ctx, model):
         return self._draw_fn(ctx, model, "query")
@@ -261,7 +261,7 @@ class _KernelMethod(ScalePresets):
         gf, proj = self._tools(model, ctx)
         feats = gradient_features(
             model, lambda r: items[r], len(items), self._query_draws(ctx, model), gf, proj, reduce=self.reduce,
-            batch_size=int(self.config["batch_size"]), seed=ctx.seed, device=ctx.device, progress=False,
+            batch_size=int(self.config["batch_size"]), seed=self.seed_for(ctx), device=ctx.device, progress=False,
         )
         return [feats[i:i + 1] for i in range(len(items))]
 
@@ -398,7 +398,7 @@ class JourneyTrakMethod(_KernelMethod):
                 sched.set_timesteps(steps)
                 traj = []
                 for t in sched.timesteps.tolist():
-                    g = generator(ctx.seed, "journeytrak/query-noise", query.id, int(t))
+                    g = generator(self.seed_for(ctx), "journeytrak/query-noise", query.id, int(t))
                     eps = torch.randn(tuple(z0.shape), generator=g).to(dev)
                     xt = _add_noise(model, z0, eps, int(t))
                     eps_hat = _eps(model, xt.unsqueeze(0), int(t), emb)[0]
@@ -427,7 +427,7 @@ class JourneyTrakMethod(_KernelMethod):
 
             feats = gradient_features(
                 model, lambda r: items[r], len(items), draws, gf, proj, reduce="mean",
-                batch_size=int(self.config["batch_size"]), seed=ctx.seed, device=ctx.device,
+                batch_size=int(self.config["batch_size"]), seed=self.seed_for(ctx), device=ctx.device,
             )
             out.append(feats)
         return out
