@@ -38,3 +38,30 @@ def test_two_model_seeds_train_two_models_and_pool_their_queries(tmp_path, sessi
     assert set(pixel) == {0, 1} and pixel[0]["extra"]["seed"] != pixel[1]["extra"]["seed"]
     keys = {(r["method"], tuple(sorted(r["params"].items()))) for r in rows}
     assert len(keys) == 4
+
+
+def test_a_method_seed_equal_to_a_model_seed_is_warned():
+    """``--set dtrak.seed=1`` with ``model_seeds=[0, 1, 2]`` repeats the default draws on model seed 1 (the default
+    method seed is the model seed): warned before any cell; a seed outside the list, or none, is silent."""
+    import logging
+
+    from genattr.harness.run.driver import _warn_seed_collision
+
+    got: list[str] = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            got.append(record.getMessage())
+
+    log = logging.getLogger("genattr.run")
+    h = H()
+    log.addHandler(h)
+    try:
+        _warn_seed_collision("customized-model", "dtrak", {"model_seeds": [0, 1, 2]}, {"seed": 1})
+        assert len(got) == 1 and "dtrak.seed=1" in got[0] and "model seed 1" in got[0]
+        for bench, cfg in (({"model_seeds": [0, 1, 2]}, {"seed": 10}), ({"model_seeds": [0, 1]}, {"seed": None}),
+                           ({"model_seeds": None}, {"seed": 1}), ({"model_seeds": [0, 1]}, {})):
+            _warn_seed_collision("customized-model", "dtrak", bench, cfg)
+        assert len(got) == 1
+    finally:
+        log.removeHandler(h)

@@ -233,6 +233,20 @@ def _check_parent_writable(out: Path) -> None:
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
+def _warn_seed_collision(benchmark: str, method: str, bench_config: Mapping, method_config: Mapping) -> None:
+    """A method's explicit ``seed`` that is also one of the benchmark's ``model_seeds``: without the option the
+    method is seeded by the model seed, so on that model the run repeats the default draws — not a second method
+    seed there. Warned (it is a legitimate run), before any cell."""
+    seeds = bench_config.get("model_seeds")
+    s = method_config.get("seed")
+    if isinstance(seeds, list) and isinstance(s, int) and not isinstance(s, bool) and s in seeds:
+        from ..progress import warn
+
+        warn("genattr.run", f"{method}.seed={s} is one of {benchmark}'s model_seeds: on model seed {s} the method "
+                            f"draws what it draws without the option (the default seed is the model seed); for a "
+                            f"second method seed on every model pick a seed outside {seeds}")
+
+
 def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     """Run ``spec``: finished cells are skipped, the rest run through the executor and are appended to
     ``spec.out/results.jsonl`` as they finish; ``run.json`` is written at the start and updated at the end."""
@@ -292,6 +306,7 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
         check = getattr(p["method"], "check_benchmark", None)
         if callable(check):
             check(b, bench_info[b]["config"], p["config"])
+        _warn_seed_collision(b, m, bench_info[b]["config"], p["config"])
 
     # never mix configurations in one directory
     existing = read_rows(out) if out.is_dir() else []
