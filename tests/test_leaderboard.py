@@ -235,6 +235,41 @@ def test_configurations_are_kept_apart(tmp_path):
     assert tiny[0]["mean"] == 1.5 and tiny[0]["group"] == "all" and not tiny[0]["best"]  # nothing to compare
 
 
+def test_method_seeds_of_one_configuration_average_per_query(tmp_path):
+    """Two runs of one method differing only in its ``seed`` option are one row: per query the mean over the
+    seeds, n = the queries, the pairing with other methods on those means; the note names the seeds and where an
+    explicit seed equals the model seed (the default draws repeated). ``pool_method_seeds=False``: two rows."""
+    hib = {"score": True}
+
+    def rows(m, mcfg, vals):
+        return [_row("b1", m, f"{m}/s{q % 2}/q{q}", {}, {"score": v}, hib, mcfg=mcfg,
+                     params={"query": q, "model_seed": q % 2}) for q, v in enumerate(vals)]
+
+    _write(tmp_path / "a", rows("m", {"alpha": 1, "seed": None}, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+           + rows("ref", {}, [0.0] * 6))
+    _write(tmp_path / "b", rows("m", {"alpha": 1, "seed": 1}, [3.0, 2.0, 5.0, 4.0, 7.0, 6.0]))
+    _write(tmp_path / "c", rows("m", {"alpha": 2}, [9.0] * 6))  # another configuration stays apart
+    doc = json.loads(leaderboard.render([tmp_path / "a", tmp_path / "b", tmp_path / "c"], "json"))
+    board = doc["benchmarks"][0]
+    by = {r["method"]: r for r in board["summary"]}
+    pooled = [m for m in board["methods"] if m.startswith("m@") and by[m]["mean"] != 9.0]
+    assert len(board["methods"]) == 3 and len(pooled) == 1
+    assert by[pooled[0]]["n"] == 6 and by[pooled[0]]["mean"] == pytest.approx(4.0)  # query means 2, 2, 4, 4, 6, 6
+    assert board["method_seeds"] == {pooled[0]: ["default", 1]}
+    assert board["method_seed_repeats"] == {pooled[0]: [1]}
+    md = leaderboard.render([tmp_path / "a", tmp_path / "b"], "md")
+    assert "Method seeds pooled" in md and "on model seed 1 the explicit seed equals the default" in md
+    apart = json.loads(leaderboard.render([tmp_path / "a", tmp_path / "b"], "json", pool_method_seeds=False))
+    assert len(apart["benchmarks"][0]["methods"]) == 3 and not apart["benchmarks"][0]["method_seeds"]
+    from click.testing import CliRunner
+
+    from genattr.plugins.leaderboard_command import leaderboard_command
+
+    res = CliRunner().invoke(leaderboard_command, [str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json",
+                                                   "--separate-method-seeds"])
+    assert res.exit_code == 0 and len(json.loads(res.output)["benchmarks"][0]["methods"]) == 3
+
+
 # -- user mistakes ----------------------------------------------------------------------------------------------
 def _one_line_error(capsys, argv):
     capsys.readouterr()

@@ -22,13 +22,16 @@ LEADERBOARD_FORMATS = ("md", "csv", "html", "json")
 @click.option("--separate-seeds", is_flag=True,
               help="One board per run configuration: do not pool runs that differ only in their model seeds "
                    "(model_seeds, or --seed where a run has none).")
-def leaderboard_command(dirs, fmt, out, figures, include_unverified, separate_seeds):
+@click.option("--separate-method-seeds", is_flag=True,
+              help="One row per method configuration: do not average the method seeds (option 'seed') of a "
+                   "method whose configurations differ only in it.")
+def leaderboard_command(dirs, fmt, out, figures, include_unverified, separate_seeds, separate_method_seeds):
     """Tables (mean ± s.e. and n, paired differences with 95 % bootstrap intervals, best marked only when
     separated), figures and a static HTML site from the results in DIRS alone — no models needed."""
     from genattr.harness import leaderboard
 
     text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures, include_unverified=include_unverified,
-                              pool_seeds=not separate_seeds)
+                              pool_seeds=not separate_seeds, pool_method_seeds=not separate_method_seeds)
     if out is None:
         click.echo(text, nl=False)
     elif fmt == "html":

@@ -6,6 +6,11 @@ for rows without one), and a cell present in two runs counts once. So a run exte
 benchmark run once per ``--seed``, reads as one table. The run.json of each directory says which configuration its
 rows have; rows whose configuration it does not hold stay on their own board.
 
+Configurations of one method that differ only in its ``seed`` option (a second *method* seed: new projections, noise,
+Fisher draws on the same models and queries) share one row: a query's value is the mean over the method seeds that
+scored it, so n stays the number of queries and the paired intervals compare seed-averaged values; the board lists
+the seeds pooled (``method_seeds``, noted under its caption).
+
 A board holds, for every (method, group, metric column), the mean ± standard error over the group's cells, n, and
 the paired comparisons of :mod:`genattr.harness.statistics` (rows of different methods are paired by the canonical
 JSON of their ``params``: the query's identity). Cells of customized models that failed their verification
@@ -209,6 +214,10 @@ class Board:
     model_seeds: list[int] = field(default_factory=list)     # the model seeds pooled (when more than one config)
     # (method, group, column) -> model seed -> {"mean", "n"}: filled when the rows hold two or more model seeds
     by_seed: dict[tuple[str, str, str], dict[int, dict]] = field(default_factory=dict)
+    # method label -> the method seeds pooled in its row ("default" = the run's seed), when more than one
+    method_seeds: dict[str, list] = field(default_factory=dict)
+    # method label -> model seeds on which an explicit method seed equals the model seed (= the default draws)
+    seed_repeats: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -383,12 +392,25 @@ def _pool_rows(brow: list[dict]) -> list[dict]:
     return out
 
 
-def _method_identity(r: dict) -> str:
+def _method_identity(r: dict, without_seed: bool = False) -> str:
     """What makes two rows the same method configuration across runs: name, version and resolved config (the
-    row's ``config_hash`` also covers the benchmark configuration, which differs between pooled runs)."""
+    row's ``config_hash`` also covers the benchmark configuration, which differs between pooled runs).
+    ``without_seed``: the method's ``seed`` option left out (configurations that differ only in the method seed
+    are one row of the board)."""
     if "method_config" not in r:
         return str(r.get("config_hash", ""))
-    return hash_json([str(r.get("method", "?")), str(r.get("method_version", "")), r.get("method_config")])
+    cfg = r.get("method_config")
+    if without_seed and isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k != "seed"}
+    return hash_json([str(r.get("method", "?")), str(r.get("method_version", "")), cfg])
+
+
+def method_seed_of(r: dict):
+    """The row's method seed: its configuration's ``seed`` option, ``"default"`` when absent or null (the run's
+    seed: with ``model_seeds``, the model seed)."""
+    cfg = r.get("method_config") if isinstance(r.get("method_config"), dict) else {}
+    s = cfg.get("seed")
+    return int(s) if _is_number(s) else "default"
 
 
 def _per_seed_means(rows: list[dict], label_keys: list[str]) -> dict[tuple[str, str, str], dict[int, dict]]:
@@ -412,9 +434,11 @@ def _per_seed_means(rows: list[dict], label_keys: list[str]) -> dict[tuple[str, 
 
 
 def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unverified: bool = False,
-              n_boot: int = statistics.N_BOOT, pool_seeds: bool = True) -> list[Board]:
+              n_boot: int = statistics.N_BOOT, pool_seeds: bool = True,
+              pool_method_seeds: bool = True) -> list[Board]:
     """Group rows into one :class:`Board` per (benchmark, benchmark configuration); with ``pool_seeds``,
-    configurations that differ only in their model seeds share a board (module docstring)."""
+    configurations that differ only in their model seeds share a board, with ``pool_method_seeds`` method
+    configurations that differ only in their ``seed`` share a row (module docstring)."""
     runs = runs or {}
     seedless = _seedless_keys(rows, runs) if pool_seeds else {}
     by_bench: dict[tuple[str, str], list[dict]] = {}
@@ -434,8 +458,12 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
         # method labels: the name, plus a short config hash where one name has several configurations
         cfgs: dict[str, list[str]] = {}
         first_hash: dict[str, str] = {}
+
+        def ident_of(r: dict) -> str:
+            return _method_identity(r, without_seed=pool_method_seeds)
+
         for r in brow:
-            ident = _method_identity(r)
+            ident = ident_of(r)
             first_hash.setdefault(ident, str(r.get("config_hash", "")))
             lst = cfgs.setdefault(str(r.get("method", "?")), [])
             if ident not in lst:
@@ -443,10 +471,21 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
 
         def label_of(r: dict) -> str:
             m = str(r.get("method", "?"))
-            return m if len(cfgs[m]) == 1 else f"{m}@{first_hash[_method_identity(r)][:6]}"
+            return m if len(cfgs[m]) == 1 else f"{m}@{first_hash[ident_of(r)][:6]}"
 
+        seeds_of: dict[str, list] = {}
+        repeats: dict[str, set[int]] = {}
         for r in brow:
             r["_label"] = label_of(r)
+            ms = method_seed_of(r)
+            lst = seeds_of.setdefault(r["_label"], [])
+            if ms not in lst:
+                lst.append(ms)
+            if ms != "default" and model_seed_of(r) == ms:
+                repeats.setdefault(r["_label"], set()).add(ms)
+        method_seeds = {m: sorted(v, key=lambda x: (x != "default", x if x != "default" else 0))
+                        for m, v in seeds_of.items() if len(v) > 1}
+        seed_repeats = {m: sorted(v) for m, v in repeats.items() if m in method_seeds and "default" in method_seeds[m]}
 
         excluded = [r for r in brow if is_unverified(r)]
         unverified = list(dict.fromkeys(c for c in (concept_of(r) for r in excluded) if c))
@@ -495,7 +534,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
         groups = sorted(gvals, key=gsort)
         methods = list(dict.fromkeys(label_of(r) for r in brow))
         method_names = {label_of(r): str(r.get("method", "?")) for r in brow}
-        method_hashes = {label_of(r): first_hash[_method_identity(r)] for r in brow}
+        method_hashes = {label_of(r): first_hash[ident_of(r)] for r in brow}
         refs = [m for m in methods if method_names[m] == REFERENCE_METHOD]
         reference = refs[0] if len(refs) == 1 else None
         # values: (group, column) -> method -> pairing key -> [values]
@@ -532,6 +571,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             directories=list(dict.fromkeys(r["_dir"] for r in brow if "_dir" in r)),
             config_hashes=member_hashes, by_seed=by_seed,
             model_seeds=sorted({s for s in map(model_seed_of, brow) if s is not None}) if pooled else [],
+            method_seeds=method_seeds, seed_repeats=seed_repeats,
         ))
     return boards
 
@@ -550,6 +590,26 @@ def caption(board: Board) -> str:
     if board.label_keys:
         parts.append("groups by " + ", ".join(board.label_keys))
     return " · ".join(parts)
+
+
+def method_seed_note(board: Board) -> str:
+    """Which rows average several method seeds (and where an explicit seed repeated the default draws)."""
+    if not board.method_seeds:
+        return ""
+    parts = []
+    for m, seeds in board.method_seeds.items():
+        text = f"{m}: " + ", ".join("default (the run's or model seed)" if x == "default" else str(x) for x in seeds)
+        if board.seed_repeats.get(m):
+            text += (" — on model seed " + ", ".join(map(str, board.seed_repeats[m]))
+                     + " the explicit seed equals the default, so those queries repeat the default draws")
+        parts.append(text)
+    return ("Method seeds pooled (a query's value is the mean over the seeds that scored it; n counts queries): "
+            + "; ".join(parts) + ".")
+
+
+def notes(board: Board) -> str:
+    """The notes printed under a board's caption."""
+    return " ".join(n for n in (unverified_note(board), method_seed_note(board)) if n)
 
 
 def unverified_note(board: Board) -> str:

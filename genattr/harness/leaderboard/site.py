@@ -17,8 +17,7 @@ from typing import Any
 
 from ..errors import UserError
 from . import figures
-from .model import (LEGEND, Board, Column, _finite, caption, group_label, is_unverified, pair_key, slug,
-                    unverified_note)
+from .model import LEGEND, Board, Column, _finite, caption, group_label, is_unverified, notes, pair_key, slug
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: Lists what the last rendering wrote into the site directory, so a re-render removes its own stale files only.
@@ -384,7 +383,7 @@ def render_site(boards: list[Board], runs: dict[str, dict], out_dir: str | os.Pa
             pools.append({"label": "headline" if pool is None else f"/{pool}", "pool": pool, "note": b.pool_note(pool),
                           "tables": tables, "matrix": matrix, "figure": fig_rel,
                           "figure_kind": figures.kind(b, pool), "id": f"{b.slug}-{psl}"})
-        bctx.append({"title": b.title, "slug": b.slug, "caption": caption(b), "note": unverified_note(b),
+        bctx.append({"title": b.title, "slug": b.slug, "caption": caption(b), "note": notes(b),
                      "note_included": b.include_unverified, "pools": pools, "dirs": b.directories,
                      "config_hash": b.config_hash, "group_by": " / ".join(b.label_keys),
                      "seeds": seed_table(b, f"table-{b.slug}-by-model-seed", pages),

@@ -9,7 +9,7 @@ import textwrap
 from typing import Sequence
 
 from ..results import SCHEMA_VERSION, clean_json
-from .model import LEGEND, Board, caption, unverified_note
+from .model import LEGEND, Board, caption, notes
 
 #: Markdown / terminal tables never get wider than this many characters: wide ones are split by metric.
 MD_WIDTH = 120
@@ -129,7 +129,7 @@ def to_markdown(boards: list[Board], figure_links: dict[str, str] | None = None,
     for b in boards:
         out.append(f"## {b.title}\n")
         out.append(_wrap(caption(b), width))
-        note = unverified_note(b)
+        note = notes(b)
         if note:
             out.append("\n" + _wrap(note, width))
         pools = b.pools
@@ -193,6 +193,7 @@ def board_json(b: Board) -> dict:
         "unverified_included": b.include_unverified, "summary": b.summary(),
         "by_model_seed": [{"method": m, "group": g, "metric": k, "model_seed": s, **st}
                           for (m, g, k), per in b.by_seed.items() for s, st in per.items()],
+        "method_seeds": b.method_seeds, "method_seed_repeats": b.seed_repeats,
     }
 
 
