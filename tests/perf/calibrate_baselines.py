@@ -7,9 +7,9 @@ of each concept's model, for every base-model seed of ``--model-seeds`` (the ben
 model, the training concepts and their queries are those of that seed; the seed also seeds the method, unless
 ``--method-seeds`` gives method seeds: each is then run on every base model through the method's ``seed`` option).
 Printed per configuration: mAP per split per run (base model × method seed) and the mean over runs; ``--out``
-appends one JSON line per (configuration, base model, method seed). Gradient stores are keyed without λ, so a λ sweep reuses one store per concept; for a
-TRAK-family projection-size sweep put ``"unprojected_store": true`` in the first configuration: the gradients are
-then taken once per concept and every other size is projected from them.
+appends one JSON line per (configuration, base model, method seed). Gradient stores are keyed without λ, so a λ
+sweep reuses one store per concept; for a TRAK-family projection-size sweep put ``"unprojected_store": true`` in the
+first configuration: the gradients are then taken once per concept and every other size is projected from them.
 
 Run (tens of minutes per base model and store on 2 cores; customizes the training concepts first if not cached):
     OMP_NUM_THREADS=1 python tests/perf/calibrate_baselines.py --method trak \\

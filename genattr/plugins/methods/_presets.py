@@ -1,8 +1,9 @@
 """Per-scale presets shared by the built-in methods whose defaults follow the scale (the TRAK family, DataInf).
 
 A method built on :class:`ScalePresets` declares ``PRESETS`` (``{scale: {option: value}}``) and ``COMMON`` (options
-shared by every scale); every such method also takes ``seed`` (:meth:`ScalePresets.seed_for`). ``Method(scale=None, **overrides)``: the configuration is ``COMMON``, then the preset of the
-scale, then the explicit overrides, plus ``"scale"``. Without an explicit ``scale`` the method follows the run:
+shared by every scale); every such method also takes ``seed`` (:meth:`ScalePresets.seed_for`).
+``Method(scale=None, **overrides)``: the configuration is ``COMMON``, then the preset of the scale, then the explicit
+overrides, plus ``"scale"``. Without an explicit ``scale`` the method follows the run:
 :meth:`ScalePresets.resolve_config` (the protocol method the runner calls once per benchmark before the first cell,
 see ``AttributionMethod`` in :mod:`genattr.harness.api`) adopts the run's scale, so the recorded and hashed
 configuration is the one the cells use. Used directly (no runner), the method resolves from ``ctx.scale`` on first
