@@ -17,7 +17,8 @@ from typing import Any
 
 from ..errors import UserError
 from . import figures
-from .model import LEGEND, Board, Column, _finite, caption, group_label, is_unverified, notes, pair_key, slug
+from .model import Board, Column, _finite, group_label, is_unverified, pair_key, slug
+from .notes import LEGEND, caption, notes
 
 TEMPLATES = Path(__file__).parent / "templates"
 #: Lists what the last rendering wrote into the site directory, so a re-render removes its own stale files only.

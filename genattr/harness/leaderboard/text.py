@@ -9,7 +9,8 @@ import textwrap
 from typing import Sequence
 
 from ..results import SCHEMA_VERSION, clean_json
-from .model import LEGEND, Board, caption, notes
+from .model import Board
+from .notes import LEGEND, caption, notes
 
 #: Markdown / terminal tables never get wider than this many characters: wide ones are split by metric.
 MD_WIDTH = 120
