@@ -17,6 +17,18 @@ from typing import Any
 from genattr.harness.errors import UserError
 
 
+def check_seed(method: str, value: Any) -> None:
+    """Option ``seed`` must be an integer or null (a one-line :class:`UserError` otherwise)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"{method}: option 'seed' must be an integer or null, got {value!r}")
+
+
+def method_seed(ctx, value: Any) -> int:
+    """The seed a method draws with: its option ``seed`` when given, else the run's ``ctx.seed`` (with a benchmark's
+    ``model_seeds``, the model seed)."""
+    return int(ctx.seed if value is None else value)
+
+
 class ScalePresets:
     """Mixin: ``PRESETS`` per scale, ``COMMON`` options, explicit overrides; ``config`` always fully resolved."""
 
@@ -34,15 +46,10 @@ class ScalePresets:
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise UserError(f"unknown {self.name} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
-        overrides = dict(overrides)
-        if overrides.get("seed", 0) is None:
-            del overrides["seed"]  # null = the run's seed, the same configuration (and hash) as leaving it out
-        if "seed" in overrides:
-            s = overrides["seed"]
-            if isinstance(s, bool) or not isinstance(s, int):
-                raise UserError(f"{self.name}: option 'seed' must be an integer or null, got {s!r}")
+        check_seed(self.name, overrides.get("seed"))
         self._explicit_scale = scale is not None
-        self._overrides = dict(overrides)
+        # a null seed is the run's seed: the same configuration (and hash) as leaving it out
+        self._overrides = {k: v for k, v in overrides.items() if not (k == "seed" and v is None)}
         self.config = self._resolve(scale or "tiny")
 
     def _resolve(self, scale: str) -> dict:
@@ -56,8 +63,7 @@ class ScalePresets:
         given, else the run's (``ctx.seed``; with a benchmark's ``model_seeds`` that is the model seed). ``seed``
         varies the method's own randomness on the same models and queries — a second *method* seed — and enters the
         configuration (hash, cache keys) only when given."""
-        s = self.config.get("seed")
-        return int(ctx.seed if s is None else s)
+        return method_seed(ctx, self.config.get("seed"))
 
     def option(self, cfg: dict, key: str) -> Any:
         """``cfg[key]``, or the default of an :attr:`OPTIONAL` option that was not given."""

@@ -133,8 +133,8 @@ class DataInfMethod(ScalePresets):
 
         n, T = int(self.config["num_timesteps"]), int(ctx.model.num_train_timesteps)
         caps, shared = self.config["captions"], self.config["draws"] == "shared"
-        ns = "datainf" if shared else f"datainf/{role}"
-        return lambda item: random_draws(self.seed_for(ctx), ns, item, n, T, shared=shared, captions=caps)
+        ns, seed = ("datainf" if shared else f"datainf/{role}"), self.seed_for(ctx)
+        return lambda item: random_draws(seed, ns, item, n, T, shared=shared, captions=caps)
 
     def train_gradients(self, ctx):
         """The training gradients: a :class:`~genattr.harness.gradstore.StoredGradients` (``N × 1 × P`` float32,

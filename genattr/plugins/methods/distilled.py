@@ -80,7 +80,7 @@ import numpy as np
 
 from genattr.harness.errors import UserError
 
-from ._presets import ScalePresets
+from ._presets import ScalePresets, method_seed
 from .distilled_student import (  # noqa: F401 - re-exported: tests and teacher_agreement import them from here
     FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, free_items, load_query_dir, load_student, ranked_lists,
     save_student, student_state,
@@ -303,7 +303,7 @@ class DistilledMethod(ScalePresets):
         return ctx.model
 
     def _seed(self, ctx) -> int:
-        return int(ctx.seed if self.config["seed"] is None else self.config["seed"])
+        return method_seed(ctx, self.config["seed"])
 
     def teacher(self, ctx):
         """``(training queries, TeacherRankings)`` for ``ctx``: from the teacher-ranking store, or from

@@ -198,9 +198,10 @@ class _KernelMethod(ScalePresets):
         shared = self.config["draws"] == "shared"
         caps = self.config["captions"]
         ns = self.name if shared else f"{self.name}/{role}"
+        seed = self.seed_for(ctx)
         if self.timesteps == "strided":
-            return lambda item: strided_draws(self.seed_for(ctx), ns, item, n, T, shared=shared, captions=caps)
-        return lambda item: random_draws(self.seed_for(ctx), ns, item, n, T, shared=shared, captions=caps)
+            return lambda item: strided_draws(seed, ns, item, n, T, shared=shared, captions=caps)
+        return lambda item: random_draws(seed, ns, item, n, T, shared=shared, captions=caps)
 
     def _query_draws(self, ctx, model):
         return self._draw_fn(ctx, model, "query")

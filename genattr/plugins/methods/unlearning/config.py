@@ -9,6 +9,8 @@ from typing import Any, Mapping
 from genattr.harness.api import PARAMETER_SELECTIONS
 from genattr.harness.errors import UserError
 
+from .._presets import check_seed
+
 #: α of the ``small`` preset, calibrated on the leave-K-out digits model with calibration queries of its own (fresh
 #: seeds, never the benchmark's queries) by ``tests/perf/calibrate_leave_k_out.py``; see docs/methods/unlearning.md.
 ALPHA_SMALL = 3e-3
@@ -125,13 +127,10 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         positive_int(k)
     if isinstance(cfg["steps"], bool) or not isinstance(cfg["steps"], int) or cfg["steps"] < 0:
         raise UserError(f"unlearning: option 'steps' must be a non-negative integer, got {cfg['steps']!r}")
-    for k in ("captions", "n_train", "seed"):
+    for k in ("captions", "n_train"):
         if cfg[k] is not None:
-            if k == "seed":
-                if isinstance(cfg[k], bool) or not isinstance(cfg[k], int):
-                    raise UserError(f"unlearning: option 'seed' must be an integer or null, got {cfg[k]!r}")
-            else:
-                positive_int(k)
+            positive_int(k)
+    check_seed("unlearning", cfg["seed"])
     for k in ("alpha", "fisher_floor") + (("step_norm",) if "step_norm" in cfg else ()):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from genattr.harness.api import AttributionContext, Query
 from genattr.harness.errors import UserError
 
+from .._presets import method_seed
 from .config import OPTIONS, SCALE_PRESET, preset_for, resolve_config, step_options
 from .fisher import fisher_diagonal
 from .losses import TrainingLosses, scoring_timesteps
@@ -69,7 +70,7 @@ class Unlearning:
         return self.resolve_config(ctx.scale, extra.get("preset_hint"))
 
     def _seed(self, ctx: AttributionContext) -> int:
-        return int(ctx.seed if self.config["seed"] is None else self.config["seed"])
+        return method_seed(ctx, self.config["seed"])
 
     def _fisher_model(self, ctx: AttributionContext):
         """The model the Fisher is estimated on: the context's, or with ``fisher_model="base"`` the base model the
