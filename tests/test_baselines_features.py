@@ -126,6 +126,27 @@ def test_random_is_seeded_reproducible_and_batch_independent(tmp_path):
     assert ((a >= 0) & (a < 1)).all()
 
 
+def test_random_method_seed_replaces_the_run_seed_and_enters_the_config_only_when_given(tmp_path):
+    import genattr
+    from genattr.harness.errors import UserError
+    from genattr.plugins.methods.baselines import RandomMethod
+
+    ds = _dataset(30)
+    qs = _queries(_images(3, seed=5))
+    default = RandomMethod()
+    assert default.config == {"salt": ""}  # the default configuration (and its hash) is unchanged
+    seeded = genattr.get_method("random", seed=10)
+    assert seeded.config == {"salt": "", "seed": 10}
+    a = seeded.attribute(_ctx(ds, tmp_path, seed=1), qs)
+    # the option replaces the run seed: same draws under any run seed, equal to the default method at run seed 10
+    assert np.array_equal(a, seeded.attribute(_ctx(ds, tmp_path, seed=2), qs))
+    assert np.array_equal(a, default.attribute(_ctx(ds, tmp_path, seed=10), qs))
+    assert not np.allclose(a, default.attribute(_ctx(ds, tmp_path, seed=1), qs))
+    for bad in ("10", 1.5, True):
+        with pytest.raises(UserError, match="option 'seed' must be an integer or null"):
+            RandomMethod(seed=bad)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # pixel
 # ------------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 "Pixel").
 
 * :class:`RandomMethod` — the chance baseline: scores drawn uniformly from ``[0, 1)``. Each query's scores come from
-  a generator seeded by ``(run seed, "random", query id)`` (``genattr.harness.seeding``), so they do not depend on
+  a generator seeded by ``(seed, "random", salt, query id)`` (``genattr.harness.seeding``; ``seed`` is the option
+  when given, else the run's), so they do not depend on
   which other queries share the batch, nor on ``candidates`` (a candidate subset gets exactly the full scores at
   those indices).
 * :class:`PixelMethod` — cosine similarity of flattened pixels,
@@ -64,17 +65,25 @@ def query_images(queries: Sequence[Query]):
 
 
 class RandomMethod:
-    """Uniform random scores in ``[0, 1)``, seeded from ``(ctx.seed, query id)`` — the chance baseline.
+    """Uniform random scores in ``[0, 1)``, seeded from ``(seed, salt, query id)`` — the chance baseline.
 
     Config: ``salt`` (default ``""``): an extra key mixed into the seed, to draw several independent random
-    rankings under one run seed (the paper uses 10 random removal sets per K)."""
+    rankings under one run seed (the paper uses 10 random removal sets per K). ``seed`` (default null: the run's
+    ``ctx.seed``, which with ``model_seeds`` is the model seed): a second *method* seed on the same models and
+    queries, the option every seeded built-in takes (docs/plugins.md); it enters the configuration only when given,
+    so the default configuration and its hash are unchanged."""
 
     name = "random"
     version = "1"
     needs_model = False
 
-    def __init__(self, salt: str = ""):
+    def __init__(self, salt: str = "", seed: int | None = None):
+        from ._presets import check_seed
+
+        check_seed(self.name, seed)
         self.config = {"salt": str(salt)}
+        if seed is not None:
+            self.config["seed"] = int(seed)
 
     def prepare(self, ctx: AttributionContext) -> None:
         return None
@@ -82,11 +91,14 @@ class RandomMethod:
     def attribute(self, ctx: AttributionContext, queries: Sequence[Query], candidates=None) -> np.ndarray:
         from genattr.harness.seeding import numpy_rng
 
+        from ._presets import method_seed
+
         n = len(ctx.train_set)
         idx = _candidate_indices(n, candidates)
         out = np.empty((len(queries), idx.size), dtype=np.float64)
+        seed = method_seed(ctx, self.config.get("seed"))
         for k, q in enumerate(queries):
-            rng = numpy_rng(int(ctx.seed), "random", self.config["salt"], str(q.id))
+            rng = numpy_rng(seed, "random", self.config["salt"], str(q.id))
             out[k] = rng.random(n)[idx]
         return out
 
