@@ -133,6 +133,36 @@ def test_a_column_where_every_method_ties_has_no_best(tmp_path):
     assert not any(r["best"] for r in doc["benchmarks"][0]["summary"])
 
 
+def test_rows_are_ranked_best_first_per_group_by_the_headline(tmp_path):
+    # run order c, a, b; the headline is higher-is-better in one board and lower-is-better in the other
+    means = {"c": 0.2, "a": 0.9, "b": 0.5}
+    rows = []
+    for bench, hib in (("up", True), ("down", False)):
+        for m, v in means.items():
+            for g in ("x", "y"):
+                shift = 0.0 if g == "x" else (0.8 if m == "c" else 0.0)  # in group y, c is first going up
+                for q in range(6):
+                    rows.append(_row(bench, m, f"{m}/{g}/q{q}", {"g": g}, {"score": v + shift + 0.01 * q},
+                                     {"score": hib}, bhash=(bench[0] * 64), params={"g": g, "query": q}))
+    _write(tmp_path / "rank", rows)
+    md = leaderboard.render([tmp_path / "rank"], "md")
+
+    def order(section, group):
+        lines = md.split(f"## {section}")[1].split("## ")[0].splitlines()
+        out, cur = [], None
+        for ln in lines:
+            cells = [c.strip() for c in ln.strip("|").split("|")]
+            if len(cells) < 3 or cells[1] not in means:
+                continue
+            cur = cells[0] or cur
+            if cur == f"g={group}" or cur == group:
+                out.append(cells[1])
+        return list(dict.fromkeys(out))
+
+    assert order("up", "x") == ["a", "b", "c"] and order("up", "y") == ["c", "a", "b"]
+    assert order("down", "x") == ["c", "b", "a"] and order("down", "y") == ["b", "a", "c"]
+
+
 # -- markdown / terminal ----------------------------------------------------------------------------------------
 def test_markdown_tables_fit_120_columns_with_display_names_and_n(run_dir):
     md = leaderboard.render([run_dir], "md")

@@ -251,6 +251,24 @@ class Board:
         """The column the difference columns report: the first one the benchmark declares in the pool."""
         return self.pool_columns(pool)[0]
 
+    def ranked(self, group: str, pool: str | None = None) -> list[str]:
+        """The methods scored in ``group``, best first by the pool's headline mean (the order of a leaderboard);
+        methods without a headline value, and every method when the headline has no direction, keep the order in
+        which the runs list them, after the ranked ones. Ties keep that order too."""
+        col = self.headline(pool) if self.pool_columns(pool) else None
+        present = [m for m in self.methods
+                   if any((m, group, c.key) in self.stats for c in self.pool_columns(pool))]
+        if col is None or col.higher_is_better is None:
+            return present
+        sign = -1.0 if col.higher_is_better else 1.0
+
+        def key(item):
+            i, m = item
+            mean = (self.stats.get((m, group, col.key)) or {}).get("mean")
+            return (0, sign * mean, i) if _finite(mean) else (1, 0.0, i)
+
+        return [m for _, m in sorted(enumerate(present), key=key)]
+
     def pool_note(self, pool: str | None) -> str:
         note = POOL_NOTES.get((self.benchmark, pool))
         if note:

@@ -93,9 +93,7 @@ def group_table(board: Board, pool: str | None, group: str, tid: str, method_pag
         headers.append(_head(f"{head.display} − best other", len(headers), first=_first(head),
                              title="paired difference to the best other method (named), 95 % bootstrap interval"))
     rows = []
-    for m in board.methods:
-        if not any((m, group, c.key) in board.stats for c in cols):
-            continue
+    for m in board.ranked(group, pool):
         cells = [_cell(m, sort=m, href=method_pages.get(m, ""), cls="name"),
                  _cell(str(board.n_label(m, group)), sort=float(board.n_label(m, group)))]
         for c in cols:

@@ -77,8 +77,7 @@ def _row_labels(board: Board, order: list[tuple[str, str]]) -> list[tuple[str, l
 def board_tables(board: Board, pool: str | None, width: int = MD_WIDTH, bold=("**", "**")) -> list[list[str]]:
     """One pool's long table (rows: group × method) split to fit ``width``."""
     cols = board.pool_columns(pool)
-    order = [(g, m) for g in board.groups for m in board.methods
-             if any((m, g, c.key) in board.stats for c in cols)]
+    order = [(g, m) for g in board.groups for m in board.ranked(g, pool)]
     fixed = _row_labels(board, order)
     fixed.append(("n", [str(board.n_label(m, g)) for g, m in order]))
     values: list[tuple[str, list[str]]] = []
@@ -108,7 +107,8 @@ def seed_tables(board: Board, width: int = MD_WIDTH) -> list[list[str]]:
     if len(seeds) < 2 or not cols:
         return []
     head = cols[0]
-    order = [(g, m) for g in board.groups for m in board.methods if (m, g, head.key) in board.by_seed]
+    order = [(g, m) for g in board.groups for m in board.ranked(g, board.pools[0])
+             if (m, g, head.key) in board.by_seed]
     fixed = _row_labels(board, order)
     values = []
     for s in seeds:
