@@ -334,6 +334,17 @@ def test_html_needs_a_site_directory(run_dir, tmp_path, capsys):
                                                    tmp_path / "board.html"])
 
 
+def test_headline_picks_the_ranked_and_compared_metric_on_boards_that_have_it(run_dir, capsys):
+    doc = json.loads(leaderboard.render([run_dir], "json", headline="mAP"))
+    boards = {b["benchmark"]: b for b in doc["benchmarks"]}
+    cm, lko = boards["customized-model"], boards["leave-k-out"]
+    assert cm["metrics"][0] == "ap" and lko["metrics"][0] == "delta-loss"  # a board without it keeps its own
+    md = leaderboard.render([run_dir], "md", headline="ap")
+    assert "mAP − best other (95% CI)" in md and "Recall@10 − best other" not in md
+    assert "ΔL − random (95% CI)" in md
+    assert "matches no metric" in _one_line_error(capsys, ["leaderboard", run_dir, "--headline", "nope"])
+
+
 # -- the site ---------------------------------------------------------------------------------------------------
 def png(width: int, height: int, rgb) -> bytes:
     """A small RGB PNG (no imaging library): ``rgb(x, y) -> (r, g, b)``."""

@@ -25,13 +25,19 @@ LEADERBOARD_FORMATS = ("md", "csv", "html", "json")
 @click.option("--separate-method-seeds", is_flag=True,
               help="One row per method configuration: do not average the method seeds (option 'seed') of a "
                    "method whose configurations differ only in it.")
-def leaderboard_command(dirs, fmt, out, figures, include_unverified, separate_seeds, separate_method_seeds):
+@click.option("--headline", metavar="METRIC",
+              help="Rank rows by METRIC (a key such as ap or delta-loss, or a display name such as mAP) and report "
+                   "its paired differences, on every board that has it; default: the first metric a benchmark "
+                   "declares (Recall@10, ΔL, LDS).")
+def leaderboard_command(dirs, fmt, out, figures, include_unverified, separate_seeds, separate_method_seeds,
+                        headline):
     """Tables (mean ± s.e. and n, paired differences with 95 % bootstrap intervals, best marked only when
     separated), figures and a static HTML site from the results in DIRS alone — no models needed."""
     from genattr.harness import leaderboard
 
     text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures, include_unverified=include_unverified,
-                              pool_seeds=not separate_seeds, pool_method_seeds=not separate_method_seeds)
+                              pool_seeds=not separate_seeds, pool_method_seeds=not separate_method_seeds,
+                              headline=headline)
     if out is None:
         click.echo(text, nl=False)
     elif fmt == "html":

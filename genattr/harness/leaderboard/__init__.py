@@ -25,7 +25,7 @@ from typing import Sequence
 from ..errors import UserError
 from ..results import check_writable
 from .figures import FIGURE_MAX_METRICS, figure_png
-from .model import Board, Column, load, slug, summarise
+from .model import Board, Column, check_headline, load, slug, summarise
 from .text import MD_WIDTH, to_csv, to_json, to_markdown
 
 FORMATS = ("md", "csv", "html", "json")
@@ -36,7 +36,7 @@ __all__ = ["FORMATS", "MD_WIDTH", "FIGURE_MAX_METRICS", "Board", "Column", "load
 
 def render(dirs: Sequence[str | os.PathLike], fmt: str = "md", out: str | os.PathLike | None = None,
            figures_dir: str | os.PathLike | None = None, include_unverified: bool = False,
-           pool_seeds: bool = True, pool_method_seeds: bool = True) -> str:
+           pool_seeds: bool = True, pool_method_seeds: bool = True, headline: str | None = None) -> str:
     """Render the leaderboard of ``dirs`` in ``fmt``. ``md``/``csv``/``json``: write to the file ``out`` when
     given (PNG figures beside a markdown file), PNG figures to ``figures_dir`` when given. ``html``: write the
     static site into the directory ``out`` (required). Returns the rendered text (``index.html`` for html)."""
@@ -59,7 +59,8 @@ def render(dirs: Sequence[str | os.PathLike], fmt: str = "md", out: str | os.Pat
         figures_dir = check_writable(figures_dir, "--figures")
     rows, runs = load(dirs)
     boards = summarise(rows, runs, include_unverified=include_unverified, pool_seeds=pool_seeds,
-                       pool_method_seeds=pool_method_seeds)
+                       pool_method_seeds=pool_method_seeds, headline=headline)
+    check_headline(boards, headline)
     if fmt == "html":
         from .site import render_site
 

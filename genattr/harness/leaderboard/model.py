@@ -451,12 +451,41 @@ def _per_seed_means(rows: list[dict], label_keys: list[str]) -> dict[tuple[str, 
             for key, per in acc.items()}
 
 
+def _matches_headline(col: Column, headline: str) -> bool:
+    h = headline.strip().lower()
+    return h in (col.base.lower(), col.display.lower())
+
+
+def _with_headline(columns: dict[str, Column], headline: str) -> dict[str, Column]:
+    """``columns`` with the ``headline`` metric first within each pool (other columns keep their order)."""
+    order = list(columns)
+    pools = list(dict.fromkeys(c.pool for c in columns.values()))
+
+    def key(k: str):
+        c = columns[k]
+        return (pools.index(c.pool), 0 if _matches_headline(c, headline) else 1, order.index(k))
+
+    return {k: columns[k] for k in sorted(order, key=key)}
+
+
+def check_headline(boards: list[Board], headline: str | None) -> None:
+    """A ``headline`` that no board's metric matches is a user mistake (one line naming the metrics there are)."""
+    if headline is None or not boards:
+        return
+    if not any(_matches_headline(c, headline) for b in boards for c in b.columns.values()):
+        known = sorted({c.base for b in boards for c in b.columns.values()})
+        raise UserError(f"--headline {headline!r} matches no metric of these results; known: {', '.join(known)}")
+
+
 def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unverified: bool = False,
               n_boot: int = statistics.N_BOOT, pool_seeds: bool = True,
-              pool_method_seeds: bool = True) -> list[Board]:
+              pool_method_seeds: bool = True, headline: str | None = None) -> list[Board]:
     """Group rows into one :class:`Board` per (benchmark, benchmark configuration); with ``pool_seeds``,
     configurations that differ only in their model seeds share a board, with ``pool_method_seeds`` method
-    configurations that differ only in their ``seed`` share a row (module docstring)."""
+    configurations that differ only in their ``seed`` share a row (module docstring). ``headline`` (a metric key
+    such as ``ap``, or its display name such as ``mAP``) makes that metric the headline of every board that has
+    it — the column the rows are ranked by and the differences report — instead of the first one the benchmark
+    declares; a :class:`UserError` when no board has it."""
     runs = runs or {}
     seedless = _seedless_keys(rows, runs) if pool_seeds else {}
     by_bench: dict[tuple[str, str], list[dict]] = {}
@@ -530,6 +559,8 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             display = mi.get("display") or default_display(base)
             columns[k] = Column(key=k, base=base, pool=pool or None, display=str(display), unit=mi.get("unit"),
                                 higher_is_better=direction, metric=mi.get("metric"))
+        if headline is not None:
+            columns = _with_headline(columns, headline)
         # groups
         group_keys: list[str] = []
         for r in brow:
