@@ -163,6 +163,18 @@ def test_rows_are_ranked_best_first_per_group_by_the_headline(tmp_path):
     assert order("down", "x") == ["c", "b", "a"] and order("down", "y") == ["b", "a", "c"]
 
 
+def test_decimals_follow_the_median_standard_error_not_a_chance_method_near_zero(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for m, (mu, sd) in {"a": (0.78, 0.3), "b": (0.5, 0.3), "random": (0.0015, 0.002)}.items():
+        for q in range(12):
+            rows.append(_row("cm", m, f"{m}/q{q}", {}, {"ap": float(abs(mu + sd * rng.normal()))}, {"ap": True},
+                             params={"query": q}))
+    _write(tmp_path / "dec", rows)
+    doc = json.loads(leaderboard.render([tmp_path / "dec"], "json"))
+    assert doc["benchmarks"][0]["columns"]["ap"]["decimals"] == 3  # s.e. ≈ 0.08: two significant digits
+
+
 # -- markdown / terminal ----------------------------------------------------------------------------------------
 def test_markdown_tables_fit_120_columns_with_display_names_and_n(run_dir):
     md = leaderboard.render([run_dir], "md")

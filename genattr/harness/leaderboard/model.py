@@ -164,9 +164,16 @@ class Column:
         return text
 
 
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2.0
+
+
 def _choose_format(col: Column, stats: list[dict]) -> None:
     """One scale and one number of decimals per column: values below 0.01 are shown ×10⁻³ (or ×10⁻⁶); decimals
-    give the smallest standard error two significant digits (between 1 and 6)."""
+    give the median standard error two significant digits (between 1 and 6) — the median, so that one method at
+    chance with a near-zero spread (random's mAP) does not stretch every other row to five decimals."""
     means = [abs(s["mean"]) for s in stats if _finite(s.get("mean"))]
     top = max(means, default=0.0)
     exp = 0
@@ -176,7 +183,7 @@ def _choose_format(col: Column, stats: list[dict]) -> None:
             exp += 3
     ses = [s["se"] * 10.0 ** exp for s in stats if _finite(s.get("se")) and s["se"] > 0]
     if ses:
-        dec = 1 - math.floor(math.log10(min(ses)))
+        dec = 1 - math.floor(math.log10(_median(ses)))
     else:
         scaled = top * 10.0 ** exp
         dec = 2 - math.floor(math.log10(scaled)) if scaled > 0 else 2
