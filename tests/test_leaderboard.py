@@ -271,10 +271,22 @@ def test_configurations_are_kept_apart(tmp_path):
     titles = [x["title"] for x in doc["benchmarks"]]
     assert titles == ["b1 [tiny, 11111111]", "b1 [small, 22222222]"]
     small = doc["benchmarks"][1]
-    assert len(small["methods"]) == 2 and all(m.startswith("m@") for m in small["methods"])
+    # two configurations of one method: labelled by the option that tells them apart
+    assert sorted(small["methods"]) == ["m[alpha=1]", "m[alpha=default]"]
     assert sorted(r["mean"] for r in small["summary"]) == [5.0, 9.0]
     tiny = doc["benchmarks"][0]["summary"]
     assert tiny[0]["mean"] == 1.5 and tiny[0]["group"] == "all" and not tiny[0]["best"]  # nothing to compare
+
+
+def test_configurations_the_options_cannot_name_briefly_fall_back_to_the_hash(tmp_path):
+    hib = {"score": True}
+    long = "x" * 50
+    rows = [_row("b1", "m", f"{m}/q{i}", {}, {"score": 1.0}, hib, mcfg=cfg, params={"query": i})
+            for m, cfg in (("a", {"opts": {"k": 1}}), ("b", {"opts": {"k": 2}}), ("c", {"name": long}))
+            for i in range(2)]
+    _write(tmp_path / "r", rows)
+    methods = json.loads(leaderboard.render([tmp_path / "r"], "json"))["benchmarks"][0]["methods"]
+    assert len(methods) == 3 and all(m.startswith("m@") and len(m) == 8 for m in methods)  # a nested option differs
 
 
 def test_method_seeds_of_one_configuration_average_per_query(tmp_path):
@@ -294,7 +306,8 @@ def test_method_seeds_of_one_configuration_average_per_query(tmp_path):
     doc = json.loads(leaderboard.render([tmp_path / "a", tmp_path / "b", tmp_path / "c"], "json"))
     board = doc["benchmarks"][0]
     by = {r["method"]: r for r in board["summary"]}
-    pooled = [m for m in board["methods"] if m.startswith("m@") and by[m]["mean"] != 9.0]
+    pooled = [m for m in board["methods"] if m.startswith("m[") and by[m]["mean"] != 9.0]
+    assert sorted(board["methods"]) == ["m[alpha=1]", "m[alpha=2]", "ref"]
     assert len(board["methods"]) == 3 and len(pooled) == 1
     assert by[pooled[0]]["n"] == 6 and by[pooled[0]]["mean"] == pytest.approx(4.0)  # query means 2, 2, 4, 4, 6, 6
     assert board["method_seeds"] == {pooled[0]: ["default", 1]}

@@ -399,6 +399,42 @@ def model_seed_of(row: dict) -> int | None:
     return int(s) if _is_number(s) else None
 
 
+LABEL_MAX = 40  # longest descriptive label (name[option=value, ...]) before falling back to name@hash6
+
+
+def _config_labels(cfgs: dict[str, list[str]], cfg_of: dict[str, Any], first_hash: dict[str, str],
+                   without_seed: bool) -> dict[str, str]:
+    """Row labels per method identity: the name where a method has one configuration on the board; where it has
+    several, the name with the options that tell them apart (``dtrak[lambda_reg=1]``; an option a configuration
+    lacks shows ``=default``). ``name@hash6`` (the configuration hash) where the options do not tell them apart
+    (another method version), nest, or make a label longer than :data:`LABEL_MAX`."""
+    labels: dict[str, str] = {}
+    for m, idents in cfgs.items():
+        if len(idents) == 1:
+            labels[idents[0]] = m
+            continue
+        dicts = [cfg_of.get(i) if isinstance(cfg_of.get(i), dict) else None for i in idents]
+        fallback = {i: f"{m}@{first_hash[i][:6]}" for i in idents}
+        if any(d is None for d in dicts):
+            labels.update(fallback)
+            continue
+        if without_seed:
+            dicts = [{k: v for k, v in d.items() if k != "seed"} for d in dicts]
+        keys = sorted({k for d in dicts for k in d})
+        differ = [k for k in keys if len({json.dumps(d.get(k, "\0default"), sort_keys=True) for d in dicts}) > 1]
+
+        def show(v: Any) -> str:
+            return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+        cand = {i: f"{m}[" + ", ".join(f"{k}={show(d[k]) if k in d else 'default'}" for k in differ) + "]"
+                for i, d in zip(idents, dicts)}
+        nested = any(isinstance(d.get(k), (dict, list)) for d in dicts for k in differ)
+        ok = (differ and not nested and len(set(cand.values())) == len(idents)
+              and max(len(c) for c in cand.values()) <= LABEL_MAX)
+        labels.update(cand if ok else fallback)
+    return labels
+
+
 def _pool_rows(brow: list[dict]) -> list[dict]:
     """Rows of several runs on one board: each row's params carry its model seed (copies; the stored rows are not
     touched), and a cell two runs both hold (same method configuration, same query) is kept once, first seen."""
@@ -523,9 +559,13 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             if ident not in lst:
                 lst.append(ident)
 
+        cfg_of: dict[str, Any] = {}
+        for r in brow:
+            cfg_of.setdefault(ident_of(r), r.get("method_config"))
+        labels = _config_labels(cfgs, cfg_of, first_hash, without_seed=pool_method_seeds)
+
         def label_of(r: dict) -> str:
-            m = str(r.get("method", "?"))
-            return m if len(cfgs[m]) == 1 else f"{m}@{first_hash[ident_of(r)][:6]}"
+            return labels[ident_of(r)]
 
         seeds_of: dict[str, list] = {}
         repeats: dict[str, set[int]] = {}
