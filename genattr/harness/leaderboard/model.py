@@ -406,7 +406,7 @@ def _config_labels(cfgs: dict[str, list[str]], cfg_of: dict[str, Any], first_has
                    without_seed: bool) -> dict[str, str]:
     """Row labels per method identity: the name where a method has one configuration on the board; where it has
     several, the name with the options that tell them apart (``dtrak[lambda_reg=1]``; an option a configuration
-    lacks shows ``=default``). ``name@hash6`` (the configuration hash) where the options do not tell them apart
+    lacks or leaves null shows ``=default``). ``name@hash6`` (the configuration hash) where the options do not tell them apart
     (another method version), nest, or make a label longer than :data:`LABEL_MAX`."""
     labels: dict[str, str] = {}
     for m, idents in cfgs.items():
@@ -426,7 +426,8 @@ def _config_labels(cfgs: dict[str, list[str]], cfg_of: dict[str, Any], first_has
         def show(v: Any) -> str:
             return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
 
-        cand = {i: f"{m}[" + ", ".join(f"{k}={show(d[k]) if k in d else 'default'}" for k in differ) + "]"
+        cand = {i: f"{m}[" + ", ".join(f"{k}={show(d[k]) if d.get(k) is not None else 'default'}" for k in differ)
+                   + "]"
                 for i, d in zip(idents, dicts)}
         nested = any(isinstance(d.get(k), (dict, list)) for d in dicts for k in differ)
         ok = (differ and not nested and len(set(cand.values())) == len(idents)
