@@ -25,7 +25,8 @@ from typing import Sequence
 from ..errors import UserError
 from ..results import check_writable
 from .figures import FIGURE_MAX_METRICS, figure_png
-from .model import Board, Column, check_headline, load, slug, summarise
+from .columns import Column, check_headline
+from .model import Board, load, slug, summarise
 from .text import MD_WIDTH, to_csv, to_json, to_markdown
 
 FORMATS = ("md", "csv", "html", "json")

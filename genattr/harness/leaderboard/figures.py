@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import math
 
-from .model import Board, Column, _is_number
+from .columns import Column, _is_number
+from .model import Board
 
 #: Figures show (at most) this many metrics: the first ones the benchmark declares (its headline metrics).
 FIGURE_MAX_METRICS = 4

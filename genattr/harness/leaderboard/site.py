@@ -17,7 +17,8 @@ from typing import Any
 
 from ..errors import UserError
 from . import figures
-from .model import Board, Column, _finite, group_label, is_unverified, pair_key, slug
+from .columns import Column, _finite
+from .model import Board, group_label, is_unverified, pair_key, slug
 from .notes import LEGEND, caption, notes
 
 TEMPLATES = Path(__file__).parent / "templates"
