@@ -144,7 +144,8 @@ class Board:
         return [c for c in self.columns.values() if c.pool == pool]
 
     def headline(self, pool: str | None = None) -> Column:
-        """The column the difference columns report: the first one the benchmark declares in the pool."""
+        """The column the rows are ranked by and the difference columns report: the pool's first column — the
+        first metric the benchmark declares, or the one ``summarise(headline=...)`` put first."""
         return self.pool_columns(pool)[0]
 
     def ranked(self, group: str, pool: str | None = None) -> list[str]:
