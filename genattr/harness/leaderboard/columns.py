@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from statistics import median
 from typing import TYPE_CHECKING, Any
 
 from .. import statistics
@@ -97,12 +98,6 @@ class Column:
         return text
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2.0
-
-
 def _choose_format(col: Column, stats: list[dict]) -> None:
     """One scale and one number of decimals per column: values below 0.01 are shown ×10⁻³ (or ×10⁻⁶); decimals
     give the median standard error two significant digits (between 1 and 6) — the median, so that one method at
@@ -116,7 +111,7 @@ def _choose_format(col: Column, stats: list[dict]) -> None:
             exp += 3
     ses = [s["se"] * 10.0 ** exp for s in stats if _finite(s.get("se")) and s["se"] > 0]
     if ses:
-        dec = 1 - math.floor(math.log10(_median(ses)))
+        dec = 1 - math.floor(math.log10(median(ses)))
     else:
         scaled = top * 10.0 ** exp
         dec = 2 - math.floor(math.log10(scaled)) if scaled > 0 else 2

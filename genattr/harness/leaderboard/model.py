@@ -152,9 +152,9 @@ class Board:
         """The methods scored in ``group``, best first by the pool's headline mean (the order of a leaderboard);
         methods without a headline value, and every method when the headline has no direction, keep the order in
         which the runs list them, after the ranked ones. Ties keep that order too."""
-        col = self.headline(pool) if self.pool_columns(pool) else None
-        present = [m for m in self.methods
-                   if any((m, group, c.key) in self.stats for c in self.pool_columns(pool))]
+        cols = self.pool_columns(pool)
+        col = cols[0] if cols else None
+        present = [m for m in self.methods if any((m, group, c.key) in self.stats for c in cols)]
         if col is None or col.higher_is_better is None:
             return present
         sign = -1.0 if col.higher_is_better else 1.0
@@ -296,8 +296,8 @@ def _config_labels(cfgs: dict[str, list[str]], cfg_of: dict[str, Any], first_has
                    without_seed: bool) -> dict[str, str]:
     """Row labels per method identity: the name where a method has one configuration on the board; where it has
     several, the name with the options that tell them apart (``dtrak[lambda_reg=1]``; an option a configuration
-    lacks or leaves null shows ``=default``). ``name@hash6`` (the configuration hash) where the options do not tell them apart
-    (another method version), nest, or make a label longer than :data:`LABEL_MAX`."""
+    lacks or leaves null shows ``=default``). ``name@hash6`` (the configuration hash) where the options do not tell
+    them apart (another method version), nest, or make a label longer than :data:`LABEL_MAX`."""
     labels: dict[str, str] = {}
     for m, idents in cfgs.items():
         if len(idents) == 1:
@@ -417,25 +417,20 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
         def ident_of(r: dict) -> str:
             return _method_identity(r, without_seed=pool_method_seeds)
 
-        for r in brow:
-            ident = ident_of(r)
+        cfg_of: dict[str, Any] = {}
+        idents = [ident_of(r) for r in brow]  # one hash of the configuration per row
+        for r, ident in zip(brow, idents):
             first_hash.setdefault(ident, str(r.get("config_hash", "")))
+            cfg_of.setdefault(ident, r.get("method_config"))
             lst = cfgs.setdefault(str(r.get("method", "?")), [])
             if ident not in lst:
                 lst.append(ident)
-
-        cfg_of: dict[str, Any] = {}
-        for r in brow:
-            cfg_of.setdefault(ident_of(r), r.get("method_config"))
         labels = _config_labels(cfgs, cfg_of, first_hash, without_seed=pool_method_seeds)
-
-        def label_of(r: dict) -> str:
-            return labels[ident_of(r)]
 
         seeds_of: dict[str, list] = {}
         repeats: dict[str, set[int]] = {}
-        for r in brow:
-            r["_label"] = label_of(r)
+        for r, ident in zip(brow, idents):
+            r["_label"] = labels[ident]
             ms = method_seed_of(r)
             lst = seeds_of.setdefault(r["_label"], [])
             if ms not in lst:
@@ -493,16 +488,16 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             return tuple((0, v, 0) if _is_number(v) else (1, 0, first_seen[lab]) for v in vals) or ((0, 0, 0),)
 
         groups = sorted(gvals, key=gsort)
-        methods = list(dict.fromkeys(label_of(r) for r in brow))
-        method_names = {label_of(r): str(r.get("method", "?")) for r in brow}
-        method_hashes = {label_of(r): first_hash[ident_of(r)] for r in brow}
+        methods = list(dict.fromkeys(r["_label"] for r in brow))
+        method_names = {r["_label"]: str(r.get("method", "?")) for r in brow}
+        method_hashes = {r["_label"]: first_hash[ident] for r, ident in zip(brow, idents)}
         refs = [m for m in methods if method_names[m] == REFERENCE_METHOD]
         reference = refs[0] if len(refs) == 1 else None
         # values: (group, column) -> method -> pairing key -> [values]
         values: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
         for r in kept:
             g = group_label(r.get("group") or {}, label_keys)
-            m = label_of(r)
+            m = r["_label"]
             pk = pair_key(r)
             for k, v in (r.get("metrics") or {}).items():
                 cell = values.setdefault((g, k), {}).setdefault(m, {})

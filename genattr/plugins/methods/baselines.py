@@ -22,6 +22,8 @@ import numpy as np
 
 from genattr.harness.api import AttributionContext, Query
 
+from ._presets import check_seed, method_seed
+
 
 def _candidate_indices(n: int, candidates: Sequence[int] | None) -> np.ndarray:
     if candidates is None:
@@ -78,8 +80,6 @@ class RandomMethod:
     needs_model = False
 
     def __init__(self, salt: str = "", seed: int | None = None):
-        from ._presets import check_seed
-
         check_seed(self.name, seed)
         self.config = {"salt": str(salt)}
         if seed is not None:
@@ -90,8 +90,6 @@ class RandomMethod:
 
     def attribute(self, ctx: AttributionContext, queries: Sequence[Query], candidates=None) -> np.ndarray:
         from genattr.harness.seeding import numpy_rng
-
-        from ._presets import method_seed
 
         n = len(ctx.train_set)
         idx = _candidate_indices(n, candidates)

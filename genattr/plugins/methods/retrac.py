@@ -111,7 +111,7 @@ class ReTracMethod(ScalePresets):
     def spec(self, ctx):
         from genattr.harness.gradstore import GradientSpec
 
-        cfg = self.config
+        cfg, seed = self.config, self.seed_for(ctx)
         if cfg["draws"] == "shared":
             draws = {"kind": "strided", "count": int(cfg["query_timesteps"]), "namespace": "retrac", "shared": True,
                      "captions": cfg["captions"]}
@@ -121,8 +121,7 @@ class ReTracMethod(ScalePresets):
         return GradientSpec(
             selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None, output="loss",
             draws=draws, flips=False, reduce="mean", normalize="unit" if cfg["normalize"] else "none",
-            projection=cfg["projection"], proj_dim=cfg["proj_dim"], proj_seed=self.seed_for(ctx),
-            seed=self.seed_for(ctx),
+            projection=cfg["projection"], proj_dim=cfg["proj_dim"], proj_seed=seed, seed=seed,
             batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
             max_projector_bytes=int(cfg["max_projector_bytes"]),
         )
