@@ -123,6 +123,7 @@ def _mistakes(tmp_path, done):
     return {
         "unknown benchmark": ["run", "fake-bnch", "--out", tmp_path / "x"],
         "unknown method": ["run", "fake-bench", "-m", "fake-god", "--out", tmp_path / "x"],
+        "negative method seed": ["run", "fake-bench", "-m", "fake-good", "--method-seed", "-1", "--out", tmp_path / "x"],
         "bad --set": ["run", "fake-bench", "-m", "fake-good", "--set", "n_queries", "--out", tmp_path / "x"],
         "bad --set target": ["run", "fake-bench", "-m", "fake-good", "--set", "nobody.x=1"],
         "bad --set key": ["run", "fake-bench", "-m", "fake-good", "--set", "wrong_key=1", "--out", tmp_path / "x"],

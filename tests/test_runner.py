@@ -69,6 +69,46 @@ def test_methods_with_scale_presets_record_the_run_scale(fake_plugins, tmp_path)
     assert {r["method_config"]["bias"] for r in results.read_rows(tmp_path / "explicit")} == {0.5}
 
 
+def test_method_seed_sets_the_seed_of_every_method_that_has_one(tmp_path):
+    """``--method-seed``: option ``seed`` on each method that takes one (signature or self-validated ``**options``),
+    an explicit ``NAME.seed`` wins, deterministic methods are listed, and the default directory is a new one."""
+    spec = runner.build_spec(["leave-k-out"], ["unlearning", "random", "pixel", "dtrak"], scale="tiny",
+                             sets=["random.seed=3"], method_seed=10)
+    seeds = {m: c.get("seed") for m, c in spec.method_configs.items()}
+    assert seeds == {"unlearning": 10, "random": 3, "pixel": None, "dtrak": 10}
+    assert spec.unseeded == ["pixel"] and spec.method_seed == 10
+    assert spec.out == Path("runs/leave-k-out-tiny-mseed10")
+    assert runner.build_spec(["leave-k-out"], ["pixel"], scale="tiny").method_configs == {"pixel": {}}
+    toml = tmp_path / "run.toml"
+    toml.write_text("[run]\nmethod_seed = 5\n")
+    assert runner.build_spec(["leave-k-out"], ["random"], scale="tiny", config_file=toml).method_configs == {
+        "random": {"seed": 5}}
+    for bad in (-1, True, "10"):
+        with pytest.raises(UserError, match="method seed must be a non-negative integer"):
+            runner.build_spec(["leave-k-out"], ["random"], scale="tiny", method_seed=bad)
+
+
+def test_a_second_method_seed_changes_only_seeded_methods_and_is_recorded(fake_plugins, tmp_path):
+    first = _spec(tmp_path, methods=("fake-scaled", "fake-good"), out="s0")
+    second = _spec(tmp_path, methods=("fake-scaled", "fake-good"), out="s7", method_seed=7)
+    assert second.unseeded == ["fake-good"]
+    runner.run(first)
+    runner.run(second)
+    rows = {d: {(r["method"], r["cell_id"]): r for r in results.read_rows(tmp_path / d)} for d in ("s0", "s7")}
+    assert rows["s0"].keys() == rows["s7"].keys()
+    for (m, cell), r in rows["s7"].items():
+        r0 = rows["s0"][(m, cell)]
+        if m == "fake-good":  # no seed option: the same configuration and values
+            assert r["config_hash"] == r0["config_hash"] and r["metrics"] == r0["metrics"]
+        else:
+            assert r["method_config"]["seed"] == 7 and "seed" not in r0["method_config"]
+            assert r["config_hash"] != r0["config_hash"]
+    assert any(r["metrics"] != rows["s0"][k]["metrics"] for k, r in rows["s7"].items() if k[0] == "fake-scaled")
+    run_doc = json.loads((tmp_path / "s7" / "run.json").read_text())
+    assert run_doc["seeds"]["methods"] == 7 and "methods" not in json.loads(
+        (tmp_path / "s0" / "run.json").read_text())["seeds"]
+
+
 def test_set_routes_keys_to_benchmarks_methods_and_executor(fake_plugins, tmp_path):
     spec = _spec(tmp_path, "fake-bench", "fake-split", sets=[
         "n_queries=2",                      # bare: every benchmark

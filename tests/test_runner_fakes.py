@@ -73,12 +73,14 @@ class FakeScaledMethod(FakeMethod):
     name = "fake-scaled"
     PRESETS = {"tiny": 0.5, "small": 2.0}
 
-    def __init__(self, scale: str | None = None, bias: float | None = None):
-        self._explicit, self._bias = scale is not None, bias
+    def __init__(self, scale: str | None = None, bias: float | None = None, seed: int | None = None):
+        self._explicit, self._bias, self._seed = scale is not None, bias, seed
         self._set(scale or "tiny")
 
     def _set(self, scale: str) -> None:
         self.config = {"scale": scale, "bias": float(self.PRESETS[scale] if self._bias is None else self._bias)}
+        if self._seed is not None:  # like the real methods: in the configuration only when given
+            self.config["seed"] = int(self._seed)
 
     def resolve_config(self, scale: str, preset_hint: str | None = None) -> dict:
         if not self._explicit:
@@ -122,6 +124,8 @@ class FakeBench:
         bias = method.config["bias"]
         k = cell.params["K"]
         noise = _unit(env.seed, self.name, cell.id)
+        if method.config.get("seed") is not None:  # a method seed: the method's own draws move its score a little
+            noise += 0.1 * _unit(method.config["seed"], cell.id)
         return {"score": bias * k + 0.1 * noise, "loss": 1.0 / (1.0 + bias) + 0.05 * noise,
                 "extra": {"noise": noise}}
 

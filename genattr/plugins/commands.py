@@ -39,13 +39,17 @@ _RUN_HELP = (
 @click.option("--config", "config_file", metavar="FILE.toml", help="TOML file with [run] options and "
                                                                    "[NAME] tables of component configuration.")
 @click.option("--seed", type=int, default=None, help="Run seed (default 0).")
-@click.option("--out", metavar="DIR", help="Run directory (default runs/<suite or benchmark>-<scale>).")
+@click.option("--method-seed", type=int, default=None, metavar="N",
+              help="Seed of the methods' own draws: option seed of every method that has one (NAME.seed wins). "
+                   "Same models, queries and retrains as without it: a second method seed; pool it with the "
+                   "first by giving both directories to genattr leaderboard.")
+@click.option("--out", metavar="DIR", help="Run directory (default runs/<suite or benchmark>-<scale>[-mseed<N>]).")
 @click.option("--executor", default=None, metavar="NAME", help="local (default) or ray.")
 @click.option("--device", default=None, metavar="DEVICE", help="auto (default: cuda if available), cpu, cuda, …")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--no-leaderboard", is_flag=True, help="Do not print the leaderboard at the end.")
 @click.pass_context
-def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, out, executor, device, quiet,
+def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, method_seed, out, executor, device, quiet,
                 no_leaderboard):
     import sys
 
@@ -54,8 +58,11 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, out, e
 
     progress.configure_logging(quiet=quiet)
     spec = runner.build_spec(list(benchmarks), _split_names(methods), scale=scale, sets=list(sets),
-                             config_file=config_file, seed=seed, out=out, executor=executor, device=device,
-                             quiet=quiet, argv=sys.argv[1:])
+                             config_file=config_file, seed=seed, method_seed=method_seed, out=out,
+                             executor=executor, device=device, quiet=quiet, argv=sys.argv[1:])
+    if spec.unseeded:
+        click.echo(f"genattr: method seed {spec.method_seed} leaves {', '.join(spec.unseeded)} as without it "
+                   "(no seed option: deterministic)", err=True)
     summary = runner.run(spec)
     click.echo(f"genattr: {summary.cells_run} cells run, {summary.cells_skipped} already finished, "
                f"{summary.wall_s:.1f} s; results in {summary.out}", err=True)

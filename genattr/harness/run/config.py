@@ -28,7 +28,7 @@ DEFAULT_EXECUTOR = "local"
 RUNS_ROOT = "runs"
 
 #: Keys of the ``[run]`` table of a TOML configuration file.
-RUN_KEYS = ("benchmarks", "methods", "scale", "seed", "out", "executor", "device")
+RUN_KEYS = ("benchmarks", "methods", "scale", "seed", "method_seed", "out", "executor", "device")
 
 
 @dataclass
@@ -49,10 +49,15 @@ class RunSpec:
     executor_config: dict = field(default_factory=dict)
     cache_root: str | None = None
     argv: list[str] | None = None
+    #: ``--method-seed``: the ``seed`` option given to every method of the run that has one (an explicit
+    #: ``NAME.seed`` wins); ``unseeded`` lists the methods without the option (deterministic ones: pixel, encoders).
+    method_seed: int | None = None
+    unseeded: list[str] = field(default_factory=list)
 
     def default_out(self) -> Path:
         label = self.suite or "+".join(self.benchmarks)
-        return Path(RUNS_ROOT) / f"{label}-{self.scale}"
+        suffix = "" if self.method_seed is None else f"-mseed{self.method_seed}"
+        return Path(RUNS_ROOT) / f"{label}-{self.scale}{suffix}"
 
 
 # -- configuration ------------------------------------------------------------------------------------------------
@@ -130,6 +135,7 @@ def build_spec(
     sets: Sequence[str] = (),
     config_file: str | os.PathLike | None = None,
     seed: int | None = None,
+    method_seed: int | None = None,
     out: str | os.PathLike | None = None,
     executor: str | None = None,
     device: str | None = None,
@@ -170,6 +176,11 @@ def build_spec(
         seed = run_table.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"seed must be an integer, not {seed!r}")
+    if method_seed is None:
+        method_seed = run_table.get("method_seed")
+    if method_seed is not None and (not isinstance(method_seed, int) or isinstance(method_seed, bool)
+                                    or method_seed < 0):
+        raise UserError(f"method seed must be a non-negative integer, not {method_seed!r}")
     executor = executor or run_table.get("executor") or DEFAULT_EXECUTOR
     device = device or run_table.get("device") or "auto"
     out = out or run_table.get("out")
@@ -225,5 +236,23 @@ def build_spec(
     for cfg in spec.benchmark_configs.values():
         if "scale" in cfg:
             raise UserError("set the scale with --scale (or [run] scale), not as a benchmark key")
+    if method_seed is not None:
+        _apply_method_seed(spec, method_seed)
     spec.out = Path(out).expanduser() if out else spec.default_out()
     return spec
+
+
+def _apply_method_seed(spec: RunSpec, seed: int) -> None:
+    """``--method-seed``: option ``seed`` on every method that takes one and was not given one explicitly. The
+    models, queries and retrains stay those of the run seed; only the methods' own draws change — a second method
+    seed, pooled with the first by ``genattr leaderboard DIR DIR2``."""
+    from .driver import takes_seed
+
+    spec.method_seed = seed
+    for name, cfg in spec.method_configs.items():
+        if "seed" in cfg:
+            continue
+        if takes_seed(name, cfg, seed):
+            cfg["seed"] = seed
+        else:
+            spec.unseeded.append(name)

@@ -83,6 +83,29 @@ def _option_problem(kind: str, name: str, config: Mapping) -> str | None:
     return None
 
 
+def takes_seed(name: str, config: Mapping, seed: int) -> bool:
+    """Whether method ``name`` takes a ``seed`` option: from its factory's signature, or — for a factory taking
+    ``**options`` that validates them itself — by building it with ``seed`` added (a configuration that fails
+    without the seed as well counts as taking it: the run then reports that configuration's own error)."""
+    sig = _factory_signature("method", name)
+    if sig is None:
+        return False
+    params = sig.parameters
+    if "seed" in params:
+        return True
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return False
+    try:
+        create("method", name, {**config, "seed": seed})
+        return True
+    except UserError:
+        try:
+            create("method", name, config)
+        except UserError:
+            return True
+        return False
+
+
 def create(kind: str, name: str, config: Mapping):
     """A component built from ``(name, config)``: an unknown option or a value the component rejects is a
     one-line :class:`UserError`."""
@@ -388,6 +411,8 @@ def _run_doc(spec, previous, bench_info, pair, started, total, skipped, version)
     run_doc["config"] = config
     run_doc["config_hash"] = hash_json(config)
     run_doc["seeds"] = {"run": spec.seed, "cells": "derive_seed(run seed, cell id) (genattr.harness.seeding)"}
+    if spec.method_seed is not None:
+        run_doc["seeds"]["methods"] = spec.method_seed
     run_doc["plugins"] = plugin_list()
     run_doc["environment"] = environment()
     run_doc["executor"] = {"name": spec.executor, "config": clean_json(spec.executor_config)}
