@@ -132,6 +132,39 @@ def test_a_base_teachers_student_trains_on_the_base_items_only(trained):
     assert report["items"] == b and report["pairs"] == sum(len(x) for x in lists)
 
 
+def test_a_base_teacher_and_its_student_depend_on_the_base_items_alone(tiny, session_cache):
+    """Under teacher_model="base" the teacher ranks the base items only, its training queries come from their
+    captions, and teacher and student are keyed on them: two pools with the same base items and other exemplars
+    (the test and the training concepts of the Customized Model benchmark) share one teacher and one student."""
+    from genattr.datasets.digits import Digits
+    from genattr.plugins.models.recipes import recipe
+
+    model, pool = tiny
+    b = POOL - 7
+    others = Digits(**recipe("digits", "tiny")["dataset"])
+    base_part = pool.subset(pool.ids[:b])
+    pools = [pool, base_part.concat(others.subset(others.ids[POOL:POOL + 9]))]
+    assert pools[0].fingerprint != pools[1].fingerprint
+    ctxs = [AttributionContext(model=None, train_set=p, cache=session_cache, scale="tiny",
+                               extra={"base_model": model, "base_items": b}) for p in pools]
+    runs = []
+    for ctx in ctxs:
+        m = genattr.get_method("distilled", **{**OPTS, "teacher_model": "base"})
+        m.prepare(ctx)
+        runs.append(m)
+    first, second = runs
+    assert first.teacher_set(ctxs[0]).fingerprint == second.teacher_set(ctxs[1]).fingerprint == \
+        base_part.fingerprint
+    queries, ranks = first.teacher(ctxs[0])
+    assert ranks.n == b and ranks.indices.max() < b
+    assert {q.meta["source_index"] for q in queries} <= set(range(b))
+    assert second.stats["teacher_queries_computed"] == 0  # the second pool reuses the first's teacher
+    assert first.student(ctxs[0])[2] == second.student(ctxs[1])[2]  # and its student
+    s0, s1 = first.attribute(ctxs[0], queries[:2]), second.attribute(ctxs[1], queries[:2])
+    assert s0.shape == (2, POOL) and s1.shape == (2, b + 9)
+    np.testing.assert_allclose(s0[:, :b], s1[:, :b], atol=1e-6)  # the base items score alike in both pools
+
+
 def test_scale_init_sets_the_students_starting_geometry(tmp_path):
     """scale_init (default FastGDA's +1, then absent from the configuration) starts a at the given value; the
     architecture, the student file and the cache key carry it; zero or a non-number is a one-line error."""

@@ -21,7 +21,9 @@ Pipeline (``prepare``; every step cached)
    benchmark does), the student trains on those items only: the other items (the concepts' exemplars) are new to
    the base model, so they are kept out of the ranked lists and of the out-of-list draws — otherwise they are drawn
    as negatives for every training query and the student learns to rank exactly them last — and are embedded like
-   any unseen image when the index is built.
+   any unseen image when the index is built. The teacher then ranks those items only, and its training queries
+   come from their captions (version 2; version 1 ranked the whole pool and could draw a concept's caption), so the
+   teacher and the student depend on the base model alone and serve the test and the training concepts alike.
 2. **Features**: ``encoders`` — one registered encoder spec (``builtin:digits`` | ``builtin:shapes`` | ``clip:…`` |
    ``dino:…`` | ``dinov2:…`` | ``pixels:R``), ``"text:<clip spec>"`` for the CLIP text embedding of the training
    captions (mean of each item's captions) and of the query prompt, or a list of them, concatenated (FastGDA's best:
@@ -100,7 +102,9 @@ class DistilledMethod(ScalePresets):
     teacher_queries_computed``), ``student_train_s``, ``index_s``; and per ``attribute`` call ``query_s``."""
 
     name = "distilled"
-    version = "1"
+    #: 2: under ``teacher_model="base"`` the teacher ranks, and draws its training queries' captions from, the base
+    #: model's own training items only (1: the whole pool, the concepts' exemplars included)
+    version = "2"
     PRESETS = {
         "tiny": {"teacher_queries": 24, "query_steps": 10, "hidden": [64, 64], "out_dim": 32, "epochs": 40,
                  "batch_size": 256, "cutoff": 0.5, "encoders": "auto"},
@@ -311,25 +315,26 @@ class DistilledMethod(ScalePresets):
         from .teacher import TeacherStore, rankings_from_file, training_queries
 
         cfg = self.config
+        tset = self.teacher_set(ctx)
         model_fp = None if cfg["teacher_file"] is not None else self.teacher_model(ctx).fingerprint
-        key = ("teacher", ctx.train_set.fingerprint, json.dumps(cfg["teacher_config"], sort_keys=True, default=str),
+        key = ("teacher", tset.fingerprint, json.dumps(cfg["teacher_config"], sort_keys=True, default=str),
                cfg["teacher_file"], cfg["teacher_model"], model_fp, self._seed(ctx))
         if key in self._memo:
             return self._memo[key]
         if cfg["teacher_file"] is not None:
-            queries = load_query_dir(cfg["teacher_queries_dir"], ctx.train_set)
-            ranks = rankings_from_file(cfg["teacher_file"], len(ctx.train_set), cfg["keep"],
+            queries = load_query_dir(cfg["teacher_queries_dir"], tset)
+            ranks = rankings_from_file(cfg["teacher_file"], len(tset), cfg["keep"],
                                        query_ids=[q.id for q in queries])
             self.stats.update({"teacher_queries_computed": 0, "teacher_prepare_s": 0.0, "teacher_attribute_s": 0.0})
         else:
             model = self.teacher_model(ctx)
-            queries, recipe = training_queries(model, ctx.train_set, cfg["teacher_queries"], self._seed(ctx),
+            queries, recipe = training_queries(model, tset, cfg["teacher_queries"], self._seed(ctx),
                                                cfg["query_steps"], cfg["query_guidance"], cache=ctx.cache,
                                                progress=ctx.progress)
             base = cfg["teacher_model"] == "base"
             extra = {} if base else {k: ctx.extra.get(k) for k in ("base_model",)
                                      if ctx.extra is not None and ctx.extra.get(k) is not None}
-            store = TeacherStore(ctx.cache, model, ctx.train_set, cfg["teacher"], cfg["teacher_options"],
+            store = TeacherStore(ctx.cache, model, tset, cfg["teacher"], cfg["teacher_options"],
                                  scale=ctx.scale if not self._explicit_scale else cfg["scale"],
                                  preset_hint=None if base else self._hint, keep=cfg["keep"], seed=self._seed(ctx),
                                  device=ctx.device, progress=ctx.progress, extra=extra)
@@ -359,6 +364,20 @@ class DistilledMethod(ScalePresets):
         v = (ctx.extra or {}).get("base_items") if self.config["teacher_model"] == "base" else None
         return None if v is None else int(v)
 
+    def teacher_set(self, ctx):
+        """What the teacher ranks and the student trains on: the context's training set, or — when
+        :meth:`student_items` says only its first items are the base model's training images — those items alone
+        (a subset whose fingerprint is the same whichever concepts' exemplars follow them in the pool). The base
+        model's teacher, its training queries (drawn from these items' captions) and the student then depend on the
+        base model alone: one student per base model serves the test and the training concepts alike."""
+        items = self.student_items(ctx)
+        if items is None or items >= len(ctx.train_set):
+            return ctx.train_set
+        key = ("teacher-set", ctx.train_set.fingerprint, items)
+        if key not in self._memo:
+            self._memo[key] = ctx.train_set.subset(ctx.train_set.ids[:items])
+        return self._memo[key]
+
     free_items = staticmethod(free_items)
 
     def _arch(self) -> dict:
@@ -376,7 +395,7 @@ class DistilledMethod(ScalePresets):
         items = self.student_items(ctx)
         if items is not None:  # absent otherwise, so students trained on every item keep their cache keys
             recipe["items"] = items
-        return ctx.cache.key(self.name, self.version, "student", teacher_fp, ctx.train_set.fingerprint,
+        return ctx.cache.key(self.name, self.version, "student", teacher_fp, self.teacher_set(ctx).fingerprint,
                              self.encoder_fingerprints(ctx), self._arch(), recipe, self._seed(ctx))
 
     def train_student(self, qfeat, tfeat, ranks, seed: int, n_items: int | None = None) -> tuple[object, dict]:
@@ -459,14 +478,15 @@ class DistilledMethod(ScalePresets):
             return self._memo[("student", tkey)]
 
         def create(tmp: Path):
+            tset = self.teacher_set(ctx)
             with single_thread():
-                tfeat = self.train_features(ctx)
+                tfeat = self.train_features(ctx)[:len(tset)]  # the teacher's items lead the pool
                 qfeat = self.query_features(ctx, queries)
-                student, report = self.train_student(qfeat, tfeat, ranks, self._seed(ctx), self.student_items(ctx))
+                student, report = self.train_student(qfeat, tfeat, ranks, self._seed(ctx))
             save_student(student, tmp / "student.safetensors", {
                 "teacher": ranks.fingerprint, "teacher_meta": ranks.meta, "encoders": self.encoder_specs(ctx),
                 "encoder_fingerprints": self.encoder_fingerprints(ctx), "arch": self._arch(),
-                "in_dim": str(int(qfeat.shape[1])), "dataset": ctx.train_set.fingerprint, "seed": str(self._seed(ctx)),
+                "in_dim": str(int(qfeat.shape[1])), "dataset": tset.fingerprint, "seed": str(self._seed(ctx)),
             })
             (tmp / "report.json").write_text(json.dumps(report))
 
