@@ -411,7 +411,7 @@ def _run_doc(spec, previous, bench_info, pair, started, total, skipped, version)
     run_doc["config"] = config
     run_doc["config_hash"] = hash_json(config)
     run_doc["seeds"] = {"run": spec.seed, "cells": "derive_seed(run seed, cell id) (genattr.harness.seeding)"}
-    if spec.method_seed is not None:
+    if getattr(spec, "method_seed", None) is not None:
         run_doc["seeds"]["methods"] = spec.method_seed
     run_doc["plugins"] = plugin_list()
     run_doc["environment"] = environment()

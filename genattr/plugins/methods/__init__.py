@@ -34,7 +34,7 @@ METHODS = [
      "DAS: influence through the change of the predicted noise, linearised and projected (Lin et al. 2025)"),
     ("retrac", "retrac:ReTracMethod", "1", True,
      "Diffusion-ReTrac: re-normalised gradient similarity without the timestep norm bias (Xie et al. 2024)"),
-    ("distilled", "distilled:DistilledMethod", "1", False,
+    ("distilled", "distilled:DistilledMethod", "2", False,
      "Distilled attribution (FastGDA): a feature MLP trained on unlearning rankings, cosine search (Wang et al. 2025)"),
 ]
 
