@@ -271,6 +271,31 @@ def test_dtrak_uses_strided_timesteps_and_eps_norm(toy):
     assert [d.t for d in draws] == list(range(0, 1000, 100))
 
 
+def test_timestep_scheme_option_switches_random_and_strided_draws(toy, train_set, tmp_path):
+    """``timestep_scheme`` (absent: the method's own, and not in the configuration) picks random or D-TRAK's strided
+    timesteps for the stored and the query draws of the TRAK family and DataInf."""
+    ctx = _ctx(toy, train_set, tmp_path)
+    item = G.GradItem("x", torch.zeros(1, 8, 8), ("a",))
+    T = int(toy.num_train_timesteps)
+    for cls, own in ((TrakMethod, "random"), (DTrakMethod, "strided"), (JourneyTrakMethod, "random"),
+                     (DataInfMethod, "random")):
+        plain = cls()
+        assert "timestep_scheme" not in plain.config
+        for scheme in ("random", "strided"):
+            m = cls() if scheme == own else cls(timestep_scheme=scheme)
+            draws = (m._draws(ctx, "train") if cls is DataInfMethod else m._draw_fn(ctx, toy, "train"))(item)
+            n = int(m.config["num_timesteps"])
+            ts = [d.t for d in draws]
+            assert len(ts) == n and (ts == list(range(0, T, T // n))) == (scheme == "strided"), (cls.name, scheme, ts)
+            assert m._spec(ctx).draws["kind"] == scheme
+        with pytest.raises(UserError, match="timestep_scheme"):
+            cls(timestep_scheme="uniform")
+    qs = _train_queries(train_set, [1])
+    a = TrakMethod(include=[LAYER]).attribute(ctx, qs)
+    b = TrakMethod(include=[LAYER], timestep_scheme="strided").attribute(ctx, qs)
+    assert a.shape == b.shape and not np.allclose(a, b)
+
+
 def test_journeytrak_trajectory_and_aggregation(toy, train_set, tmp_path):
     ctx = _ctx(toy, train_set, tmp_path)
     q_seed = Query("gen", _images(1, seed=3)[0], "red ring", meta={"seed": 7})

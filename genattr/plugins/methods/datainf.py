@@ -17,8 +17,9 @@ score(ẑ, z_k) = Σ_l ⟨u_l, g_l(z_k)⟩/λ_l with u_l = v_l − Σ_j c_j g_l(
 so the N×N Gram matrices are never formed (O(N·P) per query). The sum over j always runs over the whole training
 set, also when only ``candidates`` are scored.
 
-Gradients: the DDPM loss per item averaged over ``num_timesteps`` random timesteps (without replacement); the same
-for the query (its prompt and mask). ``draws="shared"`` (default): the same timesteps and noise for every item and
+Gradients: the DDPM loss per item averaged over ``num_timesteps`` random timesteps (without replacement;
+``timestep_scheme="strided"``: D-TRAK's strided 0, T/K, 2T/K, … instead); the same for the query (its prompt and
+mask). ``draws="shared"`` (default): the same timesteps and noise for every item and
 query (common random numbers, as for TRAK); ``"per-item"``: seeded by each item's id. Captions cycle (draw j uses
 caption j mod n). On the tiny digits model, training images as their own queries ranked themselves first 24/30
 times with shared draws and 3/30 with per-item draws. They are
@@ -79,8 +80,10 @@ class DataInfMethod(ScalePresets):
         "captions": "cycle",
         "draws": "shared",
     }
-    #: "unit": ReTrac's per-draw unit-norm gradients (not in the DataInf paper); default "none"
-    OPTIONAL = {"normalize": "none"}
+    #: "normalize": "unit" is ReTrac's per-draw unit-norm gradients (not in the DataInf paper); default "none".
+    #: "timestep_scheme": "random" (the default) or "strided" (D-TRAK's 0, T/K, 2T/K, …) timesteps: timesteps are
+    #: our adaptation to diffusion (the paper has one loss per example), a scaled setting to calibrate
+    OPTIONAL = {"normalize": "none", "timestep_scheme": "random"}
 
     def __init__(self, scale: str | None = None, **overrides):
         self._memo: dict = {}
@@ -96,6 +99,8 @@ class DataInfMethod(ScalePresets):
             raise UserError(f"datainf: normalize must be 'none' or 'unit', got {cfg['normalize']!r}")
         if float(cfg["lambda_scale"]) <= 0:
             raise UserError("datainf lambda_scale must be positive")
+        if self.option(cfg, "timestep_scheme") not in ("random", "strided"):
+            raise UserError(f"datainf: timestep_scheme must be 'random' or 'strided', got {cfg['timestep_scheme']!r}")
         return cfg
 
     # -- gradients ----------------------------------------------------------------------------------------------
@@ -105,7 +110,7 @@ class DataInfMethod(ScalePresets):
 
         cfg = self.config
         shared = cfg["draws"] == "shared"
-        draws = {"kind": "random", "count": int(cfg["num_timesteps"]),
+        draws = {"kind": self.option(cfg, "timestep_scheme"), "count": int(cfg["num_timesteps"]),
                  "namespace": "datainf" if shared else "datainf/train", "shared": shared, "captions": cfg["captions"]}
         return GradientSpec(selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
                             output="loss", draws=draws, flips=False, reduce="mean",
@@ -129,12 +134,13 @@ class DataInfMethod(ScalePresets):
         return self._memo[key]
 
     def _draws(self, ctx, role: str):
-        from genattr.harness.gradients import random_draws
+        from genattr.harness.gradients import random_draws, strided_draws
 
         n, T = int(self.config["num_timesteps"]), int(ctx.model.num_train_timesteps)
         caps, shared = self.config["captions"], self.config["draws"] == "shared"
         ns, seed = ("datainf" if shared else f"datainf/{role}"), self.seed_for(ctx)
-        return lambda item: random_draws(seed, ns, item, n, T, shared=shared, captions=caps)
+        fn = strided_draws if self.option(self.config, "timestep_scheme") == "strided" else random_draws
+        return lambda item: fn(seed, ns, item, n, T, shared=shared, captions=caps)
 
     def train_gradients(self, ctx):
         """The training gradients: a :class:`~genattr.harness.gradstore.StoredGradients` (``N × 1 × P`` float32,

@@ -82,6 +82,7 @@ from ._presets import ScalePresets
 #: Values of the ``normalize`` option: ``"none"`` (the papers' gradients) or ``"unit"`` (ReTrac's per-draw
 #: re-normalisation; see the module docstring).
 NORMALIZE_CHOICES = ("none", "unit")
+TIMESTEP_SCHEMES = ("random", "strided")
 
 
 class _KernelMethod(ScalePresets):
@@ -109,7 +110,9 @@ class _KernelMethod(ScalePresets):
     #: "unit": ReTrac's per-draw unit-norm gradients (not in the TRAK-family papers); default "none"
     #: "unprojected_store": keep the unprojected gradients and project them, so a projection-size sweep takes the
     #: gradients once (changes rounding only; genattr.harness.gradstore)
-    OPTIONAL = {"normalize": "none", "unprojected_store": False}
+    #: "timestep_scheme": "random" (TRAK, JourneyTRAK) or "strided" (D-TRAK's 0, T/K, 2T/K, …): the method's own
+    #: scheme when not given (a scaled setting to calibrate: random draws may or may not include a small t)
+    OPTIONAL = {"normalize": "none", "unprojected_store": False, "timestep_scheme": None}
 
     def __init__(self, scale: str | None = None, **overrides):
         self._memo: dict = {}
@@ -129,7 +132,14 @@ class _KernelMethod(ScalePresets):
             raise UserError(f"lambda_mode must be 'absolute' or 'relative', got {cfg['lambda_mode']!r}")
         if self.option(cfg, "normalize") not in NORMALIZE_CHOICES:
             raise UserError(f"{self.name}: normalize must be 'none' or 'unit', got {cfg['normalize']!r}")
+        if self.option(cfg, "timestep_scheme") not in (None, *TIMESTEP_SCHEMES):
+            raise UserError(f"{self.name}: timestep_scheme must be 'random' or 'strided', "
+                            f"got {cfg['timestep_scheme']!r}")
         return cfg
+
+    def _scheme(self) -> str:
+        """The timestep scheme of the draws: option ``timestep_scheme``, else the method's own."""
+        return self.option(self.config, "timestep_scheme") or self.timesteps
 
     # -- models -------------------------------------------------------------------------------------------------
     def _models(self, ctx) -> list:
@@ -158,7 +168,7 @@ class _KernelMethod(ScalePresets):
 
         cfg = self.config
         shared = cfg["draws"] == "shared"
-        draws = {"kind": "strided" if self.timesteps == "strided" else "random", "count": int(cfg["num_timesteps"]),
+        draws = {"kind": self._scheme(), "count": int(cfg["num_timesteps"]),
                  "namespace": self.name if shared else f"{self.name}/train", "shared": shared,
                  "captions": cfg["captions"]}
         return GradientSpec(
@@ -199,7 +209,7 @@ class _KernelMethod(ScalePresets):
         caps = self.config["captions"]
         ns = self.name if shared else f"{self.name}/{role}"
         seed = self.seed_for(ctx)
-        if self.timesteps == "strided":
+        if self._scheme() == "strided":
             return lambda item: strided_draws(seed, ns, item, n, T, shared=shared, captions=caps)
         return lambda item: random_draws(seed, ns, item, n, T, shared=shared, captions=caps)
 
