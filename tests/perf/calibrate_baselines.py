@@ -5,7 +5,8 @@ The test concepts are never used. Every configuration of ``--grid`` (a JSON list
 method's scale preset) is scored on the first ``--queries`` queries of every training concept, over the whole pool
 of each concept's model, for every base-model seed of ``--model-seeds`` (the benchmark's ``model_seeds``: the base
 model, the training concepts and their queries are those of that seed; the seed also seeds the method, unless
-``--method-seeds`` gives method seeds: each is then run on every base model through the method's ``seed`` option).
+``--method-seeds`` gives method seeds: each is then run on every base model through the method's ``seed`` option;
+``default`` in the list is the model seed, so ``default,10`` runs each configuration at two method seeds).
 Printed per configuration: mAP per split per run (base model × method seed) and the mean over runs; ``--out``
 appends one JSON line per (configuration, base model, method seed). Gradient stores are keyed without λ, so a λ
 sweep reuses one store per concept; for a TRAK-family projection-size sweep put ``"unprojected_store": true`` in the
@@ -32,7 +33,8 @@ def main(argv=None):
     ap.add_argument("--grid", required=True, help="JSON list of option dicts")
     ap.add_argument("--model-seeds", default="0")
     ap.add_argument("--method-seeds", default="",
-                    help="comma-separated method seeds (option 'seed'); default: the model seed")
+                    help="comma-separated method seeds (option 'seed'); 'default' (and the default): the model seed, "
+                         "e.g. default,10")
     ap.add_argument("--queries", type=int, default=2)
     ap.add_argument("--scale", default="small")
     ap.add_argument("--out", default=None)
@@ -48,7 +50,8 @@ def main(argv=None):
     if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
         raise SystemExit("--grid must be a JSON list of option dicts")
     bench = CustomizedModelBenchmark(scale=args.scale, verify="off")
-    method_seeds = [None] if not args.method_seeds else [int(s) for s in args.method_seeds.split(",")]
+    method_seeds = [None] if not args.method_seeds else [None if s.strip() == "default" else int(s)
+                                                         for s in args.method_seeds.split(",")]
     per_seed = {}
     for ms in (int(s) for s in args.model_seeds.split(",")):
         env = RunEnv(cache=Cache(), seed=ms, scale=args.scale)
