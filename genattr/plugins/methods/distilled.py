@@ -84,8 +84,8 @@ from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets, method_seed
 from .distilled_student import (  # noqa: F401 - re-exported: tests and teacher_agreement import them from here
-    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, free_items, load_query_dir, load_student, ranked_lists,
-    save_student, student_state,
+    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, check_student_options, free_items, load_query_dir,
+    load_student, ranked_lists, save_student, student_state,
 )
 
 STUDENT_NS = "methods/distilled/student"
@@ -180,25 +180,9 @@ class DistilledMethod(ScalePresets):
                             f"got {cfg['teacher_model']!r}")
         if cfg["teacher_model"] == "auto":
             cfg["teacher_model"] = "base" if self._hint == "customized" else "context"
-        if cfg["towers"] not in ("shared", "separate"):
-            raise UserError(f"distilled: towers must be 'shared' or 'separate', got {cfg['towers']!r}")
-        if cfg["index"] not in ("exact", "faiss"):
-            raise UserError(f"distilled: index must be 'exact' or 'faiss', got {cfg['index']!r}")
-        for k in ("teacher_queries", "query_steps", "out_dim", "epochs", "batch_size", "index_k", "chunk"):
-            v = cfg[k]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserError(f"distilled: {k} must be a positive integer, got {v!r}")
-        c = cfg["cutoff"]
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 or (isinstance(c, float) and c > 1
-                                                                                 and c != int(c)):
-            raise UserError(f"distilled: cutoff must be a count or a fraction of N in (0, 1], got {c!r}")
-        si = self.option(cfg, "scale_init")
-        if isinstance(si, bool) or not isinstance(si, (int, float)) or si == 0 or si != si:
-            raise UserError(f"distilled: scale_init must be a non-zero number, got {si!r}")
+        check_student_options(cfg, self.option(cfg, "scale_init"))
         if "scale_init" in cfg:
-            cfg["scale_init"] = float(si)
-        if not (0.0 <= float(cfg["prob_outlier"]) < 1.0) or not (0.0 <= float(cfg["dropout"]) < 1.0):
-            raise UserError("distilled: prob_outlier and dropout must be in [0, 1)")
+            cfg["scale_init"] = float(cfg["scale_init"])
         # the teacher's own resolved configuration (recorded, so it enters the configuration hash)
         if cfg["weights"] is None and cfg["teacher_file"] is None:
             hint = self._hint if cfg["teacher_model"] == "context" else None

@@ -18,6 +18,27 @@ FORMAT_VERSION = "1"
 
 
 # -- training lists --------------------------------------------------------------------------------------------------
+def check_student_options(cfg: dict, scale_init) -> None:
+    """The one-line errors of :class:`~.distilled.DistilledMethod`'s student, index and list options."""
+    if cfg["towers"] not in ("shared", "separate"):
+        raise UserError(f"distilled: towers must be 'shared' or 'separate', got {cfg['towers']!r}")
+    if cfg["index"] not in ("exact", "faiss"):
+        raise UserError(f"distilled: index must be 'exact' or 'faiss', got {cfg['index']!r}")
+    for k in ("teacher_queries", "query_steps", "out_dim", "epochs", "batch_size", "index_k", "chunk"):
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"distilled: {k} must be a positive integer, got {v!r}")
+    c = cfg["cutoff"]
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 or (isinstance(c, float) and c > 1
+                                                                             and c != int(c)):
+        raise UserError(f"distilled: cutoff must be a count or a fraction of N in (0, 1], got {c!r}")
+    si = scale_init
+    if isinstance(si, bool) or not isinstance(si, (int, float)) or si == 0 or si != si:
+        raise UserError(f"distilled: scale_init must be a non-zero number, got {si!r}")
+    if not (0.0 <= float(cfg["prob_outlier"]) < 1.0) or not (0.0 <= float(cfg["dropout"]) < 1.0):
+        raise UserError("distilled: prob_outlier and dropout must be in [0, 1)")
+
+
 def ranked_lists(qfeat, tfeat, ranks, cutoff: int, items: int | None = None
                  ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """Per training query: its ranked list (its ``cutoff`` neighbours in feature space ordered by the teacher, best
