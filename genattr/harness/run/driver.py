@@ -26,12 +26,11 @@ import contextlib
 import copy
 import inspect
 import os
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from ..cache import hash_json
 from ..errors import UserError, did_you_mean

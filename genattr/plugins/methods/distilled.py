@@ -567,10 +567,9 @@ class DistilledMethod(ScalePresets):
 
     def _faiss_scores(self, ctx, qe, emb, a: float, b: float, idx):
         try:
-            import faiss  # noqa: F401
+            import faiss
         except ImportError:
             raise UserError("distilled: index 'faiss' needs the faiss package (pip install faiss-cpu)") from None
-        import faiss
 
         key = ("faiss", id(emb))
         if key not in self._memo:

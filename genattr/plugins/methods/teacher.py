@@ -331,7 +331,6 @@ def read_pickle_statically(data: bytes):
     stack: list = []
     marks: list[int] = []
     memo: dict[int, Any] = {}
-    mark = object()
 
     def pop_mark():
         i = marks.pop()

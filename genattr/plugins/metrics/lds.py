@@ -31,7 +31,10 @@ method's LDS (or of its shortfall) comes from its head. Column ``lds@top<k>``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def average_ranks(values) -> "np.ndarray":

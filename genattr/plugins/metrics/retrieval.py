@@ -19,7 +19,10 @@ Duplicate indices in ``positives`` count once; an empty ``positives`` or an inde
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _prepare(scores, positives):
