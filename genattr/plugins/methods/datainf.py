@@ -60,6 +60,7 @@ import numpy as np
 from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets
+from .trak import TIMESTEP_SCHEMES
 
 
 class DataInfMethod(ScalePresets):
@@ -104,7 +105,7 @@ class DataInfMethod(ScalePresets):
             raise UserError(f"datainf: normalize must be 'none' or 'unit', got {cfg['normalize']!r}")
         if float(cfg["lambda_scale"]) <= 0:
             raise UserError("datainf lambda_scale must be positive")
-        if self.option(cfg, "timestep_scheme") not in ("random", "strided"):
+        if self.option(cfg, "timestep_scheme") not in TIMESTEP_SCHEMES:
             raise UserError(f"datainf: timestep_scheme must be 'random' or 'strided', got {cfg['timestep_scheme']!r}")
         return cfg
 

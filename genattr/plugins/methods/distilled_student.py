@@ -17,7 +17,7 @@ FORMAT = "genattr-distilled"
 FORMAT_VERSION = "1"
 
 
-# -- training lists --------------------------------------------------------------------------------------------------
+# -- options ---------------------------------------------------------------------------------------------------------
 def check_student_options(cfg: dict, scale_init) -> None:
     """The one-line errors of :class:`~.distilled.DistilledMethod`'s student, index and list options."""
     if cfg["towers"] not in ("shared", "separate"):
@@ -39,6 +39,7 @@ def check_student_options(cfg: dict, scale_init) -> None:
         raise UserError("distilled: prob_outlier and dropout must be in [0, 1)")
 
 
+# -- training lists --------------------------------------------------------------------------------------------------
 def ranked_lists(qfeat, tfeat, ranks, cutoff: int, items: int | None = None
                  ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """Per training query: its ranked list (its ``cutoff`` neighbours in feature space ordered by the teacher, best
