@@ -326,8 +326,11 @@ class TrakMethod(_KernelMethod):
     PRESETS = {
         "tiny": {"selection": "cross-attn-kv", "proj_dim": 256, "num_timesteps": 8, "lambda_reg": 0.1,
                  "lambda_mode": "relative", "ensemble": True, "draws": "shared"},
+        # strided timesteps at small: the better mean mAP than random draws (0.546 vs 0.529, four of six runs) over
+        # three base models and two method seeds on the Customized Model's training concepts (docs/methods/trak.md,
+        # "TRAK's timestep scheme"); random before
         "small": {"selection": "cross-attn-kv", "proj_dim": 1024, "num_timesteps": 10, "lambda_reg": 0.1,
-                  "lambda_mode": "relative", "ensemble": True, "draws": "shared"},
+                  "lambda_mode": "relative", "ensemble": True, "draws": "shared", "timestep_scheme": "strided"},
         "paper": {"selection": "full", "proj_dim": 4096, "num_timesteps": 10, "lambda_reg": 0.0,
                   "lambda_mode": "absolute", "ensemble": True, "draws": "shared"},
     }
