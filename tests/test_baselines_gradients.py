@@ -290,13 +290,13 @@ def test_timestep_scheme_option_switches_random_and_strided_draws(toy, train_set
             assert m._spec(ctx).draws["kind"] == scheme
         with pytest.raises(UserError, match="timestep_scheme"):
             cls(timestep_scheme="uniform")
-    # DataInf's and TRAK's `small` presets take the strided scheme (calibrated on the training concepts), the same
-    # configuration as setting it explicitly; `tiny` keeps their random draws, and JourneyTRAK keeps its own
-    for cls in (DataInfMethod, TrakMethod):
+    # DataInf's, TRAK's and JourneyTRAK's `small` presets take the strided scheme (calibrated on the training
+    # concepts), the same configuration as setting it explicitly; `tiny` and `paper` keep their random draws
+    for cls in (DataInfMethod, TrakMethod, JourneyTrakMethod):
         assert cls(scale="small").config == cls(scale="small", timestep_scheme="strided").config
         assert cls(scale="small")._spec(ctx).draws["kind"] == "strided"
         assert cls(scale="tiny")._spec(ctx).draws["kind"] == "random"
-    assert JourneyTrakMethod(scale="small")._spec(ctx).draws["kind"] == "random"
+        assert cls(scale="paper")._spec(ctx).draws["kind"] == "random"
     qs = _train_queries(train_set, [1])
     a = TrakMethod(include=[LAYER]).attribute(ctx, qs)
     b = TrakMethod(include=[LAYER], timestep_scheme="strided").attribute(ctx, qs)
