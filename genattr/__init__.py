@@ -12,6 +12,13 @@ The plugin author's API — everything a plugin needs, so that no plugin imports
 * ``UserError`` (a mistake the user can fix: one line, exit status 2) and ``ScoringError``;
 * ``InMemoryDataset`` and ``ConcatDataset`` (datasets from tensors / parts), ``score`` (the one scoring path:
   prepare + attribute + checks);
+* the model contract beyond ``T2IModel`` (docs/models.md): ``ModelBase`` (defaults for its optional members),
+  ``TrainableModel``, ``CustomizableModel``, ``MODEL_CAPABILITIES``, ``TRAIN_PLAN_KEYS``, ``CUSTOMIZE_PLAN_KEYS``;
+* host services any benchmark or method uses, whatever the model: ``model_type``, ``model_capabilities``,
+  ``require_capabilities``, ``model_recipe``, ``load_or_train`` / ``load_or_customize`` (the trained- and
+  customized-model cache), ``load_model`` (a saved model directory), ``query_loss`` / ``regenerate`` (the two sides
+  of ΔL and ΔG), and — imported on first use — ``TeacherStore``, ``TeacherRankings``, ``rankings_from_file``,
+  ``training_queries``, ``load_query_dir`` (the teacher-ranking store);
 * seeding helpers: ``derive_seed``, ``generator``, ``numpy_rng``, ``item_noise``, ``strided_timesteps``;
 * for tests: ``register_plugin(obj, name)`` / ``unregister_plugin(name)`` (a throwaway plugin inside a test).
 
@@ -49,9 +56,25 @@ from .harness.api import (  # noqa: E402
     T2IModel,
 )
 from .harness.data import ConcatDataset, InMemoryDataset  # noqa: E402
+from .harness.counterfactual import query_loss, regenerate  # noqa: E402
 from .harness.errors import ScoringError, UserError  # noqa: E402
 from .harness.hookspecs import hookimpl  # noqa: E402
 from .harness.manager import load_plugins, register_plugin, unregister_plugin  # noqa: E402
+from .harness.models import (  # noqa: E402
+    CUSTOMIZE_PLAN_KEYS,
+    MODEL_CAPABILITIES,
+    TRAIN_PLAN_KEYS,
+    CustomizableModel,
+    ModelBase,
+    TrainableModel,
+    load_model,
+    load_or_customize,
+    load_or_train,
+    model_capabilities,
+    model_recipe,
+    model_type,
+    require_capabilities,
+)
 from .harness.registry import lazy  # noqa: E402
 from .harness.scoring import score  # noqa: E402
 from .harness.seeding import derive_seed, generator, item_noise, numpy_rng, strided_timesteps  # noqa: E402
@@ -124,5 +147,19 @@ __all__ = [
     "get_dataset", "get_benchmark", "get_executor", "PARAMETER_SELECTIONS", "SCALES", "AttributionContext",
     "AttributionMethod", "Benchmark", "Cell", "Dataset", "Example", "Executor", "Metric", "Query", "RunEnv", "T2IModel",
     "ConcatDataset", "InMemoryDataset", "ScoringError", "UserError", "score", "derive_seed", "generator",
-    "item_noise", "numpy_rng", "strided_timesteps",
+    "item_noise", "numpy_rng", "strided_timesteps", "query_loss", "regenerate", "CUSTOMIZE_PLAN_KEYS",
+    "MODEL_CAPABILITIES", "TRAIN_PLAN_KEYS", "CustomizableModel", "ModelBase", "TrainableModel", "load_model",
+    "load_or_customize", "load_or_train", "model_capabilities", "model_recipe", "model_type", "require_capabilities",
+    "TeacherStore", "TeacherRankings", "rankings_from_file", "training_queries", "load_query_dir",
 ]
+
+_TEACHER = ("TeacherStore", "TeacherRankings", "rankings_from_file", "training_queries", "load_query_dir")
+
+
+def __getattr__(name: str):
+    """The teacher-ranking store is imported on first use (it imports numpy)."""
+    if name in _TEACHER:
+        from .harness import teacher
+
+        return getattr(teacher, name)
+    raise AttributeError(f"module 'genattr' has no attribute {name!r}")

@@ -135,10 +135,16 @@ def list_command(kind: str, as_json: bool):
         return
     from tabulate import tabulate
 
+    headers = ["name", "version", "plugin", "description"]
     table = [[r["name"] + (" (clash)" if "clash" in r else ""), r["version"], r["plugin"], r["description"]]
              for r in rows]
-    click.echo(tabulate(table, headers=["name", "version", "plugin", "description"], tablefmt="simple",
-                        maxcolwidths=[None, None, None, 70]))
+    widths = [None, None, None, 70]
+    if kind == "models":  # what each benchmark can do with the model (docs/models.md)
+        headers.insert(2, "capabilities")
+        widths.insert(2, None)
+        for row, r in zip(table, rows):
+            row.insert(2, ", ".join(r.get("capabilities") or []) or "-")
+    click.echo(tabulate(table, headers=headers, tablefmt="simple", maxcolwidths=widths))
     for name in sorted(reg.clashes):
         click.echo(f"clash: {reg.clash_message(name)}")
 

@@ -18,7 +18,7 @@ POOL = 30
 @pytest.fixture(scope="module")
 def tiny(session_cache):
     from genattr.datasets.digits import Digits
-    from genattr.plugins.models.cache import load_or_train
+    from genattr.harness.models import load_or_train
     from genattr.plugins.models.recipes import recipe
 
     torch.set_num_threads(1)

@@ -20,7 +20,7 @@ IDX = [0, 4, 9, 13, 18, 22, 27]
 @pytest.fixture(scope="module")
 def tiny(session_cache):
     from genattr.datasets.digits import Digits
-    from genattr.plugins.models.cache import load_or_train
+    from genattr.harness.models import load_or_train
     from genattr.plugins.models.recipes import recipe
 
     torch.set_num_threads(1)

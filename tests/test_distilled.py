@@ -26,7 +26,7 @@ OPTS = dict(encoders="pixels:8", teacher_options=CHEAP, teacher_queries=8, epoch
 @pytest.fixture(scope="module")
 def tiny(session_cache):
     from genattr.datasets.digits import Digits
-    from genattr.plugins.models.cache import load_or_train
+    from genattr.harness.models import load_or_train
     from genattr.plugins.models.recipes import recipe
 
     torch.set_num_threads(1)
@@ -290,7 +290,7 @@ def _queries(n=5):
 
 def test_teacher_store_keeps_top_k_resumes_per_query_and_keys_on_everything(counting, tmp_path):
     from genattr.harness.seeding import numpy_rng
-    from genattr.plugins.methods.teacher import NAMESPACE, TeacherStore
+    from genattr.harness.teacher import NAMESPACE, TeacherStore
 
     cache, data, qs, recipe = Cache(tmp_path), _data(), _queries(), {"kind": "test", "count": 5}
     store = TeacherStore(cache, _Model(), data, "counting-teacher", keep=4, batch=2)
@@ -330,7 +330,7 @@ def test_teacher_store_keeps_top_k_resumes_per_query_and_keys_on_everything(coun
 
 
 def test_training_queries_come_from_training_captions_with_fresh_seeds(tiny, session_cache):
-    from genattr.plugins.methods.teacher import training_queries
+    from genattr.harness.teacher import training_queries
 
     model, pool = tiny
     qs, recipe = training_queries(model, pool, 3, seed=0, steps=4, cache=session_cache)
@@ -360,7 +360,7 @@ def _release_like(n=20, q=3, L=6):
 def test_official_rank_files_are_read_without_unpickling(protocol, tmp_path):
     import pickle  # only to write the fakes
 
-    from genattr.plugins.methods.teacher import load_rank_file, rankings_from_file
+    from genattr.harness.teacher import load_rank_file, rankings_from_file
 
     train, test = _release_like()
     (tmp_path / "influence_train.pkl").write_bytes(pickle.dumps(train, protocol=protocol))
@@ -389,7 +389,7 @@ class _Evil:
 def test_a_pickle_with_other_globals_is_refused_and_never_runs(tmp_path, monkeypatch):
     import pickle  # only to write the fake
 
-    from genattr.plugins.methods.teacher import load_rank_file
+    from genattr.harness.teacher import load_rank_file
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps({"random": {"rank": _Evil()}}))

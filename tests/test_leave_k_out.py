@@ -17,13 +17,8 @@ from genattr.benchmarks.leave_k_out import (  # noqa: E402
 )
 from genattr.harness.api import Cell, Query, RunEnv  # noqa: E402
 from genattr.harness.errors import UserError  # noqa: E402
-from genattr.plugins.metrics.counterfactual import (  # noqa: E402
-    DeltaGenMSE,
-    DeltaGenSim,
-    DeltaLoss,
-    loss_timesteps,
-    query_loss,
-)
+from genattr.harness.counterfactual import loss_timesteps, query_loss  # noqa: E402
+from genattr.plugins.metrics.counterfactual import DeltaGenMSE, DeltaGenSim, DeltaLoss  # noqa: E402
 
 #: The smallest useful configuration: one K, two queries, two random draws, a short training.
 FAST = dict(k=[3], num_queries=2, random_draws=2, query_steps=5, n=32, train_config={"steps": 12})
@@ -245,7 +240,7 @@ def test_retrain_cache_hit_on_same_removal_set(bench, env, monkeypatch):
     real_train = DDPMAdapter.train
 
     def counting(self, dataset, config=None):
-        trainings.append((len(dataset), sorted((config or {}).get("exclude") or [])))
+        trainings.append((len(dataset), sorted((config or {}).get("item_weights") or [])))
         return real_train(self, dataset, config)
 
     monkeypatch.setattr(DDPMAdapter, "train", counting)
@@ -261,7 +256,7 @@ def test_retrain_cache_hit_on_same_removal_set(bench, env, monkeypatch):
 def test_coupled_retrain_moves_less_than_independent(bench, env):
     """Coupling check: the coupled retrain differs from θ0 only through the removed items, so removing an item
     moves the query loss far less than an independent retrain on the reduced set (which reshuffles every batch)."""
-    from genattr.plugins.metrics.counterfactual import query_loss
+    from genattr.harness.counterfactual import query_loss
 
     st = bench._setup(env)
     q = st.queries[0]

@@ -62,13 +62,13 @@ def test_same_seed_same_weights_and_losses(data, trained):
     assert m3.fingerprint != m1.fingerprint
 
 
-def test_exclude_trains_without_the_items_on_the_same_batches(data, trained):
-    """Coupled retraining: excluded items contribute nothing (their pixels and captions can be anything), every
+def test_zero_item_weights_train_without_the_items_on_the_same_batches(data, trained):
+    """Coupled retraining: items of weight 0 contribute nothing (their pixels and captions can be anything), every
     other random draw is the full set's, and excluding something changes the weights."""
     m_full, _ = trained
     gone = ["img3", "img10"]
     a = TinyT2I.for_dataset(data, **TINY_ARCH)
-    a.train(data, {**TRAIN, "exclude": gone})
+    a.train(data, {**TRAIN, "item_weights": {i: 0 for i in gone}})
     # the same set with the excluded items' content replaced: identical training
     images = data.images(list(range(len(data)))).clone()
     caps = [tuple(data.captions(i)) for i in range(len(data))]
@@ -77,15 +77,22 @@ def test_exclude_trains_without_the_items_on_the_same_batches(data, trained):
         caps[k] = ("digit zero",)
     other = InMemoryDataset("synthetic", "1", list(data.ids), images, caps)
     b = TinyT2I.for_dataset(data, **TINY_ARCH)
-    b.train(other, {**TRAIN, "exclude": gone})
+    b.train(other, {**TRAIN, "item_weights": {i: 0.0 for i in gone}})
     sa, sb = state(a), state(b)
     assert all(torch.allclose(sa[k], sb[k], rtol=0, atol=1e-7) for k in sa)
     assert not same_state(sa, state(m_full))
     c = TinyT2I.for_dataset(data, **TINY_ARCH)
-    c.train(data, {**TRAIN, "exclude": []})
+    c.train(data, {**TRAIN, "item_weights": {}})
     assert same_state(state(c), state(m_full))
+    d = TinyT2I.for_dataset(data, **TINY_ARCH)
+    d.train(data, {**TRAIN, "item_weights": {"img3": 1.0}})  # weight 1 is the default
+    assert same_state(state(d), state(m_full))
     with pytest.raises(UserError, match="not in the training set"):
-        TinyT2I.for_dataset(data, **TINY_ARCH).train(data, {**TRAIN, "exclude": ["nope"]})
+        TinyT2I.for_dataset(data, **TINY_ARCH).train(data, {**TRAIN, "item_weights": {"nope": 0}})
+    with pytest.raises(UserError, match="finite and >= 0"):
+        TinyT2I.for_dataset(data, **TINY_ARCH).train(data, {**TRAIN, "item_weights": {"img3": -1}})
+    with pytest.raises(UserError, match="leaves no training item"):
+        TinyT2I.for_dataset(data, **TINY_ARCH).train(data, {**TRAIN, "item_weights": {i: 0 for i in data.ids}})
 
 
 def test_training_reduces_loss(data):
@@ -227,8 +234,6 @@ def test_flip_augmentation(data, monkeypatch):
 
 
 def test_customize_changes_only_declared_tensors(data, trained, tmp_path):
-    from genattr.plugins.models.common import load_delta
-
     m, _ = trained
     before = state(m)
     ex = data.subset(["img1", "img2"])
@@ -253,8 +258,8 @@ def test_customize_changes_only_declared_tensors(data, trained, tmp_path):
         from safetensors.torch import load_file
 
         stored = load_file(str(tmp_path / weights / "delta.safetensors"))
-        assert set(stored) == {f"unet.{n}" for n in declared} | {"text_encoder.token_embedding.new"}
-        back = load_delta(m, str(tmp_path / weights))
+        assert set(stored) == {f"unet.{n}" for n in declared} | {"modifier_token.<v*>"}
+        back = m.apply_delta(str(tmp_path / weights))
         assert same_state(state(back), state(c))
         assert back.fingerprint == c.fingerprint
         assert back.token_ids("<v*>") == c.token_ids("<v*>")

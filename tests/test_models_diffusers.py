@@ -147,8 +147,6 @@ def test_train_deterministic_unet_only(pipeline_dir):
 
 
 def test_customize_and_delta(model, tmp_path):
-    from genattr.plugins.models.common import load_delta
-
     ds = dataset()
     c = model.customize(ds.subset(["p0", "p1"]), "<new1>", {"steps": 2, "batch_size": 2, "reg_dataset": ds})
     assert len(c.token_ids("<new1>")) == 1 and len(model.tokenizer) + 1 == len(c.tokenizer)
@@ -157,7 +155,7 @@ def test_customize_and_delta(model, tmp_path):
     for n, p in c.unet.named_parameters():
         assert torch.equal(p, base[n]) == (n not in declared), n
     c.save_delta(str(tmp_path / "d"))
-    back = load_delta(model, str(tmp_path / "d"))
+    back = model.apply_delta(str(tmp_path / "d"))
     assert back.fingerprint == c.fingerprint
 
 

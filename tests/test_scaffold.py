@@ -32,8 +32,10 @@ VARIANTS = [
     pytest.param("metric", "counterfactual", "scaffold-t-cf", id="counterfactual-metric", marks=pytest.mark.slow),
     pytest.param("dataset", None, "scaffold-t-data", id="dataset"),
     pytest.param("benchmark", None, "scaffold-t-bench", id="benchmark"),
+    pytest.param("model", None, "scaffold-t-model", id="model"),
 ]
-REGISTRY = {"method": "methods", "metric": "metrics", "dataset": "datasets", "benchmark": "benchmarks"}
+REGISTRY = {"method": "methods", "metric": "metrics", "dataset": "datasets", "benchmark": "benchmarks",
+            "model": "models"}
 
 
 def _generate(tmp_path, kind, metric_kind, name, capsys) -> Path:
@@ -113,7 +115,7 @@ def test_the_generated_package_passes_its_own_test(tmp_path, capsys, kind, metri
     (["genattr", "--kind", "method"], "already importable"),
     (["pixel", "--kind", "method"], "a method named 'pixel' is already registered by plugin"),
     (["recall-at-k", "--kind", "metric"], "a metric named 'recall-at-k' is already registered"),
-    (["fine-name", "--kind", "model"], "unknown --kind 'model'"),
+    (["fine-name", "--kind", "models"], "unknown --kind 'models' (did you mean: model"),
     (["fine-name", "--kind", "metrics"], "unknown --kind 'metrics' (did you mean: metric"),
     (["fine-name", "--kind", "method", "--metric-kind", "retrieval"], "--metric-kind applies to --kind metric only"),
     (["fine-name", "--kind", "metric", "--metric-kind", "lds"], "unknown --metric-kind 'lds'"),

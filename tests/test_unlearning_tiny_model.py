@@ -14,7 +14,7 @@ from genattr.harness.data import InMemoryDataset
 def digits_model(session_cache):
     import genattr
     from genattr.datasets.digits import Digits
-    from genattr.plugins.models.cache import load_or_train
+    from genattr.harness.models import load_or_train
     from genattr.plugins.models.recipes import recipe
 
     genattr.load_plugins()
@@ -30,7 +30,7 @@ def planted_model(session_cache):
     repeated 40 times."""
     import genattr
     from genattr.datasets.digits import Digits
-    from genattr.plugins.models.cache import load_or_train
+    from genattr.harness.models import load_or_train
     from genattr.plugins.models.recipes import recipe
 
     genattr.load_plugins()

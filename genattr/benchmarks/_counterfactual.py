@@ -5,10 +5,10 @@ subsets of the training set (``coupled`` or ``independent``), and the query loss
 Everything is resolved through the registries: ``dataset`` (a registered dataset, built with ``dataset_config`` and,
 when its constructor takes one, the size ``n`` as ``limit``/``n``; the held-out captions come from its
 ``heldout(n, count)`` when it has one, else from the items after the first ``n``), ``model`` (a registered model
-adapter, trained through :mod:`genattr.plugins.models.cache`; an adapter class with ``pin_config(dataset, config)``
-fixes what it would derive from the training set once, from the full set, so a retrain never changes the
-architecture) and the recipe (``recipe``: a scale of :mod:`genattr.plugins.models.recipes`, with ``model_config`` /
-``train_config`` overrides).
+model with the ``trainable`` capability, trained through the host's model cache
+:func:`genattr.load_or_train`; its class's ``pin_config(dataset, config)`` fixes what it would derive from the
+training set once, from the full set, so a retrain never changes the architecture) and the recipe (``recipe``: a
+scale of the model's own ``recipe(scale, dataset)``, with ``model_config`` / ``train_config`` overrides).
 
 Retraining modes (:data:`RETRAIN_MODES`):
 
@@ -16,7 +16,7 @@ Retraining modes (:data:`RETRAIN_MODES`):
   permutation of the smaller set, so every batch differs from θ0's: the retrain carries the full reshuffling noise of
   SGD on top of the removal's effect (the paper's Random row, ΔL 3.5·10⁻³, is mostly this noise floor).
 * ``coupled`` — train from scratch on the full set's batch sequence (same permutation, noise, timesteps, captions)
-  with the removed items' loss terms weighted 0 (``exclude`` of the adapter's ``train``). The removed items are then
+  with the removed items' loss terms weighted 0 (the plan's ``item_weights``). The removed items are then
   literally the only difference between θ0 and the retrain, which lowers the noise floor by a large factor (common
   random numbers).
 """
@@ -56,6 +56,10 @@ class Counterfactual:
     #: what the attribution context's ``extra`` carries (the base model is the context's model itself)
     provides_extra = ("benchmark", "preset_hint")
     VERSION = "1"
+
+    def required_model_capabilities(self) -> dict[str, tuple[str, ...]]:
+        """``{model name: capabilities}`` the run checks before any work: θ0 and every retrain are trained here."""
+        return {self.config["model"]: ("trainable",)}
 
     # -- datasets ---------------------------------------------------------------------------------------------------
     def _dataset_factory(self):
@@ -107,12 +111,10 @@ class Counterfactual:
         train_config: dict = {}
         dataset_kw: dict = {}
         if cfg.get("recipe"):
-            from genattr.plugins.models.recipes import recipe
+            from genattr.harness.models import model_recipe
 
-            r = recipe(cfg["dataset"], cfg["recipe"])
-            model_config = dict(r.get("model") or {})
-            train_config = dict(r.get("train") or {})
-            dataset_kw = dict(r.get("dataset") or {})
+            r = model_recipe(cfg["model"], cfg["recipe"], cfg["dataset"])
+            model_config, train_config, dataset_kw = r["model"], r["train"], r["dataset"]
         if cfg.get("model_config"):
             model_config.update(cfg["model_config"])
         if cfg.get("train_config"):
@@ -122,24 +124,27 @@ class Counterfactual:
     def _recipe(self, train) -> tuple[dict, dict]:
         """The recipe every training of this benchmark uses (θ0 and every retrain), with what the model adapter
         derives from the data pinned from the full training set (``pin_config``)."""
-        from genattr.plugins.models.cache import _model_class
+        from genattr.harness.models import pin_model_config
 
         model_config, train_config, _ = self._recipe_parts()
-        pin = getattr(_model_class(self.config["model"]), "pin_config", None)
-        if callable(pin):
-            model_config = pin(train, model_config)
-        return model_config, train_config
+        return pin_model_config(self.config["model"], train, model_config), train_config
 
     def _train(self, dataset, env, state: CounterfactualState, exclude: Sequence[str] | None = None):
         """``load_or_train`` with the benchmark's recipe and seed (θ0 and every retrain go through here);
         ``exclude`` (item ids) is the coupled retrain's removal."""
-        from genattr.plugins.models.cache import load_or_train
+        from genattr.harness.models import load_or_train
 
-        train_config = dict(state.train_config)
+        return load_or_train(env.cache, dataset, state.model_config, self.train_plan(state, exclude),
+                             seed=state.train_seed, model=self.config["model"], progress=env.progress,
+                             device=str(env.device or "cpu"))
+
+    @staticmethod
+    def train_plan(state: CounterfactualState, exclude: Sequence[str] | None = None) -> dict:
+        """The training plan of θ0 (``exclude`` None) or of a coupled retrain (the ids ``exclude`` weighted 0)."""
+        plan = dict(state.train_config)
         if exclude:
-            train_config["exclude"] = sorted(str(i) for i in exclude)
-        return load_or_train(env.cache, dataset, state.model_config, train_config, seed=state.train_seed,
-                             model=self.config["model"], progress=env.progress, device=str(env.device or "cpu"))
+            plan["item_weights"] = {str(i): 0.0 for i in sorted(str(i) for i in exclude)}
+        return plan
 
     def retrain_key(self, dataset, state: CounterfactualState, exclude: Sequence[str] | None = None) -> str:
         """The identity of the model trained on ``dataset`` (without the ids ``exclude``, coupled mode) with the
@@ -222,7 +227,7 @@ class Counterfactual:
         """θ0's per-timestep losses of ``query`` (cached)."""
         import numpy as np
 
-        from genattr.plugins.metrics.counterfactual import query_loss
+        from genattr.harness.counterfactual import query_loss
 
         stride = int(self.config["loss_stride"])
         key = env.cache.key("leave-k-out", "1", "query-loss", st.base.fingerprint, query.id, query.prompt,

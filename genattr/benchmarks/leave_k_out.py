@@ -9,7 +9,7 @@ Protocol
    (method, method config, θ0, query) and cached: the same scores serve every K), removes the top-K training items,
    retrains from scratch with the *same* recipe and seed — the removed items are the only difference; ``coupled``
    retraining (the default of the built-in scales, :data:`RETRAIN_MODES`) also keeps θ0's batch sequence — and
-   measures ``delta-loss``, ``delta-gen-mse`` and ``delta-gen-sim`` (:mod:`genattr.plugins.metrics.counterfactual`).
+   measures ``delta-loss``, ``delta-gen-mse`` and ``delta-gen-sim`` (registered counterfactual metrics).
    Retrained models go through the content-addressed model cache, keyed on the training set's fingerprint and the
    removed-id set: the same removal is never trained twice (across methods, queries,
    runs). The metric values of a (removal set, query) pair are cached too, so a re-run is fast.
@@ -24,7 +24,7 @@ Configuration keys (``get_benchmark("leave-k-out", **config)``; unspecified keys
 ``dataset_config`` (keyword arguments of the dataset; for mscoco ``root``, ``annotations``, ``split`` and optionally
 ``latents``, plus ``query_split`` / ``query_annotations`` for the held-out captions), ``n`` (training-set size),
 ``model`` (registered adapter name for the model cache: ``tiny-t2i`` or ``diffusers``), ``recipe`` (tiny | small, a
-recipe of ``genattr.plugins.models.recipes``), ``model_config`` / ``train_config`` (override the recipe's),
+scale of the model's own ``recipe(scale, dataset)``), ``model_config`` / ``train_config`` (override the recipe's),
 ``train_seed`` (default: the run seed), ``k`` (list of counts ≥ 1 or fractions of N in (0, 1); a fraction becomes
 ``max(1, round(f·N))``), ``num_queries``, ``query_steps`` (sampling steps for queries and regenerations),
 ``random_draws``, ``random_method`` (the method name treated as the random baseline, default ``random``),
@@ -59,29 +59,6 @@ VERSION = "1"
 
 #: The paper's K as fractions of N: 500, 1000, 4000 of 118,287 COCO images.
 PAPER_K_FRACTIONS = (0.0042, 0.0085, 0.034)
-
-#: The paper's latent-diffusion recipe for MSCOCO (PAPER_NOTES §2), for the ``diffusers`` adapter. The UNet is
-#: trained from scratch; the SD-2 text encoder, tokenizer and VAE are loaded from ``pretrained`` (a hub id or a
-#: local directory with ``text_encoder/``, ``tokenizer/``, ``vae/``) and stay frozen.
-PAPER_MODEL = {
-    "pretrained": "stabilityai/stable-diffusion-2",
-    "from_scratch": ["unet"],
-    "resolution": 128,
-    "unet": {
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": [128, 256, 256, 256],
-        "layers_per_block": 2,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "cross_attention_dim": 1024,
-        "attention_head_dim": [5, 10, 20, 20],
-        "use_linear_projection": True,
-    },
-    "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"},
-}
-PAPER_TRAIN = {"epochs": 200, "lr": 1e-4, "batch_size": 128, "flip": True}
 
 #: Scale presets. ``small`` is sized to finish (three methods, one K, a handful of queries) in about 30 minutes on
 #: a 2-core CPU including the base model and every retrain; see docs/benchmarks/leave-k-out.md for the figures.
@@ -122,9 +99,9 @@ SCALES: dict[str, dict] = {
                            "latents": None, "query_split": "val2017", "query_annotations": None},
         "n": None,
         "model": "diffusers",
-        "recipe": None,
-        "model_config": PAPER_MODEL,
-        "train_config": PAPER_TRAIN,
+        "recipe": "paper",  # the diffusers model's paper recipe: the unlearning paper's COCO latent diffusion
+        "model_config": None,
+        "train_config": None,
         "k": [500, 1000, 4000],
         "num_queries": 110,
         "query_steps": 1000,
@@ -292,7 +269,7 @@ class LeaveKOutBenchmark(Counterfactual):
     def evaluate_removal(self, removed: Sequence[int], query: Query, env) -> dict:
         """Retrain without ``removed`` (training indices; cached) and return the metrics for ``query`` plus
         ``retrain_key``. The values are cached per (removal set, query, metrics and their options)."""
-        from genattr.plugins.metrics.counterfactual import query_loss, regenerate
+        from genattr.harness.counterfactual import query_loss, regenerate
 
         st = self._setup(env)
         make, rkey = self.retrain_without(removed, env, st)

@@ -9,7 +9,7 @@ Protocol
    share θ0, the queries and the methods' cached scores at the same scale).
 2. **Teacher.** The registered ``teacher`` method (default ``unlearning``; ``teacher_options`` on top, resolved with
    ``resolve_config(scale, None)`` — θ0 is a model trained from scratch) ranks the whole training set for every query
-   through the one scoring path; the teacher-ranking store (:mod:`genattr.plugins.methods.teacher`) keeps the top
+   through the one scoring path; the teacher-ranking store (:mod:`genattr.harness.teacher`) keeps the top
    ``max(k)`` items per query in the cache, one entry per query (resumable; keyed by θ0, the training set, the
    teacher's resolved configuration and the query recipe). At ``paper`` scale the official release's test rank file
    can stand in (``teacher_file``, read without unpickling, with ``queries_dir`` holding its query images
@@ -18,7 +18,7 @@ Protocol
    the query with the method (cached per method, configuration, θ0 and query; a method's queries are scored in one
    ``attribute`` call) and reports, for each k, ``map@<k>`` = the average precision of the teacher's top k in the
    method's ranking of the whole pool (the registered metric ``teacher-map``,
-   :mod:`genattr.plugins.metrics.agreement`). The leaderboard shows mean ± s.e. over queries; a method identical to
+   the built-in agreement metric). The leaderboard shows mean ± s.e. over queries; a method identical to
    the teacher scores 1, random scores about k / N.
 
 Configuration keys (``get_benchmark("teacher-agreement", **config)``; unspecified keys from the scale preset):
@@ -42,7 +42,6 @@ from genattr.harness.api import Cell
 from genattr.harness.errors import UserError
 
 from ._counterfactual import Counterfactual, preset_config
-from .leave_k_out import PAPER_MODEL, PAPER_TRAIN
 
 NAME = "teacher-agreement"
 VERSION = "1"
@@ -61,7 +60,7 @@ SCALES: dict[str, dict] = {
         "dataset": "mscoco",
         "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
                            "latents": None, "query_split": "val2017", "query_annotations": None},
-        "n": None, "model": "diffusers", "recipe": None, "model_config": PAPER_MODEL, "train_config": PAPER_TRAIN,
+        "n": None, "model": "diffusers", "recipe": "paper", "model_config": None, "train_config": None,
         "num_queries": 110, "query_steps": 1000, "guidance_scale": 7.5, "k": [500, 1000, 4000],
     },
 }
@@ -159,7 +158,7 @@ class TeacherAgreementBenchmark(Counterfactual):
 
     def _setup_from_files(self, env):
         """θ0 and the training set as usual; the queries from ``queries_dir`` (the release's images and prompts)."""
-        from genattr.plugins.methods.distilled import load_query_dir
+        from genattr.harness.teacher import load_query_dir
 
         from ._counterfactual import CounterfactualState
 
@@ -176,8 +175,8 @@ class TeacherAgreementBenchmark(Counterfactual):
         return st
 
     def teacher_rankings(self, env):
-        """The teacher's top ``max(k)`` per query (:class:`~genattr.plugins.methods.teacher.TeacherRankings`)."""
-        from genattr.plugins.methods.teacher import TeacherStore, rankings_from_file
+        """The teacher's top ``max(k)`` per query (:class:`~genattr.harness.teacher.TeacherRankings`)."""
+        from genattr.harness.teacher import TeacherStore, rankings_from_file
 
         st = self._setup(env)
         if self._teacher is not None:

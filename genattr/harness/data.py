@@ -241,3 +241,53 @@ def heldout(dataset, n: int, count: int) -> list[tuple[str, tuple[str, ...]]]:
         raise UserError(f"dataset {getattr(dataset, 'name', '?')!r} has no items beyond the first {n} to take "
                         "held-out captions from; lower n or give the dataset a heldout(n, count) method")
     return held
+
+
+def images_and_captions(data) -> tuple[Any, list[tuple[str, ...]], list[str]]:
+    """``(N×C×H×W float images, captions per item, ids)`` of a Dataset or a sequence of Examples."""
+    import torch
+
+    from .errors import UserError
+
+    if hasattr(data, "item") and hasattr(data, "__len__") and not isinstance(data, (list, tuple)):
+        n = len(data)
+        images = data.images(list(range(n)))
+        captions = [tuple(data.captions(i)) for i in range(n)]
+        return images.float(), captions, list(data.ids)
+    items = list(data)
+    if not items:
+        raise UserError("no examples given")
+    images = torch.stack([torch.as_tensor(e.image, dtype=torch.float32) for e in items])
+    return images, [tuple(e.captions) for e in items], [e.id for e in items]
+
+
+def examples_fingerprint(data) -> str:
+    """The fingerprint of a Dataset, or a sha256 over ids, captions and pixels of a sequence of Examples."""
+    fp = getattr(data, "fingerprint", None)
+    if isinstance(fp, str):
+        return fp
+    images, captions, ids = images_and_captions(data)
+    h = hashlib.sha256()
+    h.update(f"{tuple(images.shape)}".encode())
+    for i, cs in zip(ids, captions):
+        h.update(str(i).encode() + b"\x00" + "\x1e".join(cs).encode() + b"\x00")
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def match_format(images, channels: int, resolution: int):
+    """Resize ``B×C×H×W`` images in [-1, 1] to ``resolution`` (bilinear, antialiased) and convert channels
+    (grey → RGB by repetition, RGB → grey by the mean)."""
+    import torch.nn.functional as F
+
+    x = images.float()
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    return x

@@ -1,4 +1,4 @@
-"""``genattr new-plugin NAME --kind method|metric|dataset|benchmark``: write a pip-installable plugin package that
+"""``genattr new-plugin NAME --kind method|metric|dataset|benchmark|model``: write a pip-installable plugin package that
 passes its own test as generated.
 
 The package (in ``--dir``, default ``./NAME``, which must be absent or empty) holds
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-KINDS = ("method", "metric", "dataset", "benchmark")
+KINDS = ("method", "metric", "dataset", "benchmark", "model")
 METRIC_KINDS = ("retrieval", "counterfactual")
 
 #: Letters, digits, ``-`` and ``_``, starting with a letter and ending with a letter or digit: a valid distribution
@@ -79,6 +79,21 @@ _KIND_INFO = {
                 "method `pixel`) and checks the row; unit tests of the dataset protocol.",
         "test_doc": "The dataset serves as the leave-K-out benchmark's training set (tiny scale, one query, K=2): a "
                     "tiny model is trained on it and queries are drawn from its held-out captions.",
+    },
+    "model": {
+        "hook": "register_models", "registry": "models", "phrase": "model",
+        "summary": "`{cls}` is a small pixel-space text-to-image diffusion model with its own network (a conv net "
+                   "with cross-attention K/V named as in Stable Diffusion, a word-level text encoder) that meets "
+                   "genattr's model contract with the `trainable` and `customizable` capabilities, so every built-in "
+                   "benchmark can train, retrain and customize it. Replace the network with yours and keep the "
+                   "method signatures.",
+        "run": "genattr run customized-model leave-k-out -m random -m pixel --scale tiny "
+               "--set customized-model.model={name} --set leave-k-out.model={name}",
+        "test": "runs the model through all four built-in benchmarks (`--scale tiny`, cut to a few queries, methods "
+                "`random` and `pixel`) and checks the rows; unit tests of the contract (losses, generation, K/V "
+                "names, save/load, deltas).",
+        "test_doc": "The model replaces the built-in model in the customized-model, leave-k-out, lds and "
+                    "teacher-agreement benchmarks (tiny scale, cut to a few queries).",
     },
     "benchmark": {
         "hook": "register_benchmarks", "registry": "benchmarks", "phrase": "benchmark",
@@ -234,7 +249,8 @@ def new_plugin(name: str, kind: str, directory: str | Path | None = None, metric
 
 @click.command(name="new-plugin")
 @click.argument("name")
-@click.option("--kind", required=True, metavar="method|metric|dataset|benchmark", help="The kind of component.")
+@click.option("--kind", required=True, metavar="method|metric|dataset|benchmark|model",
+              help="The kind of component.")
 @click.option("--metric-kind", default=None, metavar="retrieval|counterfactual",
               help="For --kind metric: a retrieval metric (scores, positives; customized-model) or a counterfactual "
                    "one (base and retrained model; leave-k-out). Default: retrieval.")

@@ -7,7 +7,7 @@ import numpy as np, genattr
 from genattr.harness.cache import Cache
 from genattr.harness.api import AttributionContext, Query
 from genattr.datasets.digits import Digits
-from genattr.plugins.models.cache import load_or_train
+from genattr.harness.models import load_or_train
 from genattr.plugins.models.recipes import recipe
 from genattr.plugins.methods import unlearning as U
 genattr.load_plugins()

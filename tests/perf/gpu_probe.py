@@ -148,9 +148,9 @@ def probe_paper_unet(device, quick: bool, out: dict) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from genattr.benchmarks.leave_k_out import PAPER_MODEL
+    from genattr.plugins.models.diffusers_adapter import RECIPES
 
-    cfg = dict(PAPER_MODEL["unet"])
+    cfg = dict(RECIPES["paper"]["model"]["unet"])
     if quick:
         cfg.update(block_out_channels=[32, 32, 32, 32], attention_head_dim=[2, 2, 2, 2], cross_attention_dim=64)
     unet = UNet2DConditionModel(**cfg).to(device)

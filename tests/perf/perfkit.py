@@ -491,7 +491,7 @@ def scoring_run(model, ds, n: int, cache, opts: dict | None = None):
 def tiny_digits(cache):
     """(the tiny digits model, its training set) from ``cache``."""
     from genattr.datasets.digits import Digits
-    from genattr.plugins.models.cache import load_or_train
+    from genattr.harness.models import load_or_train
     from genattr.plugins.models.recipes import recipe
 
     r = recipe("digits", "tiny")

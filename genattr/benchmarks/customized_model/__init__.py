@@ -8,19 +8,21 @@ error over queries.
 
 Two data sources:
 
-* **built-in miniature** (``scale`` ``tiny`` / ``small``, no ``data_root``): a base model (option ``model``, default
-  ``tiny-t2i``) trained on a registered dataset (option ``dataset``, default ``shapes``; the recipe of
-  ``genattr.plugins.models.recipes.recipe(dataset, scale)``, from the model cache); concepts from the ``concepts``
+* **built-in miniature** (``scale`` ``tiny`` / ``small``, no ``data_root``): a base model (option ``model``, any
+  registered model with the ``trainable`` and ``customizable`` capabilities, default ``tiny-t2i``) trained on a
+  registered dataset (option ``dataset``, default ``shapes``; the model's own ``recipe(scale, dataset)``, through
+  the host's model cache); concepts from the ``concepts``
   function of a registered dataset's class (option ``concepts``; default: the dataset's own, else ``shapes``, whose
   ``make_concepts(split="test")`` gives — object-centric (one exemplar: a
   novel glyph object) and artist-style (several exemplars: a novel rendering style over ordinary scenes); each
-  customized with its ``<v*>`` token (``recipe_customize(scale)``); queries synthesized from each concept's prompt
+  customized with its ``<v*>`` token (the recipe's ``customize`` plan); queries synthesized from each concept's prompt
   templates. Training concepts (``make_concepts(split="train")``), customized the same way, are offered to methods
   that learn as ``ctx.extra["training_concepts"]`` (built lazily, on first access); test concepts are never shown.
 * **the public AbC layout** (``data_root=...``, scale ``paper``): ``dataset/json/test_*.json`` through
   ``genattr.datasets.abc``; queries are the benchmark's synthesized images, the pool a LAION subset; customized
-  models are Custom-Diffusion deltas over Stable Diffusion v1.4 in ``weights_dir`` (loaded with
-  ``genattr.plugins.models.diffusers_adapter.load_delta``). Models without weights are listed in the provenance
+  models are Custom-Diffusion deltas over Stable Diffusion v1.4 in ``weights_dir``, applied with the base model's
+  ``apply_delta`` (the base model: ``base_model``, a directory loaded by the registered model ``model`` —
+  ``diffusers`` by default — or by the model its ``genattr_model.json`` names). Models without weights are listed in the provenance
   and their cells are not enumerated for methods with ``needs_model=True`` (model-free methods still run).
 
 Pools. AbC ranks the base set plus the customized model's **own** exemplars: that is the headline variant (metric

@@ -318,48 +318,24 @@ def _sources(selection: list[dict], info: dict) -> dict:
 _BASE_MODELS: dict = {}
 
 
-def _abc_base_model(base_model: str):
-    """The base model of the deltas, loaded once per process: a directory saved by a genattr model
-    (``genattr_model.json``, e.g. ``tiny-t2i``) or a diffusers Stable Diffusion pipeline (local path or hub id)."""
-    from pathlib import Path
+def _abc_base_model(base_model: str, model: str):
+    """The base model of the deltas, loaded once per process: a directory saved by a registered model (its
+    ``genattr_model.json`` names which), else one the registered model ``model`` loads (``diffusers``: a Stable
+    Diffusion pipeline directory or hub id)."""
+    from genattr.harness.models import load_model
 
-    key = str(base_model)
+    key = (str(base_model), str(model))
     if key not in _BASE_MODELS:
         _BASE_MODELS.clear()  # one base at a time: Stable Diffusion is large
-        p = Path(key).expanduser()
-        if (p / "genattr_model.json").is_file():
-            import json
-
-            kind = json.loads((p / "genattr_model.json").read_text()).get("model")
-            if kind != "tiny-t2i":
-                raise UserError(f"customized-model: base_model {key!r} holds a {kind!r} model; expected tiny-t2i "
-                                "or a diffusers pipeline")
-            from genattr.plugins.models.tiny_t2i import TinyT2I
-
-            _BASE_MODELS[key] = TinyT2I.load(str(p))
-        else:
-            from genattr.plugins.models.diffusers_adapter import DiffusersT2I
-
-            loader = getattr(DiffusersT2I, "from_pretrained", None) or DiffusersT2I
-            _BASE_MODELS[key] = loader(key)
+        _BASE_MODELS[key] = load_model(str(base_model), model)
     return _BASE_MODELS[key]
 
 
 def abc_load_model(config: Mapping[str, Any], case: ConceptCase, env: RunEnv):
-    """The customized model of one AbC case: the base model with the case's delta applied — a genattr delta
-    directory (``delta.json``, written by ``save_delta``) or a Custom-Diffusion delta (diffusers adapter)."""
-    from pathlib import Path
-
-    base = _abc_base_model(config["base_model"])
-    path = Path(case.weights)
-    if path.is_dir() and (path / "delta.json").is_file():
-        from genattr.plugins.models.common import load_delta
-
-        model = load_delta(base, str(path))
-    else:
-        from genattr.plugins.models.diffusers_adapter import load_delta
-
-        model = load_delta(base, str(path))
+    """The customized model of one AbC case: the base model with the case's delta applied by the model's own
+    ``apply_delta`` (for the built-ins: a genattr delta directory or Custom Diffusion's ``delta.bin``)."""
+    base = _abc_base_model(config["base_model"], config["model"])
+    model = base.apply_delta(str(case.weights))
     if env.device and env.device != "cpu" and hasattr(model, "to"):
         model = model.to(env.device)
     return model

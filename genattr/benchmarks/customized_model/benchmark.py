@@ -43,6 +43,13 @@ class CustomizedModelBenchmark:
     def real_data(self) -> bool:
         return bool(self.config["data_root"])
 
+    def required_model_capabilities(self) -> dict[str, tuple[str, ...]]:
+        """``{model name: capabilities}`` checked before any work: the built-in miniature trains and customizes its
+        base model; the AbC data applies given deltas to a loaded base model."""
+        if self.real_data:
+            return {self.config["model"]: ("customizable",)}
+        return {self.config["model"]: ("trainable", "customizable")}
+
     # -- cells --------------------------------------------------------------------------------------------------
     def concept_specs(self) -> list[dict]:
         """``[{"id", "split", "queries", "has_weights"}]`` without building any model (cheap)."""

@@ -155,13 +155,14 @@ class BuiltinData:
 
     def recipe(self) -> dict:
         """The model recipe of the dataset at the scale, with the configuration's overrides."""
-        from genattr.plugins.models.recipes import recipe
+        from genattr.harness.models import model_recipe
 
         c = self.config
-        r = recipe(c["dataset"], c["scale"])
+        r = model_recipe(c["model"], c["scale"], c["dataset"])
         return {"model": {**r["model"], **dict(c["model_config"] or {})},
                 "train": {**r["train"], **dict(c["train_config"] or {})},
-                "dataset": {**r["dataset"], **dict(c["dataset_config"] or {})}}
+                "dataset": {**r["dataset"], **dict(c["dataset_config"] or {})},
+                "customize": r["customize"]}
 
     def concepts(self, split: str = "test", resolution: int | None = None, channels: int | None = None):
         """The concepts of ``split`` from the concept source, rendered at ``resolution`` (the base dataset's)."""
@@ -190,7 +191,7 @@ class BuiltinData:
         if key not in self._base:
             import genattr
             from genattr.harness import progress
-            from genattr.plugins.models.cache import load_or_train
+            from genattr.harness.models import load_or_train
 
             c = self.config
             r = self.recipe()
@@ -206,12 +207,10 @@ class BuiltinData:
         return self._base[key]
 
     def customize_config(self, reg_dataset=None) -> dict:
-        """``recipe_customize(scale)`` + the ``customize`` overrides; the regularisation images are the base
+        """The recipe's customization plan + the ``customize`` overrides; the regularisation images are the base
         training set (Custom Diffusion regularises with real images of similar captions), unless
         ``customize={"reg_dataset": None}`` or ``reg_weight`` 0."""
-        from genattr.plugins.models.recipes import recipe_customize
-
-        cfg = {**recipe_customize(self.config["scale"]), **dict(self.config["customize"] or {})}
+        cfg = {**self.recipe()["customize"], **dict(self.config["customize"] or {})}
         if "reg_dataset" not in dict(self.config["customize"] or {}):
             cfg["reg_dataset"] = reg_dataset
         return cfg
@@ -220,7 +219,7 @@ class BuiltinData:
               reg_dataset=None) -> list[ConceptCase]:
         """One case per concept: the customized model (model cache) and its synthesized queries (cached)."""
         from genattr.harness import progress
-        from genattr.plugins.models.cache import load_or_customize
+        from genattr.harness.models import load_or_customize
 
         cust_cfg = self.customize_config(reg_dataset)
         out = []

@@ -51,7 +51,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     dataset="shapes",  # the base model's training data (a registered dataset); its items form the pool
     dataset_config=None,  # keyword arguments of the dataset (on top of the model recipe's)
     concepts=None,  # the registered dataset whose concepts(...) gives the concepts; None: the dataset, else shapes
-    model="tiny-t2i",  # the registered model adapter of the base model (built-in data)
+    model=None,  # the registered model of the base model; None: tiny-t2i (built-in data), diffusers (AbC data)
     model_config=None,  # overrides of the recipe's model configuration
     train_config=None,  # overrides of the recipe's training configuration
     metrics=None,  # retrieval metrics (registered names or {"name": ..., options}); None: DEFAULT_METRICS
@@ -60,7 +60,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     base_model="CompVis/stable-diffusion-v1-4",  # path or hub id of the base model of the deltas (AbC data only)
     pools=["own", "all"],  # pool variants reported ("own" is the headline)
     verify="warn",  # warn | error | off
-    customize=None,  # overrides of recipe_customize(scale) (built-in data only)
+    customize=None,  # overrides of the model recipe's customization plan (built-in data only)
     seed_offset=0,  # mixed into every seed of the benchmark's data (concepts, queries); models use the run seed
     model_seeds=None,  # several base-model training seeds pooled in one run (genattr.benchmarks._seeds)
 )
@@ -102,6 +102,8 @@ def benchmark_config(config: Mapping[str, Any]) -> dict:
         if not (isinstance(e, (list, tuple)) and len(e) == 2 and all(_int(v) and v >= 1 for v in e) and e[0] <= e[1]):
             raise UserError(f"customized-model: exemplars_per_style must be [min, max] with 1 <= min <= max, got {e!r}")
         out["exemplars_per_style"] = tuple(e)
+    if out["model"] is None:
+        out["model"] = "diffusers" if out["data_root"] else "tiny-t2i"
     for k in ("dataset", "model"):
         if not isinstance(out[k], str) or not out[k]:
             raise UserError(f"customized-model: {k} must be a registered {k} name, got {out[k]!r}")

@@ -15,7 +15,7 @@ Protocol
    ``sorted(numpy_rng(run seed, "lds/subset", j).choice(N, ⌊β·N⌋, replace=False))`` — training indices, a function
    of the run seed, j, N and β only (a larger M keeps the first subsets, and so their trained models).
 3. **Subset models.** One model per subset and training seed, trained with θ0's recipe through the model cache
-   (:func:`genattr.plugins.models.cache.load_or_train`, via ``Counterfactual._train``); the key depends on the
+   (:func:`genattr.harness.models.load_or_train`, via ``Counterfactual._train``); the key depends on the
    subset, the recipe, the seed and the retraining mode — never on a method or a query — so every method, query and
    run shares them. ``retrain`` (:data:`RETRAIN_MODES`): ``independent`` (default, the standard: train from scratch
    on the subset) or ``coupled`` (θ0's batch sequence over the full set with the items outside the subset weighted
@@ -23,13 +23,13 @@ Protocol
    ``derive_seed(train seed, "lds/seed", r)``, which for an adapter whose constructor takes ``seed`` (tiny-t2i) also
    re-seeds the initialisation. ``train_seeds`` (R) seeds per subset are trained and their outputs averaged.
 4. **Model output.** ``f(z; θ_S)`` = the diffusion loss of query z under θ_S: the mean over the strided timesteps
-   ``t = 0, s, 2s, …`` (``loss_stride`` s) of :func:`~genattr.plugins.metrics.counterfactual.query_loss`, whose
+   ``t = 0, s, 2s, …`` (``loss_stride`` s) of :func:`~genattr.harness.counterfactual.query_loss`, whose
    noise for timestep t is ``item_noise(run seed, "query:<id>", 0, t)`` — the same timesteps and noise for every
    model (as D-TRAK). Outputs are cached per (subset model, queries, stride, seed).
 5. **Prediction and score.** ``g(z, S) = Σ_{i∈S} τ(z, i)`` from the method's scores at θ0 (higher = more helpful).
    A subset full of helpful items should give a *low* loss, so
    ``LDS(z) = Spearman((g(z, S_j))_j, (−f(z; θ_{S_j}))_j)`` (the registered metric ``lds``,
-   :mod:`genattr.plugins.metrics.lds`): higher is better, random scores give 0 in expectation. The benchmark reports
+   the registered metric ``lds``): higher is better, random scores give 0 in expectation. The benchmark reports
    the mean over queries ± standard error.
 6. **Ceiling** (``ceiling = true``): models are also trained with a second seed (seed r = 1; free when
    ``train_seeds ≥ 2``), and per query the Spearman correlation over the M subsets between the two seeds' outputs is
@@ -68,8 +68,7 @@ query digests, the attenuation bound), :mod:`.benchmark` (:class:`LDSState`, :cl
 """
 
 from .._counterfactual import RETRAIN_MODES, Counterfactual, CounterfactualState
-from ..leave_k_out import PAPER_MODEL, PAPER_TRAIN
-from .benchmark import LDSBenchmark, LDSState, _takes_init_seed
+from .benchmark import LDSBenchmark, LDSState
 from .config import (
     BOUND_ROW, CEILING_ROW, COMMON, DEFAULT_METRICS, GROUPS, METRIC_KIND, NAME, PAPER_BETA, PAPER_SEEDS, PAPER_SUBSETS,
     SCALES, VERSION, _validate, resolve_metrics,
@@ -80,5 +79,5 @@ __all__ = [
     "LDSBenchmark", "LDSState", "BOUND_ROW", "CEILING_ROW", "COMMON", "DEFAULT_METRICS", "GROUPS", "METRIC_KIND",
     "NAME", "PAPER_BETA", "PAPER_SEEDS", "PAPER_SUBSETS", "SCALES", "VERSION", "resolve_metrics", "attenuation_bound",
     "draw_subsets", "query_digest", "seed_for", "subset_size", "RETRAIN_MODES", "Counterfactual", "CounterfactualState",
-    "PAPER_MODEL", "PAPER_TRAIN", "_spearman", "_takes_init_seed", "_validate",
+    "_spearman", "_validate",
 ]

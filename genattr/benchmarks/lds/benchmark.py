@@ -11,6 +11,8 @@ from genattr.harness.api import Cell, Query
 from genattr.harness.cache import hash_json
 from genattr.harness.errors import UserError
 
+from genattr.harness.models import init_seed_key
+
 from .._counterfactual import Counterfactual, CounterfactualState, apply_overrides, preset_config
 from .config import BOUND_ROW, CEILING_ROW, COMMON, DEFAULT_METRICS, NAME, SCALES, VERSION, _validate, resolve_metrics
 from .subsets import _spearman, attenuation_bound, draw_subsets, query_digest, seed_for
@@ -161,8 +163,9 @@ class LDSBenchmark(Counterfactual):
             return st
         s = copy.copy(st)
         s.train_seed = seed_for(st.train_seed, r)
-        if _takes_init_seed(self.config["model"]):
-            s.model_config = {**st.model_config, "seed": s.train_seed}
+        key = init_seed_key(self.config["model"])
+        if key:
+            s.model_config = {**st.model_config, key: s.train_seed}
         return s
 
     def _subset_spec(self, subset: Sequence[int], r: int, st: CounterfactualState):
@@ -184,14 +187,11 @@ class LDSBenchmark(Counterfactual):
 
     def _is_trained(self, subset: Sequence[int], r: int, env, st: CounterfactualState) -> bool:
         """Whether the model cache already holds that subset model."""
-        from genattr.plugins.models.cache import NS_TRAINED, train_key
+        from genattr.harness.models import is_trained
 
         dataset, s, exclude = self._subset_spec(subset, r, st)
-        tc = dict(s.train_config)
-        if exclude:
-            tc["exclude"] = sorted(str(i) for i in exclude)
-        key = train_key(dataset, s.model_config, tc, s.train_seed, self.config["model"])
-        return env.cache.lookup(NS_TRAINED, key) is not None
+        return is_trained(env.cache, dataset, s.model_config, self.train_plan(s, exclude), s.train_seed,
+                          self.config["model"])
 
     def subset_outputs(self, env, st: CounterfactualState, queries: Sequence[Query], subsets: Sequence,
                        seeds: int):
@@ -206,7 +206,7 @@ class LDSBenchmark(Counterfactual):
 
         from genattr.harness import progress
         from genattr.harness.seeding import numpy_rng
-        from genattr.plugins.metrics.counterfactual import query_loss
+        from genattr.harness.counterfactual import query_loss
 
         stride = int(self.config["loss_stride"])
         digests = [query_digest(q) for q in queries]
@@ -371,15 +371,3 @@ class LDSBenchmark(Counterfactual):
         table = long.pivot(index="method", columns=["metric", "source"], values="cell")
         order = [(m, s) for m in names or DEFAULT_METRICS for s in ("generated", "real") if (m, s) in table.columns]
         return table[order]
-
-
-def _takes_init_seed(model: str) -> bool:
-    """Whether the model adapter's constructor takes ``seed`` (its initialisation seed)."""
-    import inspect
-
-    from genattr.plugins.models.cache import _model_class
-
-    try:
-        return "seed" in inspect.signature(_model_class(model)).parameters
-    except (TypeError, ValueError):
-        return False

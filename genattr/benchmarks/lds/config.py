@@ -8,7 +8,6 @@ from typing import Any
 from genattr.harness.errors import UserError
 
 from .._counterfactual import RETRAIN_MODES
-from ..leave_k_out import PAPER_MODEL, PAPER_TRAIN
 from .subsets import subset_size
 
 NAME = "lds"
@@ -60,9 +59,9 @@ SCALES: dict[str, dict] = {
                            "latents": None, "query_split": "val2017", "query_annotations": None},
         "n": None,
         "model": "diffusers",
-        "recipe": None,
-        "model_config": PAPER_MODEL,
-        "train_config": PAPER_TRAIN,
+        "recipe": "paper",
+        "model_config": None,
+        "train_config": None,
         "subsets": PAPER_SUBSETS,
         "beta": PAPER_BETA,
         "train_seeds": PAPER_SEEDS,

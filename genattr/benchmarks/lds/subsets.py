@@ -64,6 +64,6 @@ def query_digest(q: Query) -> str:
 
 
 def _spearman(a, b) -> float:
-    from genattr.plugins.metrics.lds import spearman
+    from genattr.harness.statistics import spearman
 
     return spearman(a, b)

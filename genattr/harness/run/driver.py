@@ -298,6 +298,14 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     def version(kind, name, obj):
         return str(getattr(obj, "version", None) or registry(kind).get(name).version)
 
+    # a model without a capability a benchmark needs is refused now, before any training
+    from ..models import require_capabilities
+
+    for b, bench in benches.items():
+        needs = getattr(bench, "required_model_capabilities", None)
+        for model_name, caps in ((needs() or {}).items() if callable(needs) else ()):
+            require_capabilities(model_name, caps, f"benchmark {b}")
+
     bench_info: dict[str, dict] = {}
     for b, bench in benches.items():
         cfg = clean_json(getattr(bench, "config", None) or {**spec.benchmark_configs.get(b, {}), "scale": spec.scale})

@@ -34,23 +34,7 @@ def _candidate_indices(n: int, candidates: Sequence[int] | None) -> np.ndarray:
     return idx % n if idx.size else idx
 
 
-def match_format(images, channels: int, resolution: int):
-    """Resize ``B×C×H×W`` images in [-1, 1] to ``resolution`` (bilinear, antialiased) and convert channels
-    (grey → RGB by repetition, RGB → grey by the mean)."""
-    import torch
-    import torch.nn.functional as F
-
-    x = images.float()
-    if x.shape[1] != channels:
-        if x.shape[1] == 1:
-            x = x.expand(-1, channels, -1, -1)
-        elif channels == 1:
-            x = x.mean(dim=1, keepdim=True)
-        else:
-            raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
-    if x.shape[-2:] != (resolution, resolution):
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
-    return x
+from genattr.harness.data import match_format  # noqa: E402,F401 - re-exported
 
 
 def query_images(queries: Sequence[Query]):

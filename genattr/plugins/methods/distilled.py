@@ -83,8 +83,8 @@ import numpy as np
 from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets, method_seed
-from .distilled_student import (  # noqa: F401 - re-exported: tests and teacher_agreement import them from here
-    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, check_student_options, free_items, load_query_dir,
+from .distilled_student import (  # noqa: F401 - re-exported: tests import them from here
+    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, check_student_options, free_items,
     load_student, ranked_lists, save_student, student_state,
 )
 
@@ -296,7 +296,7 @@ class DistilledMethod(ScalePresets):
     def teacher(self, ctx):
         """``(training queries, TeacherRankings)`` for ``ctx``: from the teacher-ranking store, or from
         ``teacher_file`` + ``teacher_queries_dir``."""
-        from .teacher import TeacherStore, rankings_from_file, training_queries
+        from genattr.harness.teacher import TeacherStore, load_query_dir, rankings_from_file, training_queries
 
         cfg = self.config
         tset = self.teacher_set(ctx)
@@ -306,6 +306,8 @@ class DistilledMethod(ScalePresets):
         if key in self._memo:
             return self._memo[key]
         if cfg["teacher_file"] is not None:
+            if cfg["teacher_queries_dir"] is None:
+                raise UserError("distilled: teacher_file needs teacher_queries_dir (the training-query images {i}.png)")
             queries = load_query_dir(cfg["teacher_queries_dir"], tset)
             ranks = rankings_from_file(cfg["teacher_file"], len(tset), cfg["keep"],
                                        query_ids=[q.id for q in queries])

@@ -176,33 +176,3 @@ def _sha_file(path) -> str:
     return sha256_file(Path(path).expanduser())
 
 
-def load_query_dir(folder, dataset) -> list:
-    """Training queries of an official release: ``{i}.png`` images (i = 0, 1, …, in the rank file's row order) and,
-    when present, ``prompts.json`` (a list of strings) — images resized to the training set's resolution and
-    channels, values in [-1, 1]."""
-    import torch
-
-    from genattr.harness.api import Query
-
-    from .baselines import match_format
-
-    if folder is None:
-        raise UserError("distilled: teacher_file needs teacher_queries_dir (the training-query images {i}.png)")
-    d = Path(folder).expanduser()
-    if not d.is_dir():
-        raise UserError(f"distilled: teacher_queries_dir {str(folder)!r} is not a directory")
-    files = sorted(d.glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else 1 << 62)
-    files = [p for p in files if p.stem.isdigit()]
-    if not files:
-        raise UserError(f"distilled: no {{i}}.png images in {str(folder)!r}")
-    prompts = None
-    if (d / "prompts.json").is_file():
-        prompts = [str(p) for p in json.loads((d / "prompts.json").read_text())]
-    from PIL import Image
-
-    out = []
-    for j, p in enumerate(files):
-        arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-        img = match_format(torch.from_numpy(arr).permute(2, 0, 1)[None], dataset.channels, dataset.resolution)[0]
-        out.append(Query(id=f"q{p.stem}", image=img, prompt=prompts[j] if prompts and j < len(prompts) else ""))
-    return out

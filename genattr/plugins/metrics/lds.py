@@ -37,42 +37,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def average_ranks(values) -> "np.ndarray":
-    """1-based ranks of ``values`` with ties given the mean of the ranks they span."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(v.size, dtype=np.float64)
-    sv = v[order]
-    start = 0
-    for k in range(1, v.size + 1):
-        if k == v.size or sv[k] != sv[start]:
-            ranks[order[start:k]] = 0.5 * (start + k - 1) + 1.0
-            start = k
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman's rank correlation of two equally long sequences (average ranks for ties); 0 when either is
-    constant or shorter than 2. NaN values are a ``ValueError``."""
-    import numpy as np
-
-    x = np.asarray(a, dtype=np.float64).reshape(-1)
-    y = np.asarray(b, dtype=np.float64).reshape(-1)
-    if x.shape != y.shape:
-        raise ValueError(f"spearman: lengths differ ({x.size} vs {y.size})")
-    if np.isnan(x).any() or np.isnan(y).any():
-        raise ValueError("spearman: NaN values")
-    if x.size < 2:
-        return 0.0
-    rx, ry = average_ranks(x), average_ranks(y)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    den = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
-    if den == 0.0:
-        return 0.0
-    return float(np.clip((rx * ry).sum() / den, -1.0, 1.0))
+from genattr.harness.statistics import average_ranks, spearman  # noqa: E402,F401 - host helpers
 
 
 def membership(subsets, n: int) -> "np.ndarray":

@@ -46,6 +46,7 @@ _quiet_library_logging()
 from genattr.harness.api import PARAMETER_SELECTIONS
 from genattr.harness.cache import canonical_json
 from genattr.harness.errors import UserError
+from genattr.harness.models import ModelBase
 from genattr.harness.seeding import generator
 
 from . import training as _training
@@ -87,7 +88,7 @@ def own_memory(*modules: torch.nn.Module) -> None:
                 t.data = t.data.clone()
 
 
-class DDPMAdapter:
+class DDPMAdapter(ModelBase):
     """Base class of the built-in adapters (see the module docstring). Subclasses set ``name``, ``version``,
     ``resolution``, ``channels``, ``unet``, ``text_encoder``, ``scheduler`` and implement :meth:`tokenize`,
     :meth:`latents`, :meth:`decode`, :meth:`_add_token_to_tokenizer`, :meth:`config`, :meth:`save` and
@@ -329,15 +330,16 @@ class DDPMAdapter:
         Config (defaults in :data:`TRAIN_DEFAULTS`): ``steps``, ``batch_size``, ``lr`` (AdamW), ``seed``,
         ``caption_dropout`` (probability of the empty caption, enabling classifier-free guidance),
         ``flip`` (random horizontal flips, as in the paper), ``warmup``, ``lr_schedule``, ``grad_clip``, ``ema``,
-        ``train_text_encoder``, ``exclude``, ``progress``. Batches walk through seeded per-epoch permutations;
+        ``train_text_encoder``, ``item_weights``, ``progress``. Batches walk through seeded per-epoch permutations;
         captions, timesteps, noise, flips and caption dropout come from ``generator(seed, "train", step)``, so the
         same seed and data give the same weights on the same machine.
 
-        ``exclude`` (a list of item ids of ``dataset``) trains *without* those items while keeping every other
-        random draw of training on the full set: the batches, noise, timesteps, captions and flips are exactly the
-        full set's, and an excluded item's loss term gets weight 0 (the batch loss stays a sum over ``batch_size``,
-        so every remaining item's gradient weight is unchanged). The result differs from training on the full set
-        only by the excluded items' gradient contributions — the coupled retraining of the leave-K-out benchmark,
+        ``item_weights`` (``{item id: weight}``, 1 for unnamed items) multiplies each item's loss term while every
+        other random draw of training stays the full set's: the batches, noise, timesteps, captions and flips are
+        exactly the full set's, and a weight-0 item's term vanishes (the batch loss stays a sum over
+        ``batch_size``, so every remaining item's gradient weight is unchanged). With 0/1 weights the result differs
+        from training on the full set only by the left-out items' gradient contributions — the coupled retraining
+        of the leave-K-out benchmark,
         which removes the reshuffling noise of training on a smaller set (see docs/benchmarks/leave-k-out.md)."""
         return _training.train(self, dataset, config)
 
@@ -385,7 +387,12 @@ class DDPMAdapter:
         return _training.customize(self, exemplars, token, config)
 
     def save_delta(self, path: str) -> None:
-        """Store only what customization changed: ``delta.safetensors`` (the changed UNet tensors under
-        ``unet.<name>`` and the new token rows under ``text_encoder.token_embedding.new``) and ``delta.json``
-        (base fingerprint, tokens, history)."""
+        """Store only what customization changed, in Custom Diffusion's delta layout (``{"unet": {name: tensor},
+        "modifier_token": {token: embedding}}``) flattened into ``delta.safetensors`` (keys ``unet.<name>`` and
+        ``modifier_token.<token>``), with ``delta.json`` (base fingerprint, tokens, history)."""
         _training.save_delta(self, path)
+
+    def apply_delta(self, path: str) -> "DDPMAdapter":
+        """A new model: this one with a stored delta applied — a directory written by :meth:`save_delta`, or
+        Custom Diffusion's own ``delta.bin`` (a file, or a directory holding one)."""
+        return _training.load_delta(self, path)

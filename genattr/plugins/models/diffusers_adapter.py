@@ -8,6 +8,13 @@ VAE posterior mean × ``scaling_factor`` (the deterministic mean, so losses do n
 ``prediction_type`` — ``epsilon`` or ``v_prediction`` — is respected). Every operation (loss, generate,
 parameters, train, customize, save/load, deltas) is the shared logic of :mod:`genattr.plugins.models.common`;
 training fine-tunes the UNet only (VAE and text encoder frozen, as in Stable Diffusion training).
+
+The model is ``trainable`` and ``customizable`` (docs/models.md): :meth:`DiffusersT2I.build` writes a pipeline
+directory from configs with SD's component classes (:mod:`genattr.plugins.models.sd_build`; components not built
+from scratch come from ``pretrained``) and loads it through the same constructor that loads SD v1.4;
+:meth:`DiffusersT2I.recipe` holds the scales' configurations; customization is Custom Diffusion's (cross-attention
+K/V plus the modifier token's embedding), its delta saved in Custom Diffusion's layout and read back from either
+genattr's ``delta.safetensors`` or the official ``delta.bin``.
 """
 
 from __future__ import annotations
@@ -33,8 +40,53 @@ class DiffusersT2I(DDPMAdapter):
     never contact the hub."""
 
     name = "diffusers"
-    version = "1"
+    version = "2"
     train_text_encoder_default = False
+    init_seed_key = "seed"
+
+    @classmethod
+    def recipe(cls, scale: str, dataset: str | None = None) -> dict:
+        """The scales' recipes (:data:`RECIPES`): ``tiny`` a micro SD built from scratch (8 px data → 4×4×4
+        latents); ``paper`` the unlearning paper's COCO model (UNet from scratch, SD-2's text encoder, tokenizer and
+        VAE from ``pretrained``, frozen)."""
+        import copy
+
+        if scale not in RECIPES:
+            raise UserError(f"model 'diffusers' has no recipe for scale {scale!r}; recipes: {', '.join(RECIPES)} "
+                            "(or give model_config and train_config with recipe=null)")
+        r = copy.deepcopy(RECIPES[scale])
+        r["dataset"] = dict(r["dataset"].get(dataset, r["dataset"].get(None, {})))
+        return r
+
+    @classmethod
+    def build(cls, dataset, config) -> "DiffusersT2I":
+        """An untrained pipeline for ``dataset`` built from ``config`` (:func:`~.sd_build.write_pipeline`),
+        written with ``save_pretrained`` and loaded back with :meth:`__init__` — SD v1.x's own loading path."""
+        import tempfile
+
+        from .sd_build import write_pipeline
+
+        with tempfile.TemporaryDirectory(prefix="genattr-sd-") as tmp:
+            cfg = write_pipeline(Path(tmp), dataset, config)
+            model = cls(tmp, local_files_only=True, resolution=int(cfg.get("resolution") or dataset.resolution),
+                        guidance_scale=float(cfg["guidance_scale"]))
+        model.source = {"path": None, "built": {k: v for k, v in cfg.items() if k != "words"}, "revision": None,
+                        "variant": None, "torch_dtype": "float32"}
+        return model
+
+    @classmethod
+    def pin_config(cls, dataset, config) -> dict:
+        """``config`` with the tokenizer's words and caption length fixed from ``dataset`` (the full training set),
+        so a retrain on a subset keeps the architecture."""
+        from .sd_build import caption_words, longest_caption
+
+        out = dict(config)
+        caps = [tuple(dataset.captions(i)) for i in range(len(dataset))]
+        if out.get("words") is None:
+            out["words"] = caption_words(caps)
+        if out.get("max_length") is None:
+            out["max_length"] = max(8, longest_caption(caps) + 4)
+        return out
 
     def __init__(self, path: str, revision: str | None = None, variant: str | None = None,
                  torch_dtype: str = "float32", device: str = "cpu", resolution: int | None = None,
@@ -171,3 +223,40 @@ def _diffusers_version() -> str:
     import diffusers
 
     return diffusers.__version__
+
+
+#: Recipes per scale: ``model`` (:meth:`DiffusersT2I.build`), ``train``, ``dataset`` (keyword arguments per dataset
+#: name, None for any other), ``customize`` (Custom Diffusion: cross-attention K/V + the modifier token).
+RECIPES: dict[str, dict] = {
+    "tiny": {
+        "model": {"guidance_scale": 1.0},
+        "train": {"steps": 40, "batch_size": 16, "lr": 2e-3, "flip": False, "caption_dropout": 0.0,
+                  "train_text_encoder": True},
+        "dataset": {"digits": {"resolution": 8, "captions_per_image": 2, "limit": 120},
+                    "shapes": {"n": 120, "resolution": 8}, None: {}},
+        "customize": {"weights": "cross-attn-kv", "steps": 10, "lr": 1e-3, "batch_size": 4, "flip": False,
+                      "reg_weight": 1.0},
+    },
+    "paper": {
+        # the unlearning paper's MSCOCO model: SD-2's frozen text encoder, tokenizer and VAE; the UNet from scratch
+        "model": {
+            "pretrained": "stabilityai/stable-diffusion-2",
+            "from_scratch": ["unet"],
+            "resolution": 128,
+            "guidance_scale": 7.5,
+            "unet": {
+                "sample_size": 16, "in_channels": 4, "out_channels": 4,
+                "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
+                "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                     "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True,
+            },
+        },
+        "train": {"steps": 184825, "lr": 1e-4, "batch_size": 128, "flip": True, "caption_dropout": 0.1,
+                  "guidance_scale": 7.5},  # 200 epochs of 118,287 images at batch 128
+        "dataset": {None: {}},
+        "customize": {"weights": "cross-attn-kv", "steps": 250, "lr": 1e-5, "batch_size": 8, "flip": True,
+                      "reg_weight": 1.0},
+    },
+}

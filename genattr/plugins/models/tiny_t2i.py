@@ -91,6 +91,20 @@ class TinyT2I(DDPMAdapter):
     name = "tiny-t2i"
     version = "1"
     train_text_encoder_default = True
+    init_seed_key = "seed"
+
+    @classmethod
+    def recipe(cls, scale: str, dataset: str | None = None) -> dict:
+        """The built-in recipes (:mod:`genattr.plugins.models.recipes`): per dataset and scale, the generic one for
+        any other dataset."""
+        from .recipes import recipe, recipe_customize
+
+        return {**recipe(dataset or "", scale), "customize": recipe_customize(scale)}
+
+    @classmethod
+    def build(cls, dataset, config) -> "TinyT2I":
+        """An untrained model for ``dataset`` (:meth:`for_dataset`)."""
+        return cls.for_dataset(dataset, **dict(config))
 
     def __init__(self, resolution: int = 16, channels: int = 3, vocab: Sequence[str] | None = None,
                  seed: int = 0, **arch):

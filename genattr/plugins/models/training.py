@@ -13,7 +13,6 @@ Only imported through the lazily loaded adapter modules (it imports torch).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -43,7 +42,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "ema": 0.0,  # exponential moving average of the trained weights (0: off)
     "train_text_encoder": None,  # None: the adapter's default
     "guidance_scale": None,  # the model's default guidance scale after training with caption dropout
-    "exclude": None,  # ids of items left out by zero loss weight in the full set's batch sequence (coupled retrain)
+    "item_weights": None,  # {item id: loss weight}, 1 for unnamed items; 0 leaves an item out (coupled retrain)
     "progress": False,
 }
 
@@ -66,35 +65,37 @@ CUSTOMIZE_DEFAULTS: dict[str, Any] = {
 }
 
 TOKEN_EMBEDDING = "text_encoder.token_embedding"
+#: Key prefix of a new token's embedding in a delta (Custom Diffusion's ``modifier_token``).
+MODIFIER_TOKEN = "modifier_token"
+DELTA_FORMAT = "genattr-delta/2"
 
 
-def _images_and_captions(data) -> tuple[torch.Tensor, list[tuple[str, ...]], list[str]]:
-    """(N×C×H×W images, captions per item, ids) of a Dataset or a sequence of Examples."""
-    if hasattr(data, "item") and hasattr(data, "__len__") and not isinstance(data, (list, tuple)):
-        n = len(data)
-        images = data.images(list(range(n)))
-        captions = [tuple(data.captions(i)) for i in range(n)]
-        ids = list(data.ids)
-        return images.float(), captions, ids
-    items = list(data)
-    if not items:
-        raise UserError("no examples given")
-    images = torch.stack([torch.as_tensor(e.image, dtype=torch.float32) for e in items])
-    return images, [tuple(e.captions) for e in items], [e.id for e in items]
+from genattr.harness.data import examples_fingerprint  # noqa: E402,F401 - re-exported
+from genattr.harness.data import images_and_captions as _images_and_captions  # noqa: E402
 
 
-def examples_fingerprint(data) -> str:
-    """The fingerprint of a Dataset, or a sha256 over ids, captions and pixels of a sequence of Examples."""
-    fp = getattr(data, "fingerprint", None)
-    if isinstance(fp, str):
-        return fp
-    images, captions, ids = _images_and_captions(data)
-    h = hashlib.sha256()
-    h.update(f"{tuple(images.shape)}".encode())
-    for i, cs in zip(ids, captions):
-        h.update(str(i).encode() + b"\x00" + "\x1e".join(cs).encode() + b"\x00")
-    h.update(images.contiguous().numpy().tobytes())
-    return h.hexdigest()
+def item_weight_vector(ids, item_weights) -> torch.Tensor:
+    """Per-item loss weights (1 for items ``item_weights`` does not name); one-line errors for unknown ids,
+    negative or non-finite weights, and weights that leave no item."""
+    pos = {str(i): k for k, i in enumerate(ids)}
+    try:
+        named = {str(k): float(v) for k, v in dict(item_weights).items()}
+    except (TypeError, ValueError):
+        raise UserError("training option item_weights must map item ids to numbers") from None
+    missing = [i for i in named if i not in pos]
+    if missing:
+        raise UserError(f"training option item_weights names {len(missing)} id(s) not in the training set, "
+                        f"e.g. {missing[0]!r}")
+    bad = [i for i, w in named.items() if not math.isfinite(w) or w < 0]
+    if bad:
+        raise UserError(f"training option item_weights: weight of {bad[0]!r} must be finite and >= 0, "
+                        f"got {named[bad[0]]}")
+    weight = torch.ones(len(ids))
+    for i, w in named.items():
+        weight[pos[i]] = w
+    if not bool(weight.any()):
+        raise UserError("training option item_weights leaves no training item")
+    return weight
 
 
 def _lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
@@ -128,17 +129,8 @@ def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) 
         raise UserError(f"{model.name}: images are {tuple(images.shape[1:])}, the model takes "
                         f"{(model.channels, model.resolution, model.resolution)}")
     weight = None
-    if cfg["exclude"]:
-        pos = {str(i): k for k, i in enumerate(ids)}
-        missing = [str(i) for i in cfg["exclude"] if str(i) not in pos]
-        if missing:
-            raise UserError(f"training option exclude names {len(missing)} id(s) not in the training set, "
-                            f"e.g. {missing[0]!r}")
-        weight = torch.ones(len(ids))
-        weight[[pos[str(i)] for i in cfg["exclude"]]] = 0.0
-        if not bool(weight.any()):
-            raise UserError("training option exclude leaves no training item")
-        weight = weight.to(model.device)  # once, not per step
+    if cfg["item_weights"]:
+        weight = item_weight_vector(ids, cfg["item_weights"]).to(model.device)  # once, not per step
     train_te = model.train_text_encoder_default if cfg["train_text_encoder"] is None else cfg["train_text_encoder"]
     params = list(model.unet.parameters()) + (list(model.text_encoder.parameters()) if train_te else [])
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -317,43 +309,68 @@ def save_delta(model: DDPMAdapter, path: str) -> None:
     p.mkdir(parents=True, exist_ok=True)
     unet = dict(model.unet.named_parameters())
     tensors = {f"unet.{n}": unet[n].detach().cpu().contiguous() for n in model.delta_names}
-    if model.added_tokens:
-        ids = [model.token_ids(t)[0] for t in model.added_tokens]
-        emb = model.text_encoder.get_input_embeddings().weight.detach().cpu()
-        tensors[TOKEN_EMBEDDING + ".new"] = emb[ids].contiguous()
+    emb = model.text_encoder.get_input_embeddings().weight.detach().cpu()
+    for t in model.added_tokens:
+        tensors[f"{MODIFIER_TOKEN}.{t}"] = emb[model.token_ids(t)[0]].contiguous()
     save_file(tensors, str(p / "delta.safetensors"))
-    meta = {"format": "genattr-delta", "model": model.name, "version": model.version,
+    meta = {"format": DELTA_FORMAT, "model": model.name, "version": model.version,
             "base_fingerprint": model.base_fingerprint, "tokens": list(model.added_tokens),
             "unet_tensors": list(model.delta_names), "guidance_scale": model.guidance_scale,
             "history": model.history}
     (p / "delta.json").write_text(json.dumps(meta, indent=1, default=str))
 
 
+def _official_delta(path: Path) -> dict:
+    """Custom Diffusion's ``delta.bin`` (``{"unet": {name: tensor}, "modifier_token": {token: tensor}}``), read
+    with ``torch.load(weights_only=True)``: tensors and containers only, no code runs."""
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"{path} is not a readable Custom Diffusion delta: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("unet", {}), dict):
+        raise UserError(f"{path} is not a Custom Diffusion delta (expected a dict with 'unet' and 'modifier_token')")
+    tensors = {f"unet.{k}": v for k, v in (raw.get("unet") or {}).items()}
+    tensors.update({f"{MODIFIER_TOKEN}.{k}": v for k, v in (raw.get("modifier_token") or {}).items()})
+    return tensors
+
+
 def load_delta(base_model: DDPMAdapter, path: str) -> DDPMAdapter:
-    """Rebuild a customized model from its base and a directory written by :meth:`DDPMAdapter.save_delta`."""
+    """Rebuild a customized model from its base and a delta: a directory written by :func:`save_delta`, or Custom
+    Diffusion's ``delta.bin`` (the file, or a directory holding it; the base fingerprint is then not checked)."""
     from safetensors.torch import load_file
 
     p = Path(path)
-    meta = json.loads((p / "delta.json").read_text())
-    if meta.get("format") != "genattr-delta":
-        raise UserError(f"{path} is not a genattr customization delta")
-    if meta["base_fingerprint"] != base_model.fingerprint:
-        raise UserError(f"delta {path} was made from base model {meta['base_fingerprint'][:12]}, "
-                        f"not {base_model.fingerprint[:12]}")
-    tensors = load_file(str(p / "delta.safetensors"))
+    meta: dict = {}
+    if p.is_dir() and (p / "delta.json").is_file():
+        meta = json.loads((p / "delta.json").read_text())
+        if meta.get("format") != DELTA_FORMAT:
+            raise UserError(f"{path} is not a genattr customization delta (format {meta.get('format')!r})")
+        if meta["base_fingerprint"] != base_model.fingerprint:
+            raise UserError(f"delta {path} was made from base model {meta['base_fingerprint'][:12]}, "
+                            f"not {base_model.fingerprint[:12]}")
+        tensors = load_file(str(p / "delta.safetensors"))
+    else:
+        official = p / "delta.bin" if p.is_dir() else p
+        if not official.is_file():
+            raise UserError(f"{path}: no delta.json (genattr delta) or delta.bin (Custom Diffusion delta) there")
+        tensors = _official_delta(official)
+    unet_names = [k[len("unet."):] for k in tensors if k.startswith("unet.")]
+    tokens = meta.get("tokens") or [k[len(MODIFIER_TOKEN) + 1:] for k in tensors if k.startswith(MODIFIER_TOKEN + ".")]
     model = base_model.clone()
-    model.base_fingerprint = meta["base_fingerprint"]
+    model.base_fingerprint = meta.get("base_fingerprint") or base_model.fingerprint
     model.added_tokens, model.delta_names = [], []
-    new = tensors.get(TOKEN_EMBEDDING + ".new")
-    for k, token in enumerate(meta["tokens"]):
+    for token in tokens:
         tid = model.add_token(token)
         with torch.no_grad():
-            model.text_encoder.get_input_embeddings().weight[tid] = new[k]
+            model.text_encoder.get_input_embeddings().weight[tid] = tensors[f"{MODIFIER_TOKEN}.{token}"]
     unet = dict(model.unet.named_parameters())
+    unknown = [n for n in unet_names if n not in unet]
+    if unknown:
+        raise UserError(f"delta {path} changes {unknown[0]!r}, which the base model's UNet does not have")
     with torch.no_grad():
-        for n in meta["unet_tensors"]:
+        for n in unet_names:
             unet[n].copy_(tensors[f"unet.{n}"])
-    model.delta_names = list(meta["unet_tensors"])
+    model.delta_names = list(meta.get("unet_tensors") or unet_names)
     model.guidance_scale = float(meta.get("guidance_scale", model.guidance_scale))
     model.history = list(meta.get("history", []))
     model._invalidate()

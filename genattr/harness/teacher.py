@@ -1,4 +1,4 @@
-"""Teacher rankings: what a slow attribution method (by default the exhaustive ``unlearning``) ranks first for a set
+"""Teacher rankings (a public host service): what a slow attribution method (by default the exhaustive ``unlearning``) ranks first for a set
 of queries, computed once and kept in the cache — the training signal of the distilled method
 (:mod:`genattr.plugins.methods.distilled`) and the reference of the ``teacher-agreement`` benchmark.
 
@@ -46,12 +46,14 @@ and numpy arrays (``numpy.core.multiarray._reconstruct`` + ``numpy.dtype`` state
 
 An ``.npz`` with ``rank`` (and optionally ``influence`` / ``influence_subset`` + ``rank_influence_subset``, or
 ``scores`` in rank order) is read the same way with ``allow_pickle=False``; converting a release file to it once
-(``numpy.savez``) is the recommended route. :func:`rankings_from_file` turns either into :class:`TeacherRankings`.
+(``numpy.savez``) is the recommended route. :func:`rankings_from_file` turns either into :class:`TeacherRankings`;
+:func:`load_query_dir` reads the release's query images (``{i}.png``, optional ``prompts.json``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -511,3 +513,33 @@ def rankings_from_file(path, n: int, keep: int | None = None, query_ids: Sequenc
                            fingerprint=sha256_file(Path(path).expanduser()),
                            meta={"source": got["source"], "file_rows": int(rank.shape[1])})
 
+
+def load_query_dir(folder, dataset) -> list:
+    """Training queries of an official release: ``{i}.png`` images (i = 0, 1, …, in the rank file's row order) and,
+    when present, ``prompts.json`` (a list of strings) — images resized to the training set's resolution and
+    channels, values in [-1, 1]."""
+    import torch
+
+    from genattr.harness.api import Query
+    from genattr.harness.data import match_format
+
+    if folder is None:
+        raise UserError("a teacher rank file needs its query images directory ({i}.png); none given")
+    d = Path(folder).expanduser()
+    if not d.is_dir():
+        raise UserError(f"query images directory {str(folder)!r} is not a directory")
+    files = sorted(d.glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else 1 << 62)
+    files = [p for p in files if p.stem.isdigit()]
+    if not files:
+        raise UserError(f"no {{i}}.png images in {str(folder)!r}")
+    prompts = None
+    if (d / "prompts.json").is_file():
+        prompts = [str(p) for p in json.loads((d / "prompts.json").read_text())]
+    from PIL import Image
+
+    out = []
+    for j, p in enumerate(files):
+        arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+        img = match_format(torch.from_numpy(arr).permute(2, 0, 1)[None], dataset.channels, dataset.resolution)[0]
+        out.append(Query(id=f"q{p.stem}", image=img, prompt=prompts[j] if prompts and j < len(prompts) else ""))
+    return out
