@@ -116,9 +116,14 @@ def test_paper_config_is_the_papers():
     cfg = b.config
     assert cfg["dataset"] == "mscoco" and cfg["model"] == "diffusers"
     assert cfg["k"] == [500, 1000, 4000] and cfg["num_queries"] == 110 and cfg["random_draws"] == 10
-    assert cfg["model_config"]["unet"]["block_out_channels"] == [128, 256, 256, 256]
-    assert cfg["model_config"]["unet"]["cross_attention_dim"] == 1024
-    assert cfg["train_config"] == {"epochs": 200, "lr": 1e-4, "batch_size": 128, "flip": True}
+    import genattr
+
+    assert cfg["recipe"] == "paper" and cfg["model_config"] is None
+    recipe = genattr.model_recipe("diffusers", cfg["recipe"], cfg["dataset"])
+    assert recipe["model"]["unet"]["block_out_channels"] == [128, 256, 256, 256]
+    assert recipe["model"]["unet"]["cross_attention_dim"] == 1024 and recipe["model"]["from_scratch"] == ["unet"]
+    assert recipe["train"]["lr"] == 1e-4 and recipe["train"]["batch_size"] == 128 and recipe["train"]["flip"]
+    assert recipe["train"]["steps"] == -(-200 * 118287 // 128)  # 200 epochs
     assert len(b.cells(["unlearning"])) == 3 * 110
 
 

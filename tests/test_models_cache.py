@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from genattr.harness.cache import Cache  # noqa: E402
 from genattr.harness.data import InMemoryDataset  # noqa: E402
-from genattr.plugins.models import cache as model_cache  # noqa: E402
+from genattr.harness import models as model_cache  # noqa: E402
 from genattr.plugins.models.recipes import TINY_ARCH  # noqa: E402
 from genattr.plugins.models.tiny_t2i import TinyT2I  # noqa: E402
 

@@ -301,7 +301,8 @@ def preset_config(bench: str, scale: str, overrides: dict, scales: dict, common:
 def apply_overrides(cfg: dict, overrides: dict, preset_model) -> dict:
     """``cfg`` with ``overrides`` applied: a ``dataset_config`` dict adjusts the preset's (unless the dataset is
     replaced); a ``model_config`` / ``train_config`` dict adjusts the preset's recipe while the model stays
-    ``preset_model`` (another model: replaced); every other value replaces the preset's."""
+    ``preset_model`` (another model: replaced, and given with ``model_config`` or ``train_config`` but no ``recipe``,
+    the recipe is dropped); every other value replaces the preset's."""
     for key, value in overrides.items():
         if key == "dataset_config" and isinstance(value, dict) and "dataset" not in overrides:
             cfg[key] = {**(cfg[key] or {}), **value}
@@ -310,4 +311,7 @@ def apply_overrides(cfg: dict, overrides: dict, preset_model) -> dict:
             cfg[key] = {**cfg[key], **value}  # adjust the preset's recipe (another model: replace it)
         else:
             cfg[key] = value
+    replaced = "model" in overrides and overrides["model"] != preset_model
+    if replaced and "recipe" not in overrides and {"model_config", "train_config"} & set(overrides):
+        cfg["recipe"] = None  # another model with its own configuration: the preset's recipe scale does not apply
     return cfg

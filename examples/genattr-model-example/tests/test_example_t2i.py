@@ -83,7 +83,7 @@ def test_contract_basics(tmp_path):
     kv = model.parameters("cross-attn-kv")
     assert kv and all(n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for n in kv)
     model.save(str(tmp_path / "m"))
-    assert genattr.load_model(str(tmp_path / "m")).fingerprint == model.fingerprint
+    assert ExampleT2i.load(str(tmp_path / "m")).fingerprint == model.fingerprint
     custom = model.customize(ds.subset(["i0", "i1"]), "<v1>", {"steps": 2, "batch_size": 2})
     custom.save_delta(str(tmp_path / "d"))
     assert model.apply_delta(str(tmp_path / "d")).fingerprint == custom.fingerprint

@@ -253,7 +253,7 @@ RECIPES: dict[str, dict] = {
                 "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True,
             },
         },
-        "train": {"steps": 184825, "lr": 1e-4, "batch_size": 128, "flip": True, "caption_dropout": 0.1,
+        "train": {"steps": 184824, "lr": 1e-4, "batch_size": 128, "flip": True, "caption_dropout": 0.1,
                   "guidance_scale": 7.5},  # 200 epochs of 118,287 images at batch 128
         "dataset": {None: {}},
         "customize": {"weights": "cross-attn-kv", "steps": 250, "lr": 1e-5, "batch_size": 8, "flip": True,
