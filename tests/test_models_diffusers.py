@@ -16,30 +16,10 @@ WORDS = ["a", "red", "blue", "circle", "square", "photo", "of", "object", "dog"]
 
 
 def write_clip_tokenizer(folder):
-    """A CLIPTokenizer from a locally written byte-level BPE vocabulary (letters + a few whole words)."""
-    from transformers import CLIPTokenizer
+    """A CLIPTokenizer from a locally written byte-level BPE vocabulary (letters + the words as whole tokens)."""
+    from genattr.plugins.models.sd_build import clip_tokenizer_files
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    merges = []
-    for w in WORDS:
-        if len(w) < 2:
-            continue
-        # merge left to right: ((w0 w1) w2) ... with the last piece carrying </w>
-        cur = w[0]
-        for k, ch in enumerate(w[1:], 1):
-            nxt = ch + ("</w>" if k == len(w) - 1 else "")
-            merges.append(f"{cur} {nxt}")
-            cur = cur + nxt
-            vocab.setdefault(cur, len(vocab))
-    merges = list(dict.fromkeys(merges))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=12)
-    return tok
+    return clip_tokenizer_files(folder, WORDS, max_length=12)
 
 
 @pytest.fixture(scope="module")
