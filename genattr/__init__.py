@@ -19,6 +19,8 @@ The plugin author's API — everything a plugin needs, so that no plugin imports
   customized-model cache), ``load_model`` (a saved model directory), ``query_loss`` / ``regenerate`` (the two sides
   of ΔL and ΔG), and — imported on first use — ``TeacherStore``, ``TeacherRankings``, ``rankings_from_file``,
   ``training_queries``, ``load_query_dir`` (the teacher-ranking store);
+* :mod:`genattr.presets` (imported on its own): the one preset mechanism — defaults, a preset per scale and the
+  user's overrides, with option names and values checked (``resolve``, ``Flag``, ``Integer``, ``Choice`` …);
 * seeding helpers: ``derive_seed``, ``generator``, ``numpy_rng``, ``item_noise``, ``strided_timesteps``;
 * for tests: ``register_plugin(obj, name)`` / ``unregister_plugin(name)`` (a throwaway plugin inside a test).
 

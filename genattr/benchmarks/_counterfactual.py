@@ -282,20 +282,39 @@ def derive(*keys) -> int:
 
 
 def preset_config(bench: str, scale: str, overrides: dict, scales: dict, common: dict) -> dict:
-    """A deep copy of ``common`` updated with the scale's preset, after checking the scale and that every override
-    is a known option (one-line :class:`UserError` naming ``bench`` otherwise)."""
+    """A deep copy of ``common`` updated with the scale's preset (:func:`genattr.presets.resolve`), after checking
+    the scale, every override's name and the values of the boolean options (one-line :class:`UserError` naming
+    ``bench`` otherwise). The overrides themselves are applied by :func:`apply_overrides`."""
+    from genattr.presets import check_names, check_values, flag_specs, resolve
+
+    cfg = resolve(bench, scale, {}, presets=scales, common=common)
+    check_names(bench, overrides, cfg.keys())
+    check_values(bench, overrides, flag_specs(common, *scales.values()))
+    return cfg
+
+
+#: The base model θ0 of the counterfactual benchmarks, by name: the dataset, its size and the model's recipe and
+#: plan. Leave-K-out, LDS and teacher agreement each take the entry of their scale, so at one scale they train —
+#: and find in the cache, whose key is the dataset's fingerprint, the model configuration and the plan — one θ0.
+THETA0: dict[str, dict] = {
+    "tiny": {"dataset": "digits", "dataset_config": {}, "n": 48, "model": "tiny-t2i", "recipe": "tiny",
+             "model_config": None, "train_config": None, "query_steps": 10},
+    "small": {"dataset": "digits", "dataset_config": {"resolution": 8}, "n": 300, "model": "tiny-t2i",
+              "recipe": "small", "model_config": None, "train_config": {"steps": 400}, "query_steps": 50},
+    "paper": {"dataset": "mscoco",
+              "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
+                                 "latents": None, "query_split": "val2017", "query_annotations": None},
+              "n": None, "model": "diffusers", "recipe": "paper",  # the unlearning paper's COCO latent diffusion
+              "model_config": None, "train_config": None, "query_steps": 1000, "guidance_scale": 7.5},
+}
+
+
+def theta0(scale: str, **own) -> dict:
+    """The scale's preset of a counterfactual benchmark: the shared :data:`THETA0` entry plus the benchmark's
+    ``own`` options (deep-copied, so benchmarks never share a mutable value)."""
     import copy
 
-    from genattr.harness.errors import did_you_mean
-
-    if scale not in scales:
-        raise UserError(f"{bench}: unknown scale {scale!r}; choose from {', '.join(scales)}")
-    known = set(scales[scale]) | set(common)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise UserError(f"{bench}: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}; known: "
-                        f"{', '.join(sorted(known))}")
-    return {**copy.deepcopy(common), **copy.deepcopy(scales[scale])}
+    return {**copy.deepcopy(THETA0[scale]), **own}
 
 
 def apply_overrides(cfg: dict, overrides: dict, preset_model) -> dict:

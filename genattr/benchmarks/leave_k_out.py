@@ -52,7 +52,8 @@ from genattr.harness.api import Cell, Query
 from genattr.harness.cache import hash_json
 from genattr.harness.errors import UserError
 
-from ._counterfactual import RETRAIN_MODES, Counterfactual, apply_overrides, preset_config, resolve_metric_specs
+from ._counterfactual import (RETRAIN_MODES, Counterfactual, apply_overrides, preset_config, resolve_metric_specs,
+                              theta0)
 
 NAME = "leave-k-out"
 VERSION = "1"
@@ -63,53 +64,9 @@ PAPER_K_FRACTIONS = (0.0042, 0.0085, 0.034)
 #: Scale presets. ``small`` is sized to finish (three methods, one K, a handful of queries) in about 30 minutes on
 #: a 2-core CPU including the base model and every retrain; see docs/benchmarks/leave-k-out.md for the figures.
 SCALES: dict[str, dict] = {
-    "tiny": {
-        "dataset": "digits",
-        "dataset_config": {},
-        "n": 48,
-        "model": "tiny-t2i",
-        "recipe": "tiny",
-        "model_config": None,
-        "train_config": None,
-        "k": [2, 6],
-        "num_queries": 2,
-        "query_steps": 10,
-        "random_draws": 2,
-        "loss_stride": 5,
-        "encoder": None,
-    },
-    "small": {
-        "dataset": "digits",
-        "dataset_config": {"resolution": 8},
-        "n": 300,
-        "model": "tiny-t2i",
-        "recipe": "small",
-        "model_config": None,
-        "train_config": {"steps": 400},
-        "k": [0.034],
-        "num_queries": 5,
-        "query_steps": 50,
-        "random_draws": 4,
-        "loss_stride": 5,
-        "encoder": None,
-    },
-    "paper": {
-        "dataset": "mscoco",
-        "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
-                           "latents": None, "query_split": "val2017", "query_annotations": None},
-        "n": None,
-        "model": "diffusers",
-        "recipe": "paper",  # the diffusers model's paper recipe: the unlearning paper's COCO latent diffusion
-        "model_config": None,
-        "train_config": None,
-        "k": [500, 1000, 4000],
-        "num_queries": 110,
-        "query_steps": 1000,
-        "guidance_scale": 7.5,
-        "random_draws": 10,
-        "loss_stride": 5,
-        "encoder": None,
-    },
+    "tiny": theta0("tiny", k=[2, 6], num_queries=2, random_draws=2, loss_stride=5, encoder=None),
+    "small": theta0("small", k=[0.034], num_queries=5, random_draws=4, loss_stride=5, encoder=None),
+    "paper": theta0("paper", k=[500, 1000, 4000], num_queries=110, random_draws=10, loss_stride=5, encoder=None),
 }
 
 COMMON = {"train_seed": None, "random_method": "random", "guidance_scale": None, "retrain": None, "metrics": None,
@@ -424,6 +381,10 @@ def _accepted(fn, context: dict) -> dict:
 
 def _validate(cfg: dict) -> None:
     """Types and ranges of the options (one line per mistake)."""
+    from genattr.harness.models import check_plan
+
+    check_plan("leave-k-out", "train_config", cfg["train_config"])
+
     def positive_int(k):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -41,28 +41,15 @@ from typing import Any, Sequence
 from genattr.harness.api import Cell
 from genattr.harness.errors import UserError
 
-from ._counterfactual import Counterfactual, preset_config
+from ._counterfactual import Counterfactual, preset_config, theta0
 
 NAME = "teacher-agreement"
 VERSION = "1"
 
 SCALES: dict[str, dict] = {
-    "tiny": {
-        "dataset": "digits", "dataset_config": {}, "n": 48, "model": "tiny-t2i", "recipe": "tiny",
-        "model_config": None, "train_config": None, "num_queries": 4, "query_steps": 10, "k": [0.05, 0.1, 0.25],
-    },
-    "small": {
-        "dataset": "digits", "dataset_config": {"resolution": 8}, "n": 300, "model": "tiny-t2i", "recipe": "small",
-        "model_config": None, "train_config": {"steps": 400}, "num_queries": 50, "query_steps": 50,
-        "k": [0.01, 0.034, 0.1],
-    },
-    "paper": {
-        "dataset": "mscoco",
-        "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
-                           "latents": None, "query_split": "val2017", "query_annotations": None},
-        "n": None, "model": "diffusers", "recipe": "paper", "model_config": None, "train_config": None,
-        "num_queries": 110, "query_steps": 1000, "guidance_scale": 7.5, "k": [500, 1000, 4000],
-    },
+    "tiny": theta0("tiny", num_queries=4, k=[0.05, 0.1, 0.25]),
+    "small": theta0("small", num_queries=50, k=[0.01, 0.034, 0.1]),
+    "paper": theta0("paper", num_queries=110, k=[500, 1000, 4000]),
 }
 
 COMMON = {"train_seed": None, "guidance_scale": None, "teacher": "unlearning", "teacher_options": {},
@@ -262,6 +249,10 @@ class TeacherAgreementBenchmark(Counterfactual):
 
 
 def _validate(cfg: dict) -> None:
+    from genattr.harness.models import check_plan
+
+    check_plan("teacher-agreement", "train_config", cfg["train_config"])
+
     def positive_int(k):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -53,6 +53,22 @@ TRAIN_PLAN_KEYS = ("steps", "batch_size", "lr", "seed", "item_weights")
 #: Standard keys of a customization plan (the model adds its own).
 CUSTOMIZE_PLAN_KEYS = ("steps", "batch_size", "lr", "seed", "weights", "reg_dataset")
 
+def check_plan(owner: str, option: str, plan: Mapping[str, Any] | None) -> None:
+    """Values of a plan's standard keys (given ones only): ``steps`` and ``batch_size`` positive integers, ``lr`` a
+    positive finite number, ``seed`` an integer — a one-line :class:`UserError` ``{owner}: option '{option}.steps'
+    must be …`` before any work; a model's own keys are the model's to check."""
+    if plan is None:
+        return
+    if not isinstance(plan, Mapping):
+        raise UserError(f"{owner}: option {option!r} must be a table of options, got {plan!r}")
+    from genattr.presets import Integer, Number, check_value
+
+    specs = {"steps": Integer(min=1), "batch_size": Integer(min=1), "lr": Number(gt=0), "seed": Integer()}
+    for key, spec in specs.items():
+        if key in plan:
+            check_value(owner, f"{option}.{key}", plan[key], spec)
+
+
 #: Parts of a recipe (:meth:`TrainableModel.recipe`).
 RECIPE_PARTS = ("model", "train", "dataset", "customize")
 

@@ -210,6 +210,10 @@ def attribute(*, model_spec: str | None, dataset: str | None, method: str, out: 
         raise UserError("give either --run DIR or --model, not both")
     if not run and not dataset:
         raise UserError("give --dataset NAME (with --model), or --run DIR to use a run's model and training set")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"--steps must be a positive integer (sampling steps of the query), got {steps!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise UserError(f"--top-k must be a positive integer, got {top_k!r}")
     out_dir = check_writable(out)
     method_cfg = _assignments(method_sets, "--set")
     dataset_cfg = _assignments(dataset_sets, "--dataset-set")

@@ -83,12 +83,16 @@ def benchmark_config(config: Mapping[str, Any]) -> dict:
     cfg = dict(config)
     scale = cfg.pop("scale", None) or "tiny"
     if scale not in SCALES:
-        raise UserError(f"customized-model: unknown scale {scale!r}; scales: {', '.join(SCALES)}")
-    known = set(COMMON_DEFAULTS) | set().union(*(set(d) for d in SCALE_DEFAULTS.values()))
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise UserError(f"customized-model: unknown option {unknown[0]!r}{did_you_mean(unknown[0], known)}")
-    out = {"scale": scale, **copy.deepcopy(COMMON_DEFAULTS), **copy.deepcopy(SCALE_DEFAULTS[scale]), **cfg}
+        raise UserError(f"customized-model: unknown scale {scale!r}{did_you_mean(str(scale), SCALES)}; "
+                        f"scales: {', '.join(SCALES)}")
+    from genattr.presets import check_names, resolve
+
+    # the scales' option sets differ (the AbC data's options exist only at paper), so names are checked against all
+    check_names("customized-model", cfg, set(COMMON_DEFAULTS).union(*(set(d) for d in SCALE_DEFAULTS.values())))
+    known_here = set(COMMON_DEFAULTS) | set(SCALE_DEFAULTS[scale])
+    out = {"scale": scale, **resolve("customized-model", scale, {k: v for k, v in cfg.items() if k in known_here},
+                                     presets=SCALE_DEFAULTS, common=COMMON_DEFAULTS),
+           **{k: v for k, v in cfg.items() if k not in known_here}}
     for k in _COUNTS:
         if k in out and not (_int(out[k]) and out[k] >= 0):
             raise UserError(f"customized-model: {k} must be a non-negative integer, got {out[k]!r}")
@@ -110,6 +114,10 @@ def benchmark_config(config: Mapping[str, Any]) -> dict:
     for k in ("dataset_config", "model_config", "train_config", "customize"):
         if out[k] is not None and not isinstance(out[k], Mapping):
             raise UserError(f"customized-model: {k} must be a table of options, got {out[k]!r}")
+    from genattr.harness.models import check_plan
+
+    check_plan("customized-model", "train_config", out["train_config"])
+    check_plan("customized-model", "customize", out["customize"])
     if out["verify"] not in VERIFY_MODES:
         raise UserError(f"customized-model: verify must be one of {', '.join(VERIFY_MODES)}, got {out['verify']!r}")
     pools = list(out["pools"]) if isinstance(out["pools"], (list, tuple)) else [out["pools"]]

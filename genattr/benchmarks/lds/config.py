@@ -7,7 +7,7 @@ from typing import Any
 
 from genattr.harness.errors import UserError
 
-from .._counterfactual import RETRAIN_MODES
+from .._counterfactual import RETRAIN_MODES, theta0
 from .subsets import subset_size
 
 NAME = "lds"
@@ -17,61 +17,13 @@ VERSION = "1"
 PAPER_SUBSETS, PAPER_BETA, PAPER_SEEDS = 64, 0.5, 3
 
 SCALES: dict[str, dict] = {
-    # CI: a handful of subsets, seconds of training each; θ0 is leave-K-out tiny's (same cache entry)
-    "tiny": {
-        "dataset": "digits",
-        "dataset_config": {},
-        "n": 48,
-        "model": "tiny-t2i",
-        "recipe": "tiny",
-        "model_config": None,
-        "train_config": None,
-        "subsets": 6,
-        "beta": 0.5,
-        "train_seeds": 1,
-        "ceiling": False,
-        "num_queries": 4,
-        "num_real_queries": 0,
-        "query_steps": 10,
-        "loss_stride": 5,
-    },
-    # θ0 and the queries are leave-K-out small's (same cache entries)
-    "small": {
-        "dataset": "digits",
-        "dataset_config": {"resolution": 8},
-        "n": 300,
-        "model": "tiny-t2i",
-        "recipe": "small",
-        "model_config": None,
-        "train_config": {"steps": 400},
-        "subsets": 32,
-        "beta": 0.5,
-        "train_seeds": 1,
-        "ceiling": True,
-        "num_queries": 50,
-        "num_real_queries": 0,
-        "query_steps": 50,
-        "loss_stride": 5,
-    },
-    "paper": {
-        "dataset": "mscoco",
-        "dataset_config": {"root": None, "split": "train2017", "annotations": None, "resolution": 128,
-                           "latents": None, "query_split": "val2017", "query_annotations": None},
-        "n": None,
-        "model": "diffusers",
-        "recipe": "paper",
-        "model_config": None,
-        "train_config": None,
-        "subsets": PAPER_SUBSETS,
-        "beta": PAPER_BETA,
-        "train_seeds": PAPER_SEEDS,
-        "ceiling": True,
-        "num_queries": 110,
-        "num_real_queries": 0,
-        "query_steps": 1000,
-        "guidance_scale": 7.5,
-        "loss_stride": 5,
-    },
+    # CI: a handful of subsets, seconds of training each
+    "tiny": theta0("tiny", subsets=6, beta=0.5, train_seeds=1, ceiling=False, num_queries=4, num_real_queries=0,
+                   loss_stride=5),
+    "small": theta0("small", subsets=32, beta=0.5, train_seeds=1, ceiling=True, num_queries=50, num_real_queries=0,
+                    loss_stride=5),
+    "paper": theta0("paper", subsets=PAPER_SUBSETS, beta=PAPER_BETA, train_seeds=PAPER_SEEDS, ceiling=True,
+                    num_queries=110, num_real_queries=0, loss_stride=5),
 }
 
 COMMON = {"train_seed": None, "guidance_scale": None, "retrain": "independent", "metrics": None, "group": "method"}
@@ -99,6 +51,10 @@ def resolve_metrics(cfg: dict) -> list[tuple[str, Any, dict]]:
 
 def _validate(cfg: dict) -> None:
     """Types and ranges of the options (one line per mistake)."""
+    from genattr.harness.models import check_plan
+
+    check_plan("lds", "train_config", cfg["train_config"])
+
     def integer(k, low):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:

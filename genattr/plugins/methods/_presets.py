@@ -40,12 +40,14 @@ class ScalePresets:
     #: result keyed on it — is what it was before the option existed. Read them with :meth:`option`.
     OPTIONAL: dict = {}
 
+    #: Value specifications of options (:mod:`genattr.presets`); boolean defaults are checked without one.
+    SPECS: dict = {}
+
     def _init_presets(self, scale: str | None, overrides: dict[str, Any]) -> None:
-        allowed = (set(self.COMMON) | set(self.OPTIONAL) | {k for p in self.PRESETS.values() for k in p}
-                   | {"seed"})
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise UserError(f"unknown {self.name} option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        from genattr.presets import check_names
+
+        check_names(self.name, overrides, set(self.COMMON) | set(self.OPTIONAL)
+                    | {k for p in self.PRESETS.values() for k in p} | {"seed"})
         check_seed(self.name, overrides.get("seed"))
         self._explicit_scale = scale is not None
         # a null seed is the run's seed: the same configuration (and hash) as leaving it out
@@ -53,10 +55,12 @@ class ScalePresets:
         self.config = self._resolve(scale or "tiny")
 
     def _resolve(self, scale: str) -> dict:
-        """``COMMON`` + ``PRESETS[scale]`` + overrides (subclasses validate and normalise on top)."""
-        if scale not in self.PRESETS:
-            raise UserError(f"unknown scale {scale!r} for {self.name}; choose one of {', '.join(self.PRESETS)}")
-        return {**self.COMMON, **self.PRESETS[scale], **self._overrides, "scale": scale}
+        """``COMMON`` + ``PRESETS[scale]`` + overrides, names and values checked (:func:`genattr.presets.resolve`);
+        subclasses validate and normalise on top."""
+        from genattr.presets import resolve
+
+        return {**resolve(self.name, scale, self._overrides, presets=self.PRESETS, common=self.COMMON,
+                          optional=self.OPTIONAL, specs=self.SPECS, extra_names=("seed",)), "scale": scale}
 
     def seed_for(self, ctx) -> int:
         """The seed of every draw the method makes (projection, timesteps, noise, captions): option ``seed`` when

@@ -64,7 +64,10 @@ class RandomMethod:
     needs_model = False
 
     def __init__(self, salt: str = "", seed: int | None = None):
+        from genattr.presets import check_value
+
         check_seed(self.name, seed)
+        check_value("random", "salt", salt, _Scalar())
         self.config = {"salt": str(salt)}
         if seed is not None:
             self.config["seed"] = int(seed)
@@ -85,6 +88,14 @@ class RandomMethod:
         return out
 
 
+class _Scalar:
+    """A string or a number (the random method's salt is mixed into its seed as text)."""
+
+    def problem(self, value):
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        return None if ok else f"must be a string or a number, got {value!r}"
+
+
 class PixelMethod:
     """Cosine similarity of flattened pixels, the max over the query and its horizontal flip (see module docs).
 
@@ -96,10 +107,9 @@ class PixelMethod:
     needs_model = False
 
     def __init__(self, flip: bool = True, batch_size: int = 1024):
-        if int(batch_size) < 1:
-            from genattr.harness.errors import UserError
+        from genattr.presets import Flag, Integer, check_values
 
-            raise UserError(f"pixel: batch_size must be >= 1, got {batch_size}")
+        check_values("pixel", {"flip": flip, "batch_size": batch_size}, {"flip": Flag(), "batch_size": Integer(min=1)})
         self.config = {"flip": bool(flip), "batch_size": int(batch_size)}
 
     def prepare(self, ctx: AttributionContext) -> None:

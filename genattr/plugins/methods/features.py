@@ -92,8 +92,10 @@ class _ImageFeatureMethod:
     def __init__(self, model: str | None = None, batch_size: int = 32, flip: bool = False):
         from genattr.plugins.encoders import DEFAULT_MODELS
 
-        if int(batch_size) < 1:
-            raise UserError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
+        from genattr.presets import Flag, Integer, check_values
+
+        check_values(self.name, {"batch_size": batch_size, "flip": flip},
+                     {"batch_size": Integer(min=1), "flip": Flag()})
         self.config = {"model": str(model or DEFAULT_MODELS[self.family]), "batch_size": int(batch_size),
                        "flip": bool(flip)}
         self._state: tuple | None = None
@@ -173,8 +175,10 @@ class BuiltinFeatureMethod(_ImageFeatureMethod):
 
     def __init__(self, encoder: str = "auto", encoder_options: dict | None = None, batch_size: int = 256,
                  flip: bool = False):
-        if int(batch_size) < 1:
-            raise UserError(f"features: batch_size must be >= 1, got {batch_size}")
+        from genattr.presets import Flag, Integer, check_values
+
+        check_values("features", {"batch_size": batch_size, "flip": flip},
+                     {"batch_size": Integer(min=1), "flip": Flag()})
         self.config = {"encoder": str(encoder or "auto"), "encoder_options": dict(encoder_options or {}),
                        "batch_size": int(batch_size), "flip": bool(flip)}
         self._state = None
@@ -213,8 +217,9 @@ class ClipTextMethod:
     def __init__(self, model: str | None = None, batch_size: int = 256):
         from genattr.plugins.encoders import DEFAULT_MODELS
 
-        if int(batch_size) < 1:
-            raise UserError(f"clip-text: batch_size must be >= 1, got {batch_size}")
+        from genattr.presets import Integer, check_value
+
+        check_value("clip-text", "batch_size", batch_size, Integer(min=1))
         self.config = {"model": str(model or DEFAULT_MODELS["clip"]), "batch_size": int(batch_size)}
         self._state = None
 

@@ -166,12 +166,10 @@ def check_config(cfg: Mapping[str, Any]) -> None:
 
 def resolve_config(preset: str, overrides: Mapping[str, Any]) -> dict:
     """The full configuration: ``DEFAULTS``, then the preset's values, then ``overrides``."""
-    if preset not in PRESETS:
-        from genattr.harness.errors import did_you_mean
+    from genattr.presets import resolve
 
-        raise UserError(f"unlearning: unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; "
-                        f"presets: {', '.join(PRESETS)}")
-    cfg = {**DEFAULTS, **PRESETS[preset], **dict(overrides)}
+    cfg = resolve("unlearning", preset, overrides, presets=PRESETS, common=DEFAULTS, optional=STEP_DEFAULTS,
+                  what="preset")
     if isinstance(cfg["coarse_timesteps"], tuple):
         cfg["coarse_timesteps"] = list(cfg["coarse_timesteps"])
     cfg["preset"] = preset

@@ -39,11 +39,9 @@ class Unlearning:
     needs_model = True
 
     def __init__(self, preset: str | None = None, **options: Any):
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            from genattr.harness.errors import did_you_mean
+        from genattr.presets import check_names
 
-            raise UserError(f"unlearning: unknown option {unknown[0]!r}{did_you_mean(unknown[0], OPTIONS)}")
+        check_names("unlearning", options, [o for o in OPTIONS if o != "preset"])
         self._preset = preset
         self._options = dict(options)
         # validated now (types and ranges), against the given preset or the tiny one; the runner then resolves the
