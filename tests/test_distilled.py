@@ -71,6 +71,32 @@ def test_distilled_learns_its_teachers_rankings(trained):
     np.testing.assert_allclose(m.attribute(ctx, queries[:2], candidates=[3, 0, 29]), s[:2, [3, 0, 29]], atol=1e-6)
 
 
+def _own_ranks(m, ctx, idx):
+    """The rank (1 = first) of each training item ``idx`` when its own image and caption are the query."""
+    pool = ctx.train_set
+    qs = [Query(id=f"dup{i}", image=pool.item(i).image, prompt=pool.item(i).captions[0]) for i in idx]
+    s = m.attribute(ctx, qs)
+    return [int((row > row[i]).sum()) + 1 for row, i in zip(s, idx)]
+
+
+def test_an_item_used_as_its_own_query_ranks_first(trained, session_cache):
+    """The duplicate property (influential = close): by default (a = −softplus(s)) every item used as its own query
+    ranks first of the pool — within the top 1 %; FastGDA's free scale started at +1 never crosses zero, so the same
+    teacher's student ranks each such item last."""
+    m, ctx = trained
+    assert m.config["scale_sign"] == "negative" and m.config["towers"] == "shared"
+    idx = list(range(0, POOL, 3))
+    ranks = _own_ranks(m, ctx, idx)
+    assert max(ranks) <= max(1, int(0.01 * POOL)), ranks
+    student = m.student(ctx)[0]
+    assert float(student.scale) < 0
+    free = genattr.get_method("distilled", **OPTS, scale_sign="free")
+    free.prepare(ctx)
+    assert free.stats["teacher_queries_computed"] == 0  # the same teacher rankings
+    assert float(free.student(ctx)[0].scale) > 0
+    assert min(_own_ranks(free, ctx, idx)) == POOL
+
+
 def test_distilled_is_cached_and_deterministic(trained, tiny, session_cache):
     m, ctx = trained
     queries, _ = m.teacher(ctx)
@@ -165,23 +191,37 @@ def test_a_base_teacher_and_its_student_depend_on_the_base_items_alone(tiny, ses
     np.testing.assert_allclose(s0[:, :b], s1[:, :b], atol=1e-6)  # the base items score alike in both pools
 
 
-def test_scale_init_sets_the_students_starting_geometry(tmp_path):
-    """scale_init (default FastGDA's +1, then absent from the configuration) starts a at the given value; the
-    architecture, the student file and the cache key carry it; zero or a non-number is a one-line error."""
+def test_scale_sign_and_scale_init_set_the_students_geometry(tmp_path):
+    """scale_sign (default "negative": a = −softplus(s), from −1) and scale_init (absent unless given) start a where
+    they say; the architecture, the student file and the cache key carry them; a free student keeps its scale under
+    the name "scale" in the file; zero, a non-number or a positive start under "negative" is a one-line error."""
     from genattr.plugins.methods.distilled import build_student, load_student, save_student
 
     plain = genattr.get_method("distilled", **OPTS)
-    assert "scale_init" not in plain.config and "scale_init" not in plain._arch()
-    neg = genattr.get_method("distilled", **OPTS, scale_init=-1)
-    assert neg.config["scale_init"] == -1.0 and neg._arch()["scale_init"] == -1.0
+    assert "scale_init" not in plain.config and plain._arch()["scale_sign"] == "negative"
+    assert float(build_student(12, plain._arch()).scale) == pytest.approx(-1.0)
+    free = genattr.get_method("distilled", **OPTS, scale_sign="free")
+    assert float(build_student(12, free._arch()).scale) == 1.0
+    neg = genattr.get_method("distilled", **OPTS, scale_init=-2)
+    assert neg.config["scale_init"] == -2.0 and neg._arch()["scale_init"] == -2.0
     student = build_student(12, neg._arch())
-    assert float(student.scale) == -1.0 and float(build_student(12, plain._arch()).scale) == 1.0
+    assert float(student.scale) == pytest.approx(-2.0)
     save_student(student, tmp_path / "s.safetensors", {"arch": neg._arch(), "in_dim": "12"})
     back, md = load_student(tmp_path / "s.safetensors")
-    assert float(back.scale) == -1.0 and json.loads(md["arch"])["scale_init"] == -1.0
+    assert float(back.scale) == pytest.approx(-2.0) and json.loads(md["arch"])["scale_init"] == -2.0
+    f_student = build_student(12, free._arch())
+    save_student(f_student, tmp_path / "f.safetensors", {"arch": free._arch(), "in_dim": "12"})
+    from safetensors.torch import load_file
+
+    assert "scale" in load_file(str(tmp_path / "f.safetensors"))
+    assert float(load_student(tmp_path / "f.safetensors")[0].scale) == 1.0
     for bad in (0, "x", True):
         with pytest.raises(UserError, match="scale_init"):
             genattr.get_method("distilled", **OPTS, scale_init=bad)
+    with pytest.raises(UserError, match="scale_init must be negative"):
+        genattr.get_method("distilled", **OPTS, scale_init=1)
+    with pytest.raises(UserError, match="scale_sign must be one of"):
+        genattr.get_method("distilled", **OPTS, scale_sign="positive")
 
 
 def test_student_file_is_safetensors_with_its_teachers_fingerprint(trained, tmp_path):

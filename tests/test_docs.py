@@ -7,6 +7,8 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 from genattr.harness import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +42,29 @@ def test_module_paths_named_in_the_docs_exist():
             if not (ROOT / path.rstrip("/")).exists():
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
     assert not missing, missing
+
+
+def _generated_tables():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"<!-- table: (?P<cmd>[^\n]+?) -->\n(?P<body>.*?)\n<!-- end table -->", re.S)
+    for doc in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        for m in pattern.finditer(doc.read_text()):
+            yield pytest.param(doc.relative_to(root), m["cmd"], m["body"], id=f"{doc.name}:{m['cmd'][:60]}")
+
+
+@pytest.mark.parametrize("doc, cmd, body", list(_generated_tables()))
+def test_every_generated_table_matches_its_result_file(doc, cmd, body):
+    """A table between ``<!-- table: CMD -->`` and ``<!-- end table -->`` is CMD's output on the committed result
+    file it names: a figure typed by hand, or a result file changed without regenerating the table, fails here."""
+    import shlex
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    argv = shlex.split(cmd)
+    assert argv[0] == "python" and argv[1].startswith("tests/perf/"), f"{doc}: unsupported table command {cmd!r}"
+    got = subprocess.run([sys.executable, *argv[1:]], cwd=root, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == body.strip(), f"{doc}: the table differs from `{cmd}`; regenerate it"

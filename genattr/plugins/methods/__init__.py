@@ -30,11 +30,11 @@ METHODS = [
     ("journeytrak", "trak:JourneyTrakMethod", "1", True,
      "JourneyTRAK: TRAK features along the query's sampling trajectory (Georgiev et al. 2023)"),
     ("datainf", "datainf:DataInfMethod", "1", True, "DataInf: closed-form influence approximation (Kwon et al. 2024)"),
-    ("das", "das:DASMethod", "1", True,
+    ("das", "das:DASMethod", "2", True,
      "DAS: influence through the change of the predicted noise, linearised and projected (Lin et al. 2025)"),
-    ("retrac", "retrac:ReTracMethod", "1", True,
+    ("retrac", "retrac:ReTracMethod", "2", True,
      "Diffusion-ReTrac: re-normalised gradient similarity without the timestep norm bias (Xie et al. 2024)"),
-    ("distilled", "distilled:DistilledMethod", "2", False,
+    ("distilled", "distilled:DistilledMethod", "3", False,
      "Distilled attribution (FastGDA): a feature MLP trained on unlearning rankings, cosine search (Wang et al. 2025)"),
 ]
 

@@ -22,9 +22,10 @@ higher = more influential. The pieces, as implemented:
   ``mean-squared-l2-norm``, D-TRAK's output) and ``"loss"`` (the code's ``mse``) are offered too. ``eps-mean`` is
   registered as a gradient-store output function by this module (:func:`eps_mean`, through
   ``genattr.harness.gradients.register_output``; the store itself is unchanged).
-* **Draws**: K uniformly strided timesteps t = 0, T/K, … (the code's ``uniform`` strategy), one seeded noise per
-  timestep, the same for every item and query (``draws="shared"``, as the code seeds its noise per timestep; or
-  ``"per-item"``), the caption of draw j = j mod n.
+* **Draws**: K uniformly strided timesteps t = 0, T/K, … (the code's ``uniform`` strategy), the same for every item
+  and query, with noise of each item's own (``draws="per-item"``, default: the code seeds its noise per timestep and
+  batch position, so items do not share noise) or one seeded noise per timestep for every item and query
+  (``"shared"``, version 1's default: common random numbers), the caption of draw j = j mod n.
 * **Per-timestep normalisation** (``normalize="unit"``, default): each draw's gradient over the selected weights is
   scaled to unit L2 norm before it is projected and averaged over the K timesteps — the public code's gradient script
   does this (``g / (‖g‖ + 1e-8)``); it is the re-normalisation of diffusion-ReTrac and keeps a few timesteps from
@@ -52,8 +53,8 @@ Deviations from the paper (all options can restore the alternatives where the pa
   1024 and a relative λ (0.01 × the mean eigenvalue), as for D-TRAK in this project (N ≲ k makes an unregularised
   kernel the hat matrix); ``paper``: full UNet, K = 10, k = 4096 (the code's README command), relative λ 0.01
   (the code's λ is selected on LDS, see above).
-* Noise: derived from (seed, "das", t) via ``seeding.item_noise`` — never from batch positions (the code seeds per
-  timestep and batch).
+* Noise: derived from (seed, item id, t) via ``seeding.item_noise`` (``"shared"``: from (seed, "das", t)) — never
+  from batch positions (the code seeds per timestep and batch position, so its item noise depends on the batching).
 
 Caching: Φ comes from the shared gradient store (:mod:`genattr.harness.gradstore`) under a spec with the output
 function, the draws, ``normalize`` and the projection — so DAS shares nothing with D-TRAK (other output) but a second
@@ -148,7 +149,8 @@ class DASMethod(ScalePresets):
     """The Diffusion Attribution Score (see the module docstring for the formula, the options and the deviations)."""
 
     name = "das"
-    version = "1"
+    #: 2: per-item draws by default, as the public code (1: one shared noise per timestep)
+    version = "2"
     needs_model = True
     PRESETS = {
         "tiny": {"selection": "cross-attn-kv", "proj_dim": 256, "num_timesteps": 10, "lambda_reg": 0.01,
@@ -165,7 +167,7 @@ class DASMethod(ScalePresets):
         "residual": "rms",
         "form": "signed",
         "projection": "rademacher",
-        "draws": "shared",
+        "draws": "per-item",
         "captions": "cycle",
         "batch_size": 32,
         "grad_mode": "vmap",

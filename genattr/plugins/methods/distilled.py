@@ -38,13 +38,16 @@ Pipeline (``prepare``; every step cached)
 4. **Student**: a two-tower MLP (FastGDA's ``DualMLPModel``): per tower ``Linear → ReLU → Dropout`` × len(``hidden``)
    then ``Linear`` to ``out_dim``, Xavier-uniform weight init, optional input LayerNorm; the towers share their
    weights (``towers="shared"``, as the public code; ``"separate"`` gives the query its own tower). Prediction
-   ``p = a · cos(e_q, e_i) + b`` (learnable a = 1, b = 0 at start), loss BCE-with-logits against the targets, AdamW
+   ``p = a · cos(e_q, e_i) + b`` (learnable a, b = 0 at start), loss BCE-with-logits against the targets, AdamW
    (``lr``), ``epochs`` passes over the (query, position) pairs in seeded random order, batches of ``batch_size``.
-   ``scale_init`` (not in the paper; default FastGDA's +1): the initial a. Items are ranked by ascending p, so with
-   a > 0 the student learns to place influential items *away* from the query, and an item whose features equal the
-   query's (a near-duplicate; cosine 1 through the shared tower) gets the worst score. On the Customized Model
-   miniature, whose object exemplars are near-duplicates of their queries, that ranks every exemplar last;
-   ``scale_init = -1`` starts from the mirror geometry (influential = close), which the targets then refine.
+   Items are ranked by ascending p. FastGDA's training code leaves the sign of a free and starts it at +1; its
+   deployment code ranks by descending cosine, which agrees with that ranking only when the trained a is negative
+   (influential = close). The objective does not move a across zero, so a student started at +1 learns the mirror
+   geometry: influential items *away* from the query, and a near-duplicate of the query (cosine 1 through the
+   shared tower) ranked last. ``scale_sign`` (not in the paper): ``"negative"`` (default) trains s of
+   ``a = −softplus(s)``, so influential = close always holds and an item used as its own query ranks first;
+   ``"free"`` is the training code's free a. ``scale_init``: the initial a (default −1 under ``"negative"``, +1
+   under ``"free"``).
    Saved as **safetensors** with metadata: the teacher's fingerprint (its store key or rank-file sha256), the
    encoders' fingerprints and the architecture (cache namespace ``methods/distilled/student``; option ``weights``
    loads such a file instead of training, and ``save(path)`` writes one).
@@ -103,8 +106,9 @@ class DistilledMethod(ScalePresets):
 
     name = "distilled"
     #: 2: under ``teacher_model="base"`` the teacher ranks, and draws its training queries' captions from, the base
-    #: model's own training items only (1: the whole pool, the concepts' exemplars included)
-    version = "2"
+    #: model's own training items only (1: the whole pool, the concepts' exemplars included). 3: the scale of
+    #: ``p = a · cos + b`` is constrained negative by default (``scale_sign``; 2 and earlier: free, from +1)
+    version = "3"
     PRESETS = {
         "tiny": {"teacher_queries": 24, "query_steps": 10, "hidden": [64, 64], "out_dim": 32, "epochs": 40,
                  "batch_size": 256, "cutoff": 0.5, "encoders": "auto"},
@@ -124,6 +128,7 @@ class DistilledMethod(ScalePresets):
         "dropout": 0.1,
         "input_norm": False,
         "towers": "shared",
+        "scale_sign": "negative",
         "lr": 1e-3,
         "prob_outlier": 0.1,
         "seed": None,
@@ -135,7 +140,7 @@ class DistilledMethod(ScalePresets):
         "chunk": 65536,
     }
     #: Options that enter the configuration only when given (so configurations without them keep their hashes).
-    OPTIONAL = {"scale_init": 1.0}
+    OPTIONAL = {"scale_init": None}
 
     def __init__(self, scale: str | None = None, **overrides):
         self._hint: str | None = None
@@ -181,7 +186,7 @@ class DistilledMethod(ScalePresets):
         if cfg["teacher_model"] == "auto":
             cfg["teacher_model"] = "base" if self._hint == "customized" else "context"
         check_student_options(cfg, self.option(cfg, "scale_init"))
-        if "scale_init" in cfg:
+        if cfg.get("scale_init") is not None:
             cfg["scale_init"] = float(cfg["scale_init"])
         # the teacher's own resolved configuration (recorded, so it enters the configuration hash)
         if cfg["weights"] is None and cfg["teacher_file"] is None:
@@ -370,9 +375,9 @@ class DistilledMethod(ScalePresets):
         cfg = self.config
         arch = {"hidden": list(cfg["hidden"]), "out_dim": int(cfg["out_dim"]), "dropout": float(cfg["dropout"]),
                 "input_norm": bool(cfg["input_norm"]), "towers": cfg["towers"]}
-        a0 = float(self.option(cfg, "scale_init"))
-        if a0 != 1.0:  # absent at FastGDA's 1, so those students keep their keys
-            arch["scale_init"] = a0
+        arch["scale_sign"] = cfg["scale_sign"]
+        if self.option(cfg, "scale_init") is not None:
+            arch["scale_init"] = float(cfg["scale_init"])
         return arch
 
     def _train_key(self, ctx, teacher_fp: str) -> str:
@@ -483,6 +488,8 @@ class DistilledMethod(ScalePresets):
         self.stats["student_train_s"] = float(report.get("seconds", 0.0))
         self.stats["student_load_s"] = time.perf_counter() - t0
         self.stats["training_pairs"] = int(report.get("pairs", 0))
+        losses = report.get("losses") or [None]
+        self.stats["training_loss_last"] = losses[-1]  # the BCE of the last epoch
         self._memo[("student", tkey)] = (student, md, tkey)
         return student, md, tkey
 

@@ -6,6 +6,7 @@ official release's files (:func:`load_query_dir`, the training-query images; ``_
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +16,12 @@ from genattr.harness.errors import UserError
 
 FORMAT = "genattr-distilled"
 FORMAT_VERSION = "1"
+
+
+#: ``"negative"``: the scale of ``p = a · cos + b`` is ``a = −softplus(s)`` (influential = close in the embedding,
+#: the geometry FastGDA's deployment code ranks by); ``"free"``: a learnable ``a`` of either sign (FastGDA's training
+#: code, whose sign stays on the side it starts).
+SCALE_SIGNS = ("negative", "free")
 
 
 # -- options ---------------------------------------------------------------------------------------------------------
@@ -32,9 +39,14 @@ def check_student_options(cfg: dict, scale_init) -> None:
     if isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 or (isinstance(c, float) and c > 1
                                                                              and c != int(c)):
         raise UserError(f"distilled: cutoff must be a count or a fraction of N in (0, 1], got {c!r}")
+    if cfg["scale_sign"] not in SCALE_SIGNS:
+        raise UserError(f"distilled: scale_sign must be one of {', '.join(SCALE_SIGNS)}, got {cfg['scale_sign']!r}")
     si = scale_init
-    if isinstance(si, bool) or not isinstance(si, (int, float)) or si == 0 or si != si:
+    if si is not None and (isinstance(si, bool) or not isinstance(si, (int, float)) or si == 0 or si != si):
         raise UserError(f"distilled: scale_init must be a non-zero number, got {si!r}")
+    if si is not None and cfg["scale_sign"] == "negative" and si > 0:
+        raise UserError(f"distilled: scale_init must be negative with scale_sign='negative' (a = -softplus(s)), "
+                        f"got {si!r}")
     if not (0.0 <= float(cfg["prob_outlier"]) < 1.0) or not (0.0 <= float(cfg["dropout"]) < 1.0):
         raise UserError("distilled: prob_outlier and dropout must be in [0, 1)")
 
@@ -101,7 +113,9 @@ def _mlp(n_in: int, hidden: Sequence[int], n_out: int, dropout: float, input_nor
 
 def build_student(n_in: int, arch: dict):
     """The two-tower student (``arch``: ``hidden``, ``out_dim``, ``dropout``, ``input_norm``, ``towers``, optional
-    ``scale_init``: the initial scale a of ``p = a · cos + b``, default 1)."""
+    ``scale_sign`` — :data:`SCALE_SIGNS`, absent = ``"free"`` — and ``scale_init``: the initial scale a of
+    ``p = a · cos + b``, default −1 under ``"negative"``, +1 under ``"free"``). The free scale is stored as
+    ``scale``, the constrained one as ``scale_raw`` (s of a = −softplus(s))."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -112,8 +126,18 @@ def build_student(n_in: int, arch: dict):
             self.query_tower = _mlp(n_in, arch["hidden"], arch["out_dim"], arch["dropout"], arch["input_norm"])
             self.train_tower = (self.query_tower if arch["towers"] == "shared" else
                                 _mlp(n_in, arch["hidden"], arch["out_dim"], arch["dropout"], arch["input_norm"]))
-            self.scale = nn.Parameter(torch.full((1,), float(arch.get("scale_init", 1.0))))
+            self.negative = arch.get("scale_sign", "free") == "negative"
+            a0 = float(arch.get("scale_init", -1.0 if self.negative else 1.0))
+            if self.negative:  # a = -softplus(s), s chosen so that a starts at a0
+                self.scale_raw = nn.Parameter(torch.full((1,), math.log(math.expm1(-a0))))
+            else:
+                self.scale_free = nn.Parameter(torch.full((1,), a0))
             self.bias = nn.Parameter(torch.zeros(1))
+
+        @property
+        def scale(self):
+            """The scale a of ``p = a · cos + b``."""
+            return -F.softplus(self.scale_raw) if self.negative else self.scale_free
 
         def embed(self, x, tower: str = "train"):
             net = self.query_tower if tower == "query" else self.train_tower
@@ -128,7 +152,9 @@ def build_student(n_in: int, arch: dict):
 
 def student_state(student) -> dict:
     """The student's tensors by name (a shared tower stored once, under ``query_tower``)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    # the free scale keeps the name it always had in student files ("scale")
+    state = {("scale" if k == "scale_free" else k): v.detach().cpu().contiguous()
+             for k, v in student.state_dict().items()}
     if student.train_tower is student.query_tower:
         state = {k: v for k, v in state.items() if not k.startswith("train_tower.")}
     return state
@@ -161,7 +187,7 @@ def load_student(path):
         raise UserError(f"distilled: {p.name} is not a distilled-attribution student (format {md.get('format')!r})")
     arch = json.loads(md["arch"])
     student = build_student(int(md["in_dim"]), arch)
-    state = dict(tensors)
+    state = {("scale_free" if k == "scale" else k): v for k, v in tensors.items()}
     if arch["towers"] == "shared":
         state.update({"train_tower." + k[len("query_tower."):]: v for k, v in tensors.items()
                       if k.startswith("query_tower.")})

@@ -11,9 +11,10 @@ re-normalises the gradients so that only their direction counts:
     ĝ(z_i) = (1/K_train) Σ_d  ∇θ L(z_i; t_d, ε_d) / ‖∇θ L(z_i; t_d, ε_d)‖              (each draw re-normalised)
     ḡ(ẑ)   = (1/K) Σ_k  u_k / ‖u_k‖,   u_k = (1/R) Σ_r ∇θ L(ẑ; t_k, ε_{k,r})           (each timestep re-normalised)
 
-with L the DDPM loss ‖ε − ε_θ(x_t, t, c)‖² (mean over latent elements), t_k = ``linspace(1, T−1, K)`` (the code's
-query timesteps) and R noises per query timestep (the code: 16). Higher = more influential (a positive product is a
-proponent, as in the code). ``normalize=False`` gives Diffusion-TracIn (the same sums without the divisions).
+with L the loss of the gradients (``loss``: ``"l1"``, default — the mean of |ε − ε_θ(x_t, t, c)| over latent
+elements, the public code's ``F.l1_loss``; ``"mse"`` — the DDPM training loss ‖ε − ε_θ‖², the TracIn of the
+paper's formulas), t_k = ``linspace(1, T−1, K)`` (the code's query timesteps) and R noises per query timestep (the
+code: 16). Higher = more influential (a positive product is a proponent, as in the code). ``normalize=False`` gives Diffusion-TracIn (the same sums without the divisions).
 
 Gradients go through the shared gradient store (:mod:`genattr.harness.gradstore`) with ``normalize="unit"``: each
 stored training row is the mean over its draws of unit-norm gradients (exact, before any projection). Query
@@ -30,9 +31,13 @@ Deviations from the paper and its code:
   re-normalised draws at seeded random timesteps (``per-item`` draws: each item its own timesteps and noise) at θ0
   — the expectation the logged timesteps sample; the constant factor lr × batch × interval / N is dropped (it does
   not change rankings).
-* **Loss.** The code's gradient function defaults to an L1 loss (``F.l1_loss``) although the models are trained
-  with MSE; we take gradients of the DDPM training loss (MSE), as the paper's formulas (TracIn of the training loss)
-  state.
+* **Draws** (``draws``): ``"per-item"`` (default, the code's structure) — each training item its own random
+  timesteps and noise, queries at ``linspace(1, T − 1, K)`` with noise of their own; ``"shared"`` — one strided
+  set of timesteps and one noise per timestep for every item and query (common random numbers; version 1's
+  default, which makes the ranking markedly more pixel-like).
+* **Loss** (``loss``): ``"l1"`` (default) follows the code's gradient function (``F.l1_loss``) although the models
+  are trained with MSE; ``"mse"`` takes gradients of the DDPM training loss, as the paper's formulas (TracIn of the
+  training loss) state.
 * **Weights** at ``tiny``/``small``: cross-attention K/V (the code uses every UNet weight; too large to keep per
   item unprojected here), no projection (exact); ``paper``: the full UNet projected to k = 4096.
 * **Timesteps** at ``tiny``/``small``: K = 4 / 10 query timesteps, R = 2 / 4 noises, 4 / 10 training draws (the code:
@@ -53,6 +58,51 @@ from ._presets import ScalePresets
 from .das import candidate_rows
 
 
+#: The gradient-store output function of ``loss="l1"`` (registered by this module).
+L1_OUTPUT = "retrac-l1-loss"
+
+#: ``loss`` option → gradient-store output function.
+LOSS_OUTPUTS = {"l1": L1_OUTPUT, "mse": "loss"}
+
+
+def l1_loss(model, latents, text_emb, timesteps, noise, mask=None, params=None):
+    """The mean over latent elements of ``|target − ε_θ(x_t, t, c)|`` (over the masked elements when ``mask`` is
+    given) — the public code's ``F.l1_loss`` gradient objective; the target is the noise (ε-prediction models), the
+    v target (``prediction_type="v_prediction"``) or the clean latents (``"sample"``). Signature of
+    ``genattr.harness.gradients.OUTPUTS``."""
+    import torch
+
+    from .das import _predict
+
+    pred, ts = _predict(model, latents, text_emb, timesteps, noise, params)
+    kind = getattr(model, "prediction_type", "epsilon")
+    if kind == "epsilon":
+        target = noise
+    elif kind == "sample":
+        target = latents
+    elif kind == "v_prediction":
+        ac = torch.as_tensor(model.scheduler.alphas_cumprod, device=latents.device)[ts.long()]
+        shape = (-1,) + (1,) * (latents.ndim - 1)
+        target = ac.sqrt().reshape(shape) * noise - (1 - ac).sqrt().reshape(shape) * latents
+    else:
+        raise UserError(f"retrac: loss='l1' does not know prediction_type {kind!r}; use loss='mse'")
+    err = (pred.float() - target.float()).abs()
+    if mask is None:
+        return err.flatten(1).mean(1)
+    w = model.latent_mask(mask.to(err.device), tuple(err.shape[-2:]))
+    return (err * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * err.shape[1]).clamp_min(1e-12)
+
+
+def _register_output() -> None:
+    from genattr.harness.gradients import OUTPUTS, register_output
+
+    if OUTPUTS.get(L1_OUTPUT) is not l1_loss:
+        register_output(L1_OUTPUT, l1_loss)
+
+
+_register_output()
+
+
 def query_timesteps(count: int, num_train_timesteps: int) -> list[int]:
     """The code's query timesteps: ``linspace(1, T − 1, count)`` cast to integers."""
     return [int(t) for t in np.linspace(1, int(num_train_timesteps) - 1, int(count), dtype=int)]
@@ -63,7 +113,9 @@ class ReTracMethod(ScalePresets):
     docstring."""
 
     name = "retrac"
-    version = "1"
+    #: 2: the public code's defaults — per-item draws (each training item its own random timesteps and noise,
+    #: queries at ``linspace(1, T − 1)``) and the L1 loss (1: shared strided draws, MSE)
+    version = "2"
     needs_model = True
     PRESETS = {
         "tiny": {"selection": "cross-attn-kv", "projection": "identity", "proj_dim": None, "query_timesteps": 4,
@@ -76,7 +128,8 @@ class ReTracMethod(ScalePresets):
     COMMON = {
         "include": None,
         "normalize": True,
-        "draws": "shared",
+        "draws": "per-item",
+        "loss": "l1",
         "captions": "cycle",
         "batch_size": 32,
         "grad_mode": "vmap",
@@ -95,6 +148,8 @@ class ReTracMethod(ScalePresets):
             raise UserError(f"retrac: normalize must be true or false, got {cfg['normalize']!r}")
         if cfg["draws"] not in ("shared", "per-item"):
             raise UserError(f"retrac: draws must be 'shared' or 'per-item', got {cfg['draws']!r}")
+        if cfg["loss"] not in LOSS_OUTPUTS:
+            raise UserError(f"retrac: loss must be one of {', '.join(LOSS_OUTPUTS)}, got {cfg['loss']!r}")
         if cfg["projection"] not in ("identity", "rademacher", "gaussian"):
             raise UserError(f"retrac: projection must be identity, rademacher or gaussian, got {cfg['projection']!r}")
         if cfg["projection"] == "identity":
@@ -119,7 +174,8 @@ class ReTracMethod(ScalePresets):
             draws = {"kind": "random", "count": int(cfg["train_timesteps"]), "namespace": "retrac/train",
                      "shared": False, "captions": cfg["captions"]}
         return GradientSpec(
-            selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None, output="loss",
+            selection=cfg["selection"], include=tuple(cfg["include"]) if cfg["include"] else None,
+            output=LOSS_OUTPUTS[cfg["loss"]],
             draws=draws, flips=False, reduce="mean", normalize="unit" if cfg["normalize"] else "none",
             projection=cfg["projection"], proj_dim=cfg["proj_dim"], proj_seed=seed, seed=seed,
             batch_size=int(cfg["batch_size"]), grad_mode=cfg["grad_mode"],
@@ -147,9 +203,10 @@ class ReTracMethod(ScalePresets):
         model = ctx.model
         store, spec = store_for(ctx.cache), self.spec(ctx)
         key = ("tools", id(model), model.fingerprint, cfg["selection"], tuple(cfg["include"] or ()),
-               cfg["projection"], cfg["proj_dim"], self.seed_for(ctx), str(ctx.device))
+               cfg["projection"], cfg["proj_dim"], cfg["loss"], self.seed_for(ctx), str(ctx.device))
         if key not in self._memo:
-            gf = PerSampleGrad(model, store.parameters(model, spec), target="loss", mode=cfg["grad_mode"])
+            gf = PerSampleGrad(model, store.parameters(model, spec), target=LOSS_OUTPUTS[cfg["loss"]],
+                               mode=cfg["grad_mode"])
             self._memo[key] = (gf, store.projector(model, spec, ctx.device))
         gf, proj = self._memo[key]
         shared = cfg["draws"] == "shared"
