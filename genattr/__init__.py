@@ -21,6 +21,8 @@ The plugin author's API — everything a plugin needs, so that no plugin imports
   ``training_queries``, ``load_query_dir`` (the teacher-ranking store);
 * :mod:`genattr.presets` (imported on its own): the one preset mechanism — defaults, a preset per scale and the
   user's overrides, with option names and values checked (``resolve``, ``Flag``, ``Integer``, ``Choice`` …);
+* :mod:`genattr.testing` (imported on its own): helpers for plugins' unit tests — a tiny context, items as
+  queries, the runner's checks of a method's scores;
 * seeding helpers: ``derive_seed``, ``generator``, ``numpy_rng``, ``item_noise``, ``strided_timesteps``;
 * for tests: ``register_plugin(obj, name)`` / ``unregister_plugin(name)`` (a throwaway plugin inside a test).
 

@@ -1,7 +1,8 @@
 """The ``genattr`` command.
 
-User mistakes (unknown names, bad options, missing paths) print one line to stderr and exit with status 2; no
-traceback. Plugins add subcommands through the ``register_commands(cli)`` hook (the built-in ``run``,
+User mistakes (unknown names, bad options, missing paths) print one line to stderr and exit with status 2; faults
+of the environment (a full disk) or of a plugin (an exception in a cell, a broken contract) one line and status 1;
+no traceback (a run writes a plugin's traceback to its directory's ``errors.log``). Plugins add subcommands through the ``register_commands(cli)`` hook (the built-in ``run``,
 ``leaderboard`` and ``attribute`` commands come that way too).
 """
 
@@ -13,10 +14,12 @@ import sys
 import click
 
 from . import __version__
-from .harness.errors import UserError, did_you_mean
+from .harness.errors import EnvironmentFault, PluginFault, ScoringError, UserError, did_you_mean
 from .harness.registry import KINDS, SINGULAR
 
 EXIT_USAGE = 2
+#: Exit status of a fault that is not the user's input: a full disk, a plugin that raised, a dead worker.
+EXIT_FAULT = 1
 
 
 def fail(message: str) -> None:
@@ -39,6 +42,10 @@ class GenattrGroup(click.Group):
             click.echo(f"genattr: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
                        err=True)
             return EXIT_USAGE
+        except (EnvironmentFault, PluginFault, ScoringError) as e:
+            text = str(e).strip()
+            click.echo(f"genattr: error: {text.splitlines()[0] if text else type(e).__name__}", err=True)
+            return EXIT_FAULT
         except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
             click.echo("genattr: interrupted; finished work is kept, re-run the same command to resume", err=True)
             return 130

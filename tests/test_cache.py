@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from genattr.harness.cache import MANIFEST, Cache
-from genattr.harness.errors import UserError
+from genattr.harness.errors import EnvironmentFault, UserError
 
 NS = "tests/things"
 KEY = Cache.key("a thing", 1)
@@ -259,7 +259,7 @@ def test_full_disk_while_storing(tmp_path, monkeypatch):
         return real_rename(src, dst, *a, **k)
 
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(UserError) as err:
+    with pytest.raises(EnvironmentFault) as err:  # a full disk is the machine's fault: exit 1
         cache.get_or_create(NS, KEY, Counter().files)
     _one_line_naming_cache(err.value, tmp_path)
     assert not list((tmp_path / ".tmp").iterdir())  # the half-stored copy is gone

@@ -213,7 +213,8 @@ def test_terminal_output_of_a_customized_model_board_fits(tmp_path):
     d = build_site_results(tmp_path)
     md = leaderboard.render(d, "md")
     assert max(_widths(md)) <= leaderboard.MD_WIDTH
-    assert "Pool /all" in md and "Headline pool" in md
+    assert "Pool: the training images and every concept's exemplars" in md
+    assert "Pool: the training images and the concept's own exemplars" in md
     assert "obj-c" in md and "excluded" in md  # the unverified concept is named once, in the note
     assert "LDS" in md and "ΔG (MSE)" in md  # display names, run.json's metric_info first
 
@@ -501,11 +502,16 @@ def test_site_pages_figures_and_thumbnails(site):
     assert sum(re.search(r"/train/item\d+\.png$", f) is not None for f in thumbs) == 30  # every top-10 item
     index = (site / "index.html").read_text()
     assert index.startswith("<!DOCTYPE html>") and index.rstrip().endswith("</html>")
-    assert not re.search(r'(src|href)="(https?:|//)', index)  # nothing fetched from elsewhere
+    # nothing fetched from elsewhere: no external image, script or stylesheet; the only external hrefs are a
+    # method's paper and code links, marked rel="external"
+    assert not re.search(r'src="(https?:|//)|<link[^>]+href="(https?:|//)', index)
     for page in pages:
         text = (site / page).read_text()
-        assert not re.search(r'(src|href)="(https?:|//)', text)
+        assert not re.search(r'src="(https?:|//)|<link[^>]+href="(https?:|//)', text)
+        assert all("external" in a for a in re.findall(r'<a [^>]*href="https?:[^>]*>', text))
         for ref in re.findall(r'(?:src|href)="([^"#]+)', text):
+            if re.match(r"https?:", ref):
+                continue
             assert (site / ref).is_file(), (page, ref)  # every local link resolves
 
 

@@ -217,6 +217,21 @@ def test_index_tables_sorting_images_and_width(site, browser, tmp_path):
     assert all(done and width > 0 for _, done, width in images), images
     assert browser.js("performance.getEntriesByType('resource').every(r => r.name.startsWith('file:'))")
 
+    # plain-language pool titles, a glossary, downloads of every board's numbers, method descriptions and links
+    pools = browser.js("Array.from(document.querySelectorAll('#customized-model .pool h3')).map(h => h.textContent)")
+    assert "Pool: the training images and every concept's exemplars" in pools
+    assert not any("Headline" in t or "/all" in t for t in pools)
+    terms = browser.js("Array.from(document.querySelectorAll('#glossary dt')).map(d => d.textContent)")
+    assert {"pool", "paired difference", "pack", "config hash"} <= set(terms)
+    links = browser.js("Array.from(document.querySelectorAll('#customized-model a.download'))"
+                       ".map(a => a.getAttribute('href'))")
+    assert links == ["tables/customized-model.csv", "tables/customized-model.json"]
+    assert (site / links[0]).read_text().startswith("benchmark,") and \
+        json.loads((site / links[1]).read_text())["benchmarks"][0]["benchmark"] == "customized-model"
+    item = browser.js("Array.from(document.querySelectorAll('#methods li')).map(li => li.textContent)"
+                      ".find(t => t.startsWith('unlearning'))")
+    assert "paper" in item and "code" in item and len(item) > 40  # its description and links
+
     # no horizontal overflow at 1280 px
     o = _overflow(browser)
     assert o["scroll"] <= o["client"], o

@@ -12,7 +12,7 @@ import pytest
 
 import test_runner_fakes as fakes
 from genattr.harness import results
-from genattr.harness.errors import UserError
+from genattr.harness.errors import EnvironmentFault, UserError
 
 
 def _row(**over) -> dict:
@@ -180,7 +180,7 @@ def test_full_disk_while_appending_leaves_no_partial_row(tmp_path, monkeypatch):
 
     with results.ResultsWriter(out) as w:
         monkeypatch.setattr(os, "write", write)
-        with pytest.raises(UserError) as err:
+        with pytest.raises(EnvironmentFault) as err:  # the machine's fault: exit status 1, not 2
             w.append(_row(cell_id="b"))
         monkeypatch.setattr(os, "write", real_write)
         assert str(err.value) == (f"disk full while writing {out / results.RESULTS_FILE}; free space and re-run to "
@@ -204,6 +204,6 @@ def test_full_disk_at_fsync(tmp_path, monkeypatch):
             return real_fsync(fd)
 
         monkeypatch.setattr(os, "fsync", fsync)
-        with pytest.raises(UserError, match="disk full while writing"):
+        with pytest.raises(EnvironmentFault, match="disk full while writing"):
             w.append(_row(cell_id="b"))
     assert (tmp_path / results.RESULTS_FILE).read_bytes() == before

@@ -220,11 +220,15 @@ def test_a_different_configuration_never_mixes(fake_plugins, tmp_path):
 
 
 def test_failing_cell_keeps_finished_rows_and_resumes(fake_plugins, tmp_path):
-    with pytest.raises(RuntimeError, match="fake failure"):
+    from genattr.harness.errors import PluginFault
+
+    with pytest.raises(PluginFault, match=r"fake-bench cell fake-good/K2/q0: RuntimeError: fake failure"):
         runner.run(_spec(tmp_path, methods=["fake-good"], sets=["fail_on=fake-good/K2/q0"]))
     rows = results.read_rows(tmp_path / "out")
     assert [r["cell_id"] for r in rows] == ["fake-good/K1/q0", "fake-good/K1/q1", "fake-good/K1/q2"]
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
+    log = (tmp_path / "out" / "errors.log").read_text()
+    assert "Traceback" in log and "fake failure" in log and "fake-good/K2/q0" in log
 
 
 def test_bad_benchmark_config_is_a_user_error(fake_plugins, tmp_path):

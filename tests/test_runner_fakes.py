@@ -32,6 +32,50 @@ def _log(event: dict) -> None:
             f.write(json.dumps({**event, "pid": os.getpid()}) + "\n")
 
 
+def _act(cell_id: str, env) -> None:
+    """``FAKE_ACTION="CELL:ACTION"`` (from the environment, so the configuration is unchanged): what a hostile
+    plugin does in that cell — ``exit3`` (``sys.exit(3)``), ``hang`` (sleeps for an hour), ``rmout`` (deletes the
+    run directory), ``score-grad`` / ``score-nan`` / ``score-shape`` (returns such scores through genattr.score)."""
+    spec = os.environ.get("FAKE_ACTION", "")
+    target, _, action = spec.rpartition(":")
+    if target != cell_id:
+        return
+    if action == "exit3":
+        sys.exit(3)
+    if action == "hang":
+        time.sleep(3600)
+    if action == "rmout":
+        import shutil
+
+        shutil.rmtree(env.out)
+    if action.startswith("score-"):
+        import genattr
+
+        import types
+
+        genattr.score(_BrokenScores(action[len("score-"):]), types.SimpleNamespace(train_set=[0, 1, 2]), [1, 2])
+
+
+class _BrokenScores:
+    name = "fake-broken"
+
+    def __init__(self, how: str):
+        self.how = how
+
+    def prepare(self, ctx) -> None:
+        pass
+
+    def attribute(self, ctx, queries, candidates=None):
+        import numpy as np
+        import torch
+
+        if self.how == "grad":
+            return torch.zeros(len(queries), 3, requires_grad=True)
+        if self.how == "nan":
+            return np.full((len(queries), 3), np.nan)
+        return np.zeros((1, 1))
+
+
 def _unit(*keys) -> float:
     return (derive_seed(*keys) % 1_000_003) / 1_000_003
 
@@ -119,6 +163,7 @@ class FakeBench:
         assert self.ready, "run_cell before setup"
         if self.config["fail_on"] == cell.id:
             raise RuntimeError(f"fake failure in {cell.id}")
+        _act(cell.id, env)
         _log({"event": "cell", "benchmark": self.name, "cell": cell.id})
         time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
         bias = method.config["bias"]

@@ -88,6 +88,8 @@ class Counterfactual:
             source = genattr.get_dataset(name, **dcfg)
         except (TypeError, ValueError) as exc:
             raise UserError(f"{self.NAME}: bad configuration for dataset {name!r}: {str(exc).splitlines()[0]}") from None
+        if len(source) == 0:
+            raise UserError(f"{self.NAME}: dataset {name!r} has no items")
         n = len(source) if n is None else int(n)
         if n > len(source):
             raise UserError(f"{self.NAME}: dataset {name!r} has {len(source)} items, n={n} asked")

@@ -184,6 +184,10 @@ class TeacherAgreementBenchmark(Counterfactual):
         self._teacher = ranks
         return ranks
 
+    def artefacts(self, env) -> None:
+        """Read (or compute) the teacher's rankings: with the set-up, the artefacts a pack of this benchmark holds."""
+        self.teacher_rankings(env)
+
     # -- cells ------------------------------------------------------------------------------------------------------
     def cells(self, methods: Sequence[str]) -> list[Cell]:
         out = []

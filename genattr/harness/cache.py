@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import UserError
+from .errors import EnvironmentFault, UserError, disk_full
 
 MANIFEST = "MANIFEST.json"
 
@@ -73,6 +73,21 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_RECORDERS: list[dict] = []
+
+
+@contextlib.contextmanager
+def recording():
+    """Record every ``(namespace, key)`` entry a :class:`Cache` in this process hands out (found or created) while
+    the block runs; yields the (insertion-ordered) dict of them. Used to find a benchmark's artefacts (packs)."""
+    touched: dict = {}
+    _RECORDERS.append(touched)
+    try:
+        yield touched
+    finally:
+        _RECORDERS.remove(touched)
+
+
 class Cache:
     """A content-addressed store of directories. Thread/process safe for distinct keys; for the same key the first
     complete writer wins and later writers discard their copy."""
@@ -90,11 +105,18 @@ class Cache:
         return self.root / namespace / key[:2] / key
 
     # -- errors ---------------------------------------------------------------------------------------------------
-    def unwritable(self, exc: OSError) -> UserError:
-        """The one-line error for a cache that cannot be written (read-only, full, not a directory)."""
+    def unwritable(self, exc: OSError) -> Exception:
+        """The one-line error for a cache that cannot be written: a full disk is an :class:`EnvironmentFault` (free
+        space and re-run), a read-only or non-directory root a :class:`UserError` (point GENATTR_CACHE elsewhere)."""
+        if disk_full(exc):
+            return self.full()
         reason = exc.strerror or type(exc).__name__
         return UserError(f"cannot write the cache at {self.root} (GENATTR_CACHE): {reason}; "
                          "set GENATTR_CACHE to a writable folder")
+
+    def full(self) -> EnvironmentFault:
+        return EnvironmentFault(f"disk full while writing the cache at {self.root} (GENATTR_CACHE); free space (or "
+                                "set GENATTR_CACHE to a larger disk) and re-run: finished work is kept")
 
     # -- directories --------------------------------------------------------------------------------------------
     @staticmethod
@@ -131,6 +153,8 @@ class Cache:
             return None
         why = self.problem(p)
         if why is None:
+            for touched in _RECORDERS:
+                touched[(namespace, key)] = None
             return p
         self.discard(namespace, key, why)
         return None
@@ -173,7 +197,12 @@ class Cache:
         except OSError as exc:
             raise self.unwritable(exc) from None
         try:
-            yield tmp
+            try:
+                yield tmp
+            except Exception as exc:  # what the caller writes inside the block
+                if disk_full(exc):
+                    raise self.full() from None
+                raise
             try:
                 self._store(tmp, namespace, key, meta)
             except OSError as exc:

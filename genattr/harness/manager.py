@@ -143,7 +143,16 @@ def load_plugins() -> None:
             return
         _loaded = True
         env = os.environ.get("GENATTR_LOAD_PLUGINS")
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+        if env is not None:
+            names = {ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist is not None}
+            for wanted in sorted({s.strip() for s in env.split(",") if s.strip()} - names):
+                from .errors import did_you_mean
+
+                warnings.warn(f"genattr: GENATTR_LOAD_PLUGINS names {wanted!r}, which no installed plugin is"
+                              f"{did_you_mean(wanted, names)}; installed: {', '.join(sorted(names)) or 'none'}",
+                              RuntimeWarning, stacklevel=2)
+        for ep in eps:
             if not _selected(env, ep) or pm.get_plugin(ep.name) is not None:
                 continue
             dist = ep.dist.name if ep.dist is not None else None

@@ -13,6 +13,7 @@ remote worker without the shared folder): the row then simply has no pictures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -44,16 +45,19 @@ def save_png(run_dir: str | os.PathLike, image) -> str | None:
     path = Path(run_dir) / rel
     if path.is_file():
         return rel
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # never parents=True: a run directory removed during the run is not recreated here
+        path.parent.mkdir(exist_ok=True)
         img = Image.fromarray(arr)
         scale = max(1, -(-MIN_THUMB // max(arr.shape[0], 1)))
         if scale > 1:
             img = img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         img.save(tmp, format="PNG")
         os.replace(tmp, path)
     except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk leaves no partial file behind
         return None
     return rel
 

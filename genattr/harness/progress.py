@@ -68,21 +68,43 @@ class _Quiet:
         pass
 
 
+def interactive() -> bool:
+    """Whether bars go to a terminal. Redirected to a file or a pipe (a batch job's log), only the run's cell bar is
+    written, at most every :data:`LOG_INTERVAL` seconds, so logs hold lines, not thousands of redraws;
+    ``GENATTR_PROGRESS=always`` shows every bar anyway."""
+    import os
+
+    if os.environ.get("GENATTR_PROGRESS") == "always":
+        return True
+    stream = _state.stream or sys.stderr
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+#: Seconds between updates of the cell bar when progress goes to a log rather than a terminal.
+LOG_INTERVAL = 60.0
+
+
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-        enabled: bool = True, leave: bool = False):
+        enabled: bool = True, leave: bool = False, _outer: bool = False):
     """A tqdm bar over ``iterable`` (or a manual one with ``total``) when progress is on and ``enabled``; cleared
-    when done unless ``leave``."""
+    when done unless ``leave``. Not on a terminal (:func:`interactive`) only the run's cell bar is shown."""
     if not (enabled and _state.enabled):
+        return _Quiet(iterable)
+    tty = interactive()
+    if not tty and not _outer:
         return _Quiet(iterable)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True,
-                file=_state.stream or sys.stderr)
+                file=_state.stream or sys.stderr, mininterval=0.1 if tty else LOG_INTERVAL)
 
 
 def outer(total: int, desc: str, unit: str = "cell"):
     """The run's one persistent bar (cells, with ETA); :func:`stage` writes into its description."""
-    b = bar(total=total, desc=desc, unit=unit, leave=True)
+    b = bar(total=total, desc=desc, unit=unit, leave=True, _outer=True)
     _state.outer = b if not isinstance(b, _Quiet) else None
     _state.base_desc = desc
     return b
@@ -97,7 +119,7 @@ def close_outer() -> None:
 @contextlib.contextmanager
 def stage(desc: str):
     """Show ``desc`` as the current stage (in the cell bar's description) for the duration."""
-    b = _state.outer
+    b = _state.outer if interactive() else None  # in a log, stages would only add redraws
     if b is not None:
         b.set_description_str(desc)
         b.refresh()

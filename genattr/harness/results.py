@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, TypedDict
 
 from . import faults
 from .cache import hash_json
-from .errors import UserError
+from .errors import EnvironmentFault, UserError
 
 #: Version of the row and run.json layouts below; bump on any incompatible change.
 SCHEMA_VERSION = 1
@@ -71,6 +71,9 @@ class ResultRow(TypedDict, total=False):
     higher_is_better: dict
     # Optional JSON the benchmark attached to the cell ("extra" of run_cell), e.g. the top-K ids.
     extra: Any
+    # Optional: the hash of the imported artefact pack (genattr pack) every artefact of the benchmark's set-up came
+    # from; absent when the artefacts were trained or read from another source.
+    pack: str
     # The run seed and the scale the cell ran at.
     seed: int
     scale: str
@@ -101,6 +104,30 @@ def clean_json(obj: Any) -> Any:
     if callable(tolist):
         return clean_json(tolist())
     return str(obj)
+
+
+def json_problem(obj: Any, path: str = "") -> str | None:
+    """Where ``obj`` holds a value a configuration cannot hold — anything but dicts with string keys, lists, tuples,
+    strings, numbers, booleans, None and numpy/torch scalars and arrays — as ``"key.sub[2]: a set"``, or None.
+    Such a value would be recorded as its ``str()``, which for a set follows the process's hash seed: the
+    configuration hash would change on every run and the run could never resume."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                return f"{path or 'the configuration'}: key {k!r} is not a string"
+            got = json_problem(v, f"{path}.{k}" if path else k)
+            if got:
+                return got
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            got = json_problem(v, f"{path}[{i}]")
+            if got:
+                return got
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)) or callable(getattr(obj, "tolist", None)):
+        return None
+    return f"{path or 'the configuration'}: a {type(obj).__name__} ({str(obj)[:40]})"
 
 
 def benchmark_config_hash(benchmark: str, version: str, config: dict, seed: int) -> str:
@@ -143,7 +170,11 @@ def _list_of_objects(v: Any) -> str | None:
 
 
 def _schema_version(v: Any) -> str | None:
-    return None if _is_int(v) and v >= 1 else "must be an integer >= 1"
+    if not (_is_int(v) and v >= 1):
+        return "must be an integer >= 1"
+    if v > SCHEMA_VERSION:
+        return f"is {v}: written by a newer genattr (this one reads schema {SCHEMA_VERSION}); upgrade genattr"
+    return None
 
 
 def _integer(v: Any) -> str | None:
@@ -174,6 +205,7 @@ ROW_SPEC: dict[str, tuple[bool, Any]] = {
     "method_version": (False, _string),
     "method_config": (False, _object),
     "config_hash": (True, _nonempty_string),
+    "pack": (False, _nonempty_string),
     "cell_id": (True, _nonempty_string),
     "params": (False, _object),
     "group": (False, _object),
@@ -278,6 +310,7 @@ class ResultsWriter:
         """Append ``row`` as one line (one ``os.write`` + ``fsync``). A write that fails leaves the file as it was
         (cut back to its size before) and is a one-line :class:`UserError`."""
         line = (json.dumps(clean_json(row), ensure_ascii=False, allow_nan=False) + "\n").encode()
+        self._check_linked()
         before = os.fstat(self._fd).st_size
         try:
             if faults.armed("append"):  # the fault suite: a kill here leaves half a line behind
@@ -294,9 +327,22 @@ class ResultsWriter:
                 os.fsync(self._fd)
             where = self.path
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(f"disk full while writing {where}; free space and re-run to resume") from None
+                raise EnvironmentFault(f"disk full while writing {where}; free space and re-run to resume") from None
             raise UserError(f"cannot write {where}: {exc.strerror or type(exc).__name__}; "
                             "re-run to resume once it is fixed") from None
+
+    def _check_linked(self) -> None:
+        """An :class:`EnvironmentFault` when the open file is no longer ``DIR/results.jsonl`` (the file or its run
+        directory was deleted or replaced during the run): rows must never go to a file nobody can read."""
+        st = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+            same = st.st_nlink > 0 and (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev)
+        except OSError:
+            same = False
+        if not same:
+            raise EnvironmentFault(f"{self.path} was deleted or replaced during the run (the run directory removed?);"
+                                   " the rows written to it are gone — re-run the same command to compute them again")
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -23,10 +23,15 @@ def check_scores(scores, method, n_queries: int, width: int):
     import numpy as np
 
     name = method_name(method)
+    if getattr(scores, "requires_grad", False):
+        raise ScoringError(f"method {name!r} returned a tensor that requires grad; return scores.detach() (or a "
+                           "numpy array)")
     try:
         s = np.asarray(scores, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ScoringError(f"method {name!r} returned scores that are not a float array ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever it returned, the contract is a float array
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScoringError(f"method {name!r} returned scores that are not a float array "
+                           f"({type(scores).__name__}: {text})") from None
     if s.shape != (n_queries, width):
         raise ScoringError(f"method {name!r} returned scores of shape {tuple(s.shape)}, expected "
                            f"({n_queries}, {width}) (queries × training items)")

@@ -155,7 +155,7 @@ def _grid_png(path: Path, query, ranking: list[dict], dataset) -> None:
 
 
 def _from_run(run_dir: str, benchmark: str | None, concept: str | None, cache_root: str | None, device: str,
-              progress: bool):
+              progress: bool, allow_unverified: bool = False):
     """``(model, training set, run document, benchmark name, description)`` of a finished run directory: the
     benchmark is rebuilt from the run's recorded configuration and set up from the cache (no training when the run
     has finished its setup)."""
@@ -181,7 +181,12 @@ def _from_run(run_dir: str, benchmark: str | None, concept: str | None, cache_ro
     env = RunEnv(cache=Cache(cache_root), device=device, seed=int(doc.get("seed", 0)),
                  scale=str(doc.get("scale") or cfg.get("scale") or "tiny"), progress=progress)
     bench.setup(env)
-    model, train_set, what = bench.attribution_context(env, concept=concept)
+    import inspect
+
+    kwargs = {"concept": concept}
+    if "allow_unverified" in inspect.signature(bench.attribution_context).parameters:
+        kwargs["allow_unverified"] = allow_unverified
+    model, train_set, what = bench.attribution_context(env, **kwargs)
     return model, train_set, doc, b, what, env.scale
 
 
@@ -189,7 +194,8 @@ def attribute(*, model_spec: str | None, dataset: str | None, method: str, out: 
               dataset_sets: Sequence[str] = (), method_sets: Sequence[str] = (), prompt: str | None = None,
               seed: int = 0, image: str | None = None, steps: int = 50, top_k: int = 10, scale: str | None = None,
               device: str = "auto", progress: bool = True, cache_root: str | None = None, run: str | None = None,
-              benchmark: str | None = None, concept: str | None = None, allow_untrained: bool = False) -> dict:
+              benchmark: str | None = None, concept: str | None = None, allow_untrained: bool = False,
+              allow_unverified: bool = False) -> dict:
     """Rank the training items for one query (generated from ``prompt``/``seed`` by the model, or read from
     ``image``) with ``method``; write ``ranking.csv``, ``ranking.json``, ``query.png`` and ``grid.png`` into
     ``out``. The model and training set come from a finished run directory (``run``; its benchmark's model — a
@@ -222,7 +228,8 @@ def attribute(*, model_spec: str | None, dataset: str | None, method: str, out: 
     m = create("method", method, method_cfg)
     source = {}
     if run:
-        model, train_set, doc, bname, what, run_scale = _from_run(run, benchmark, concept, cache_root, dev, progress)
+        model, train_set, doc, bname, what, run_scale = _from_run(run, benchmark, concept, cache_root, dev, progress,
+                                                                  allow_unverified)
         scale = scale or run_scale
         source = {"run": str(run), "benchmark": bname, "what": what}
         if dataset:

@@ -46,11 +46,14 @@ _RUN_HELP = (
 @click.option("--out", metavar="DIR", help="Run directory (default runs/<suite or benchmark>-<scale>[-mseed<N>]).")
 @click.option("--executor", default=None, metavar="NAME", help="local (default) or ray.")
 @click.option("--device", default=None, metavar="DEVICE", help="auto (default: cuda if available), cpu, cuda, …")
+@click.option("--cell-timeout", type=float, default=None, metavar="SECONDS",
+              help="Stop the run (one line naming the cell, finished rows kept) when a cell runs longer. Default: "
+                   "no limit.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--no-leaderboard", is_flag=True, help="Do not print the leaderboard at the end.")
 @click.pass_context
-def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, method_seed, out, executor, device, quiet,
-                no_leaderboard):
+def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, method_seed, out, executor, device,
+                cell_timeout, quiet, no_leaderboard):
     import sys
 
     from genattr.harness import leaderboard, progress
@@ -59,7 +62,8 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, method
     progress.configure_logging(quiet=quiet)
     spec = runner.build_spec(list(benchmarks), _split_names(methods), scale=scale, sets=list(sets),
                              config_file=config_file, seed=seed, method_seed=method_seed, out=out,
-                             executor=executor, device=device, quiet=quiet, argv=sys.argv[1:])
+                             executor=executor, device=device, quiet=quiet, argv=sys.argv[1:],
+                             cell_timeout=cell_timeout)
     if spec.unseeded:
         click.echo(f"genattr: method seed {spec.method_seed} leaves {', '.join(spec.unseeded)} as without it "
                    "(no seed option: deterministic)", err=True)
@@ -81,6 +85,8 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, method
 @click.option("--benchmark", metavar="NAME", help="With --run: which of the run's benchmarks (default: the first).")
 @click.option("--concept", metavar="ID", help="With --run on customized-model: whose customized model.")
 @click.option("--allow-untrained", is_flag=True, help="Accept --model naming a fresh, untrained adapter.")
+@click.option("--allow-unverified", is_flag=True,
+              help="With --run on customized-model: accept a concept whose customized model failed verification.")
 @click.option("--dataset", "dataset_name", metavar="NAME",
               help="The training dataset (registered name); with --run only checked against the run's.")
 @click.option("--dataset-set", "dataset_sets", multiple=True, metavar="KEY=VALUE", help="Dataset configuration.")
@@ -96,7 +102,8 @@ def run_command(ctx, benchmarks, methods, scale, sets, config_file, seed, method
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, metavar="DIR", help="Output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def attribute_command(model_spec, model_sets, run_dir, benchmark, concept, allow_untrained, dataset_name,
+def attribute_command(model_spec, model_sets, run_dir, benchmark, concept, allow_untrained, allow_unverified,
+                      dataset_name,
                       dataset_sets, prompt, seed, image_path, steps, method_name, sets, top_k, scale, device, out,
                       quiet):
     """Where did this image come from? Rank the training items of a dataset for one query — generated from
@@ -111,7 +118,11 @@ def attribute_command(model_spec, model_sets, run_dir, benchmark, concept, allow
         model_spec=model_spec, model_sets=list(model_sets), dataset=dataset_name, dataset_sets=list(dataset_sets),
         prompt=prompt, seed=seed, image=image_path, steps=steps, method=method_name, method_sets=list(sets),
         top_k=top_k, scale=scale, device=device, out=out, progress=not quiet, run=run_dir, benchmark=benchmark,
-        concept=concept, allow_untrained=allow_untrained)
+        concept=concept, allow_untrained=allow_untrained, allow_unverified=allow_unverified)
+    source = result.get("source") or {}
+    if source.get("what"):
+        click.echo(f"genattr: ranked with the {source['what']} of {source.get('run')} ({source.get('benchmark')})",
+                   err=True)
     click.echo(format_ranking(result["ranking"]))
     click.echo(f"genattr: wrote {result['files']['csv']}, {result['files']['json']}, {result['files']['grid']}",
                err=True)
@@ -120,9 +131,10 @@ def attribute_command(model_spec, model_sets, run_dir, benchmark, concept, allow
 @hookimpl
 def register_commands(cli):
     from .leaderboard_command import leaderboard_command
+    from .pack_command import pack_command
     from .scaffold import new_plugin_command
 
-    for command in (run_command, leaderboard_command, attribute_command, new_plugin_command):
+    for command in (run_command, leaderboard_command, attribute_command, new_plugin_command, pack_command):
         if command.name not in cli.commands:
             cli.add_command(command)
 

@@ -9,7 +9,25 @@ executor is created.
 from __future__ import annotations
 
 from genattr import hookimpl
-from genattr.harness.errors import UserError
+from genattr.harness.errors import EnvironmentFault, UserError
+
+
+def _signal_handlers() -> dict:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None))
+            if sig is not None}
+
+
+def _restore_handlers(handlers: dict) -> None:
+    import signal
+
+    for sig, h in handlers.items():
+        if h is not None and signal.getsignal(sig) is not h:
+            signal.signal(sig, h)
 
 
 class LocalExecutor:
@@ -31,8 +49,11 @@ class RayExecutor:
     ``address``: a cluster to join (``"auto"``, ``"ray://host:10001"``); None starts a local Ray instance (with
     ``num_cpus`` / ``num_gpus`` when given) — or joins ``RAY_ADDRESS`` when that is set. ``cpus_per_task`` and
     ``gpus_per_task`` are the resource requests (``gpus_per_task`` None: 1 when the cluster has a GPU, else 0).
-    ``runtime_env`` is passed to ``ray.init`` (e.g. ``{"env_vars": {...}}``). A Ray instance this executor started
-    is shut down when ``map`` ends.
+    ``runtime_env`` is passed to ``ray.init`` (e.g. ``{"env_vars": {...}}``). ``max_retries``: how often a task whose
+    worker process died is run again (default 1); after that the run stops with one line, keeping every row the
+    other tasks finished. ``connect_timeout``: seconds to wait for an explicit ``address`` to accept a connection.
+    genattr's own signal handling (SIGTERM / SIGINT / SIGHUP → ``interrupted``, exit 130) survives ``ray.init``.
+    A Ray instance this executor started is shut down when ``map`` ends.
     """
 
     name = "ray"
@@ -40,11 +61,21 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
                  cpus_per_task: float = 1, gpus_per_task: float | None = None, runtime_env: dict | None = None,
-                 max_retries: int = 0):
+                 max_retries: int = 1, connect_timeout: float = 30.0):
+        from genattr.presets import Integer, Number, Table, Text, check_values
+
+        check_values("ray", dict(address=address, num_cpus=num_cpus, num_gpus=num_gpus, cpus_per_task=cpus_per_task,
+                                 gpus_per_task=gpus_per_task, runtime_env=runtime_env, max_retries=max_retries,
+                                 connect_timeout=connect_timeout),
+                     dict(address=Text(nullable=True), num_cpus=Integer(min=1, nullable=True),
+                          num_gpus=Integer(min=0, nullable=True), cpus_per_task=Number(gt=0),
+                          gpus_per_task=Number(min=0, nullable=True), runtime_env=Table(nullable=True),
+                          max_retries=Integer(min=0), connect_timeout=Number(gt=0)))
         try:
             import ray  # noqa: F401
         except ImportError:
             raise UserError("the ray executor needs Ray: install genattr[ray]") from None
+        self.connect_timeout = float(connect_timeout)
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -68,8 +99,33 @@ class RayExecutor:
             kwargs["num_gpus"] = self.num_gpus
         if self.runtime_env:
             kwargs["runtime_env"] = self.runtime_env
-        ray.init(**kwargs)
+        self._probe()
+        # ray.init installs its own SIGTERM handler; genattr's (interrupted, exit 130, rows kept) must stay
+        handlers = _signal_handlers()
+        try:
+            ray.init(**kwargs)
+        finally:
+            _restore_handlers(handlers)
         return True
+
+    def _probe(self) -> None:
+        """An explicit ``host:port`` address (``ray://`` or a GCS address) that does not accept a connection within
+        ``connect_timeout`` seconds is an :class:`EnvironmentFault` now, instead of Ray's minutes of retries."""
+        import socket
+
+        addr = self.address
+        if not addr or addr == "auto":
+            return
+        hostport = addr.split("://", 1)[-1].rsplit("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            return
+        try:
+            socket.create_connection((host, int(port)), timeout=self.connect_timeout).close()
+        except OSError as exc:
+            raise EnvironmentFault(f"cannot reach the Ray cluster at {addr} ({exc.strerror or type(exc).__name__} "
+                                   f"within {self.connect_timeout:g} s); check ray.address or start the cluster") \
+                from None
 
     def map(self, fn, tasks):
         import ray
@@ -79,8 +135,11 @@ class RayExecutor:
             gpus = self.gpus_per_task
             if gpus is None:
                 gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            # max_retries: a task whose worker process died (killed, out of memory) runs again that many times;
+            # an exception raised by the task itself is not retried
             remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=gpus, max_retries=self.max_retries)(fn)
             pending = {remote.remote(task): task for task in tasks}
+            failure: BaseException | None = None
             try:
                 while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1)
@@ -88,11 +147,22 @@ class RayExecutor:
                         task = pending.pop(ref)
                         try:
                             result = ray.get(ref)
-                        except ray.exceptions.RayTaskError as exc:
-                            raise exc.as_instanceof_cause() from None
-                        yield task, result
+                        except ray.exceptions.RayTaskError as exc:  # the task raised: its own exception, one line
+                            cause = getattr(exc, "cause", None)
+                            failure = failure or (cause if isinstance(cause, BaseException)
+                                                  else exc.as_instanceof_cause())
+                            continue
+                        except ray.exceptions.RayError as exc:  # the worker died (after the retries)
+                            failure = failure or EnvironmentFault(
+                                f"a Ray worker died running {task['benchmark']} / {task['method']} cells "
+                                f"({type(exc).__name__}, {self.max_retries} retr{'y' if self.max_retries == 1 else 'ies'});"
+                                " finished rows are kept; re-run the same command to resume")
+                            continue
+                        yield task, result  # the other tasks' rows are kept even after a failure
+                if failure is not None:
+                    raise failure
             finally:
-                for ref in pending:  # a failure or an interrupted driver: stop what is still queued
+                for ref in pending:  # an interrupted driver: stop what is still queued
                     ray.cancel(ref, force=False)
         finally:
             if started:

@@ -129,17 +129,26 @@ class CustomizedModelBenchmark:
                                   seed=int(env.seed), scale=self.config["scale"], progress=env.progress,
                                   extra=LazyExtra(data, factories))
 
-    def attribution_context(self, env: RunEnv, concept: str | None = None):
+    def attribution_context(self, env: RunEnv, concept: str | None = None, allow_unverified: bool = False):
         """``(model, training set, description)`` for ``genattr attribute --run``: a concept's customized model
-        (``concept``; default the first) and the ``all`` pool."""
+        (``concept``; default the first that passed verification) and the ``all`` pool. A concept whose customized
+        model failed verification is refused unless ``allow_unverified`` (its model does not show the concept)."""
         state = self._load(env)
+        failed = set(((state.provenance or {}).get("verification") or {}).get("failed") or ())
         if concept is None:
-            concept = sorted(state.cases)[0]
+            usable = [c for c in sorted(state.cases) if c not in failed] or sorted(state.cases)
+            concept = usable[0]
         if concept not in state.cases:
             raise UserError(f"customized-model: no concept {concept!r} in this run; concepts: "
                             f"{', '.join(sorted(state.cases))}")
+        if concept in failed and not allow_unverified:
+            ok = [c for c in sorted(state.cases) if c not in failed]
+            raise UserError(f"customized-model: the customized model of {concept!r} failed verification (it does not "
+                            f"reproduce its concept); pick a verified concept ({', '.join(ok) or 'none'}) or pass "
+                            "--allow-unverified")
         case = state.cases[concept]
-        return self._model_for(case, env), state.pool, f"customized model of concept {concept} and the pool"
+        note = " (failed verification)" if concept in failed else ""
+        return self._model_for(case, env), state.pool, f"customized model of concept {concept}{note} and the pool"
 
     def _model_for(self, case: ConceptCase, env: RunEnv):
         if case.model is not None:

@@ -200,6 +200,9 @@ class BuiltinData:
             except (TypeError, ValueError) as exc:
                 raise UserError(f"customized-model: bad configuration for dataset {c['dataset']!r}: "
                                 f"{str(exc).splitlines()[0]}") from None
+            if len(dataset) == 0:
+                raise UserError(f"customized-model: dataset {c['dataset']!r} has no items; the base model needs a "
+                                "training set")
             with progress.stage(f"setup customized-model: training the base model ({c['dataset']})"):
                 model = load_or_train(env.cache, dataset, r["model"], r["train"], seed=int(env.seed),
                                       model=c["model"], progress=env.progress)

@@ -150,7 +150,9 @@ def act_on_verification(verification: dict, mode: str) -> None:
         return
     msg = ("customized-model: these customized models do not reproduce their concept (their queries are not "
            f"closer to their own exemplars than chance): {', '.join(verification['failed'])}; attribution results "
-           "for them measure nothing. Train the customization longer or on more weights (config 'customize').")
+           "for them measure nothing, so the leaderboard leaves them out (--include-unverified keeps them). At "
+           "scale tiny the customization is short and some concepts are not learned; otherwise train it longer or "
+           "on more weights (option 'customize').")
     if mode == "error":
         raise UserError(msg)
     log.warning(msg)

@@ -91,14 +91,18 @@ def scatter(board: Board, pool: str | None, fmt: str = "svg") -> bytes:
     colors = _colors(board)
     n = len(board.groups)
     fig, axes = plt.subplots(1, n, figsize=(min(11.0, 4.2 * n + 1.5), 4.0), squeeze=False)
+    # points carry numbers, the legend the names ("1 unlearning"): method names written beside the points overlap
+    # as soon as two methods score alike
+    number = {m: i + 1 for i, m in enumerate(board.methods)}
     for ax, g in zip(axes[0], board.groups):
         for m in board.methods:
             sx, sy = board.stats.get((m, g, ap.key)), board.stats.get((m, g, recall.key))
             if not sx or not sy or not (_finite(sx["mean"]) and _finite(sy["mean"])):
                 continue
             ax.errorbar(sx["mean"], sy["mean"], xerr=_se(sx), yerr=_se(sy), fmt="o", ms=7, capsize=3,
-                        color=colors[m], label=m)
-            ax.annotate(m, (sx["mean"], sy["mean"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+                        color=colors[m], label=f"{number[m]} {m}")
+            ax.annotate(str(number[m]), (sx["mean"], sy["mean"]), ha="center", va="center", fontsize=6,
+                        color="white", fontweight="bold")
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel(ap.header(arrow=False))

@@ -43,12 +43,43 @@ POOL_NOTES = {
                                  "distractors (columns with the suffix /all).",
 }
 
+#: Plain-language titles of the pools (a benchmark that scores several pools of candidates).
+POOL_TITLES = {
+    ("customized-model", None): "Pool: the training images and the concept's own exemplars",
+    ("customized-model", "all"): "Pool: the training images and every concept's exemplars",
+}
+
+
+def pool_title(benchmark: str, pool: str | None) -> str:
+    """The plain-language title of a pool (``None``: the main one)."""
+    return POOL_TITLES.get((benchmark, pool)) or ("Main table" if pool is None else f"Pool “{pool}”")
+
+
 def slug(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-")
     return s or "x"
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
+def _expand(dirs: Sequence[str | os.PathLike]) -> list:
+    """``dirs`` with a folder of run directories (no results file of its own, run directories below it — ``runs``)
+    replaced by those run directories, sorted, with one note saying which."""
+    out: list = []
+    for d in dirs:
+        p = Path(d).expanduser()
+        children = sorted(c for c in p.iterdir() if (c / RESULTS_FILE).is_file()) \
+            if p.is_dir() and not (p / RESULTS_FILE).is_file() else []
+        if children:
+            from ..progress import warn
+
+            warn("genattr.leaderboard", f"{d} holds {len(children)} run directories; pooling "
+                                        f"{', '.join(c.name for c in children)}")
+            out.extend(children)
+        else:
+            out.append(d)
+    return out
+
+
 def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]]:
     """All rows of the given run directories (duplicates of the same cell dropped) and their run.json documents."""
     if not dirs:
@@ -56,7 +87,7 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
     rows: list[dict] = []
     runs: dict[str, dict] = {}
     seen: set[tuple] = set()
-    for d in dirs:
+    for d in _expand(dirs):
         p = Path(d).expanduser()
         if not p.exists():
             raise UserError(f"results directory {str(d)!r} does not exist")
@@ -171,6 +202,13 @@ class Board:
         if note:
             return note
         return f"Columns with the suffix /{pool}." if pool else ""
+
+    def inputs(self) -> dict:
+        """Where the rows' inputs came from: ``packs`` (the imported artefact packs their rows record; "" for rows
+        without one), ``models`` (each run's model fingerprints, from run.json) and ``differ`` — True when the
+        pooled rows were scored on different artefacts (several packs, or a pack beside trained models)."""
+        packs = sorted({str(r.get("pack") or "") for r in self.rows})
+        return {"packs": packs, "differ": len(packs) > 1}
 
     def n_label(self, method: str, group: str) -> int:
         ns = [self.stats.get((method, group, k), {}).get("n", 0) for k in self.columns]

@@ -18,6 +18,9 @@ def caption(board: Board) -> str:
     else:
         parts.append(f"config {board.config_hash[:12]}")
     parts.append(f"{board.cells} cells")
+    packs = [p for p in board.inputs()["packs"] if p]
+    if len(packs) == 1 and not board.inputs()["differ"]:
+        parts.append(f"pack {packs[0][:12]}")
     if board.label_keys:
         parts.append("groups by " + ", ".join(board.label_keys))
     return " · ".join(parts)
@@ -40,7 +43,18 @@ def method_seed_note(board: Board) -> str:
 
 def notes(board: Board) -> str:
     """The notes printed under a board's caption."""
-    return " ".join(n for n in (unverified_note(board), method_seed_note(board)) if n)
+    return " ".join(n for n in (unverified_note(board), method_seed_note(board), inputs_note(board)) if n)
+
+
+def inputs_note(board: Board) -> str:
+    """Said when the pooled rows were scored on different artefacts (several packs, or a pack beside models
+    trained elsewhere): their methods then did not see the same models and queries."""
+    got = board.inputs()
+    if not got["differ"]:
+        return ""
+    names = ", ".join(p[:12] if p else "no pack (trained on the machine)" for p in got["packs"])
+    return (f"Inputs differ: these rows come from {len(got['packs'])} sets of artefacts ({names}); methods scored on "
+            "different models and queries are not directly comparable — run them on one pack (genattr pack).")
 
 
 def unverified_note(board: Board) -> str:

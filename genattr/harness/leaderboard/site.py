@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import UserError
 from . import figures
 from .columns import Column, _finite
-from .model import Board, group_label, is_unverified, pair_key, slug
+from .model import Board, group_label, is_unverified, pair_key, pool_title, slug
 from .notes import LEGEND, caption, notes
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -346,6 +346,65 @@ def provenance(runs: dict[str, dict], boards: list[Board]) -> list[dict]:
     return out
 
 
+#: Papers and code of the built-in methods, shown on their pages (a plugin's method shows its registered
+#: description only).
+REFERENCES: dict[str, dict[str, str]] = {
+    "unlearning": {"paper": "https://arxiv.org/abs/2406.09408", "code": "https://github.com/PeterWang512/AttributeByUnlearning"},
+    "distilled": {"paper": "https://arxiv.org/abs/2510.13329", "code": "https://github.com/PeterWang512/FastGDA"},
+    "trak": {"paper": "https://arxiv.org/abs/2303.14186", "code": "https://github.com/MadryLab/trak"},
+    "journeytrak": {"paper": "https://arxiv.org/abs/2312.06205", "code": "https://github.com/MadryLab/journey-TRAK"},
+    "dtrak": {"paper": "https://arxiv.org/abs/2311.00500", "code": "https://github.com/sail-sg/D-TRAK"},
+    "datainf": {"paper": "https://arxiv.org/abs/2310.00902", "code": "https://github.com/ykwon0407/DataInf"},
+    "das": {"paper": "https://arxiv.org/abs/2410.18639", "code": "https://github.com/Jinxu-Lin/DAS"},
+    "retrac": {"paper": "https://arxiv.org/abs/2401.09031", "code": "https://github.com/txie1/diffusion-ReTrac"},
+    "abc-clip": {"paper": "https://arxiv.org/abs/2306.09345", "code": "https://github.com/PeterWang512/GenDataAttribution"},
+    "abc-dino": {"paper": "https://arxiv.org/abs/2306.09345", "code": "https://github.com/PeterWang512/GenDataAttribution"},
+}
+
+#: The site's glossary: every term its tables and captions use, in plain words.
+GLOSSARY: list[tuple[str, str]] = [
+    ("mean ± s.e.", "the average over the benchmark's cells (queries) and its standard error; n is the number of cells"),
+    ("paired difference", "method − other, computed query by query on the queries both scored, with a 95 % bootstrap "
+                          "interval [lo, hi]; an interval that excludes 0 separates the two methods"),
+    ("bold", "the best method of a column, marked only when its paired interval against every other method excludes 0"),
+    ("pool", "the candidate training items a method ranks; the Customized Model scores the concept's own exemplars "
+             "among the base training images, and again with every concept's exemplars as distractors"),
+    ("Recall@10, mAP", "how many of the true sources (the exemplars a model was customized on) a ranking puts in its "
+                       "top 10, and the mean average precision of the whole ranking"),
+    ("ΔL, ΔG", "leave-K-out: how much the query's loss rises (ΔL) and its regenerated image changes (ΔG) when the "
+               "method's top K training items are removed and the model retrained"),
+    ("LDS", "linear datamodeling score: the rank correlation between a method's predicted and the measured outputs of "
+            "models trained on random subsets of the training set"),
+    ("mAP(k)", "teacher agreement: the average precision of a slow, faithful method's top k in a method's ranking"),
+    ("config hash", "sha256 of the resolved configuration of a benchmark and method: rows with the same hash were "
+                    "computed the same way"),
+    ("pack", "the content hash of the artefacts (models, deltas, queries) rows were scored on (genattr pack); rows "
+             "with different packs saw different models"),
+    ("unverified", "a customized model that does not reproduce its concept: its queries measure nothing and are left "
+                   "out unless asked"),
+]
+
+
+def _registered_description(name: str) -> str:
+    try:
+        from ..manager import registry
+
+        return str(registry("methods").get(name).description or "")
+    except Exception:  # noqa: BLE001 - a method whose plugin is not installed here
+        return ""
+
+
+def _downloads(site: Path, board: Board) -> list[dict]:
+    """``tables/<board>.csv`` and ``.json``: every number of the board's tables (the long form), for download."""
+    from .text import to_csv, to_json
+
+    base = f"tables/{board.slug}"
+    (site / "tables").mkdir(parents=True, exist_ok=True)
+    _write(site / f"{base}.csv", to_csv([board]))
+    _write(site / f"{base}.json", to_json([board]))
+    return [{"label": "CSV", "href": f"{base}.csv"}, {"label": "JSON", "href": f"{base}.json"}]
+
+
 def _method_info(runs: dict[str, dict], name: str) -> dict:
     for run in runs.values():
         m = ((run or {}).get("methods") or {}).get(name)
@@ -381,9 +440,12 @@ def render_site(boards: list[Board], runs: dict[str, dict], out_dir: str | os.Pa
             if figures.numeric_key(b) and len(b.groups) > 1:
                 matrix = matrix_table(b, pool, f"table-{b.slug}-{psl}-by-{slug(b.label_keys[0])}", pages)
             pools.append({"label": "headline" if pool is None else f"/{pool}", "pool": pool, "note": b.pool_note(pool),
+                          "title": pool_title(b.benchmark, pool),
                           "tables": tables, "matrix": matrix, "figure": fig_rel,
                           "figure_kind": figures.kind(b, pool), "id": f"{b.slug}-{psl}"})
-        bctx.append({"title": b.title, "slug": b.slug, "caption": caption(b), "note": notes(b),
+        downloads = _downloads(site, b)
+        written.extend(d["href"] for d in downloads)
+        bctx.append({"title": b.title, "slug": b.slug, "caption": caption(b), "note": notes(b), "downloads": downloads,
                      "note_included": b.include_unverified, "pools": pools, "dirs": b.directories,
                      "config_hash": b.config_hash, "group_by": " / ".join(b.label_keys),
                      "seeds": seed_table(b, f"table-{b.slug}-by-model-seed", pages),
@@ -411,6 +473,7 @@ def render_site(boards: list[Board], runs: dict[str, dict], out_dir: str | os.Pa
                     row = next((r for r in t["rows"] if r["cells"][0]["text"] == _minus(m)), None)
                     if row is not None:
                         summary.append({"pool": "headline" if pool is None else f"/{pool}", "group": g,
+                                        "pool_title": pool_title(b.benchmark, pool),
                                         "headers": t["headers"][1:], "cells": row["cells"][1:]})
             gal = gallery(b, rows, media)
             sections.append({
@@ -427,11 +490,14 @@ def render_site(boards: list[Board], runs: dict[str, dict], out_dir: str | os.Pa
                 "include_unverified": b.include_unverified,
             })
         info = _method_info(runs, next((b.method_names[m] for b in boards if m in b.methods), m))
+        registered = next((b.method_names[m] for b in boards if m in b.methods), m)
         methods_ctx.append({"label": m, "page": pages[m], "sections": sections, "plugin": info.get("plugin"),
-                            "version": info.get("version")})
+                            "version": info.get("version"), "description": _registered_description(registered),
+                            "links": REFERENCES.get(registered, {})})
     prov = provenance(runs, boards)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    common = {"generated": now, "dirs": list(runs), "legend": LEGEND, "boards": bctx, "methods": methods_ctx}
+    common = {"generated": now, "dirs": list(runs), "legend": LEGEND, "boards": bctx, "methods": methods_ctx,
+              "glossary": GLOSSARY}
     index = env.get_template("index.html").render(**common, provenance=prov, page="index")
     _write(site / "index.html", index)
     written.append("index.html")

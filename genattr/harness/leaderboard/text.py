@@ -9,7 +9,7 @@ import textwrap
 from typing import Sequence
 
 from ..results import SCHEMA_VERSION, clean_json
-from .model import Board
+from .model import Board, pool_title
 from .notes import LEGEND, caption, notes
 
 #: Markdown / terminal tables never get wider than this many characters: wide ones are split by metric.
@@ -136,7 +136,7 @@ def to_markdown(boards: list[Board], figure_links: dict[str, str] | None = None,
         pools = b.pools
         for pool in pools:
             if len(pools) > 1 or pool is not None:
-                label = "Headline pool" if pool is None else f"Pool /{pool}"
+                label = pool_title(b.benchmark, pool)
                 note = b.pool_note(pool)
                 out.append("\n" + _wrap(f"{label}: {note}" if note else label, width))
             for t in board_tables(b, pool, width):

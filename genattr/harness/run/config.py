@@ -28,7 +28,7 @@ DEFAULT_EXECUTOR = "local"
 RUNS_ROOT = "runs"
 
 #: Keys of the ``[run]`` table of a TOML configuration file.
-RUN_KEYS = ("benchmarks", "methods", "scale", "seed", "method_seed", "out", "executor", "device")
+RUN_KEYS = ("benchmarks", "methods", "scale", "seed", "method_seed", "out", "executor", "device", "cell_timeout")
 
 
 @dataclass
@@ -53,6 +53,9 @@ class RunSpec:
     #: ``NAME.seed`` wins); ``unseeded`` lists the methods without the option (deterministic ones: pixel, encoders).
     method_seed: int | None = None
     unseeded: list[str] = field(default_factory=list)
+    #: ``--cell-timeout``: seconds a cell may run before the run stops with a one-line fault naming it (None: no
+    #: limit). Not part of any configuration hash: it changes whether a cell finishes, not what it computes.
+    cell_timeout: float | None = None
 
     def default_out(self) -> Path:
         label = self.suite or "+".join(self.benchmarks)
@@ -64,9 +67,28 @@ class RunSpec:
 def parse_value(raw: str) -> Any:
     """JSON where possible (numbers, booleans, lists, objects, quoted strings), else the raw string."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return raw
+    except RecursionError:
+        raise UserError(f"value {raw[:20]}… nests too deeply") from None
+    if _depth(value) > MAX_DEPTH:
+        raise UserError(f"value {raw[:20]}… nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+#: The deepest nesting a configuration value may have (lists and tables inside each other).
+MAX_DEPTH = 32
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max([_depth(v, level + 1) for v in value.values()], default=level + 1)
+    if isinstance(value, list):
+        return max([_depth(v, level + 1) for v in value], default=level + 1)
+    return level
 
 
 def parse_assignment(text: str) -> tuple[list[str], Any]:
@@ -123,6 +145,10 @@ def load_config_file(path: str | os.PathLike) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {str(p)!r} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {str(p)!r} is not UTF-8 text (TOML files are UTF-8)") from None
+    except RecursionError:
+        raise UserError(f"config file {str(p)!r} nests too deeply") from None
     except OSError as exc:
         raise UserError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
 
@@ -142,6 +168,7 @@ def build_spec(
     quiet: bool = False,
     cache_root: str | None = None,
     argv: Sequence[str] | None = None,
+    cell_timeout: float | None = None,
 ) -> RunSpec:
     """Resolve command-line arguments and an optional TOML file into a :class:`RunSpec` (validates every name)."""
     from ..api import SCALES
@@ -181,17 +208,27 @@ def build_spec(
     if method_seed is not None and (not isinstance(method_seed, int) or isinstance(method_seed, bool)
                                     or method_seed < 0):
         raise UserError(f"method seed must be a non-negative integer, not {method_seed!r}")
+    for key in ("executor", "device", "out", "scale"):
+        v = run_table.get(key)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise UserError(f"config file: [run] {key} must be a string, not {v!r}")
     executor = executor or run_table.get("executor") or DEFAULT_EXECUTOR
     device = device or run_table.get("device") or "auto"
     out = out or run_table.get("out")
 
+    if cell_timeout is None:
+        cell_timeout = run_table.get("cell_timeout")
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float))
+                                     or not cell_timeout > 0 or cell_timeout != cell_timeout):
+        raise UserError(f"cell timeout must be a positive number of seconds, not {cell_timeout!r}")
     _check_names("benchmarks", bench_names)
     _check_names("methods", method_names)
     _check_names("executors", [executor])
 
     spec = RunSpec(benchmarks=bench_names, methods=method_names, scale=scale, seed=seed, executor=executor,
                    device=device, progress=not quiet, suite=suite, cache_root=cache_root,
-                   argv=list(argv) if argv is not None else None)
+                   argv=list(argv) if argv is not None else None,
+                   cell_timeout=float(cell_timeout) if cell_timeout is not None else None)
     spec.benchmark_configs = {b: {} for b in bench_names}
     spec.method_configs = {m: {} for m in method_names}
 

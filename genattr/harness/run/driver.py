@@ -26,6 +26,7 @@ import contextlib
 import copy
 import inspect
 import os
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..cache import hash_json
-from ..errors import UserError, did_you_mean
+from ..errors import EnvironmentFault, PluginFault, UserError, did_you_mean, disk_full
 from ..results import (
     SCHEMA_VERSION,
     ResultsWriter,
@@ -41,6 +42,7 @@ from ..results import (
     check_writable,
     clean_json,
     config_hash,
+    json_problem,
     read_rows,
     read_run,
     utc_now,
@@ -51,6 +53,8 @@ from .provenance import environment, plugin_list, resolve_device
 from .worker import _WORKER_MEMO, _memo_key, checkpoint, run_task, runtime_plugins
 
 LOCK_FILE = ".lock"
+#: Where a run appends the traceback of a plugin's fault (its one-line error points here).
+ERRORS_FILE = "errors.log"
 
 
 # -- components ----------------------------------------------------------------------------------------------------
@@ -146,9 +150,20 @@ def metric_info(bench) -> dict[str, dict]:
     return out
 
 
-def resolve_method(method, scale: str, hint: str | None) -> dict:
+def json_config(owner: str, config) -> dict:
+    """``config`` as recorded (:func:`clean_json`), after checking it holds JSON values only: a set, an object or a
+    non-string key is a one-line :class:`UserError` naming ``owner`` and the key, never a ``str()`` whose hash
+    changes from run to run."""
+    problem = json_problem(config or {})
+    if problem:
+        raise UserError(f"{owner}: the configuration holds a value that is not JSON, at {problem}; use a list, "
+                        "a table, a string, a number or a boolean")
+    return clean_json(config or {})
+
+
+def resolve_method(method, scale: str, hint: str | None, name: str | None = None) -> dict:
     """The method's configuration for a benchmark: ``resolve_config(scale, hint)`` when it has one, else
-    ``config``."""
+    ``config`` — JSON values only (:func:`json_config`)."""
     resolve = getattr(method, "resolve_config", None)
     if callable(resolve):
         cfg = resolve(scale, hint)
@@ -157,7 +172,7 @@ def resolve_method(method, scale: str, hint: str | None) -> dict:
                 method.config = cfg
             except AttributeError:  # pragma: no cover - a read-only config property
                 pass
-    return clean_json(getattr(method, "config", None) or {})
+    return json_config(f"method {name or getattr(method, 'name', '?')}", getattr(method, "config", None))
 
 
 @dataclass
@@ -171,8 +186,9 @@ class RunSummary:
 
 
 class _Interrupts:
-    """SIGTERM (a batch scheduler's stop) and SIGINT (Ctrl-C) end the run as ``KeyboardInterrupt`` — but never
-    between writing a row and counting it: inside :meth:`critical` the signal is held and raised when it ends."""
+    """SIGTERM (a batch scheduler's stop), SIGINT (Ctrl-C) and SIGHUP (the terminal closed) end the run as
+    ``KeyboardInterrupt`` — ``run.json`` says ``interrupted``, the exit status is 130 — but never between writing a
+    row and counting it: inside :meth:`critical` the signal is held and raised when it ends."""
 
     def __init__(self):
         self.depth = 0
@@ -203,7 +219,9 @@ class _Interrupts:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+            if sig is None:  # pragma: no cover - not POSIX
+                continue
             try:
                 previous[sig] = signal.signal(sig, self.handler)
             except (ValueError, OSError):  # pragma: no cover - not the main interpreter
@@ -235,8 +253,13 @@ def run_lock(directory: Path):
                 holder = f" (pid {int(os.pread(fd, 32, 0).decode().split()[0])})"
             raise UserError(f"another genattr run{holder} is writing to {directory}; wait for it to finish or use "
                             "another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            if disk_full(exc):
+                raise EnvironmentFault(f"disk full while writing {path}; free space and re-run to resume") from None
+            raise UserError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
         yield
     finally:
         os.close(fd)
@@ -252,6 +275,54 @@ def _check_parent_writable(out: Path) -> None:
     if p.exists() and (not p.is_dir() or not os.access(p, os.W_OK | os.X_OK)):
         what = "is not a directory" if not p.is_dir() else "is not writable"
         raise UserError(f"cannot write to --out {str(out)!r}: {str(p)!r} {what}")
+
+
+def _check_run_files(out: Path) -> None:
+    """A one-line :class:`UserError` when ``results.jsonl``, ``run.json`` or the lock file of ``out`` exists but is
+    not a regular file (a directory, a FIFO — which would block the writer forever — a socket, a device)."""
+    import stat
+
+    from ..results import RESULTS_FILE, RUN_FILE
+
+    for name in (RESULTS_FILE, RUN_FILE, LOCK_FILE):
+        p = out / name
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot read {p}: {exc.strerror or type(exc).__name__}") from None
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "not a regular file")
+            raise UserError(f"{p} is {kind}; move it away (or use another --out)")
+
+
+def _final_write(out: Path, run_doc: dict, failing: bool) -> None:
+    """Write ``run.json`` at the end of a run. When it cannot be written the run's own error (``failing``) is the
+    one reported — a full disk then says so once — otherwise the write's own: a full disk is an
+    :class:`EnvironmentFault`, a removed run directory too."""
+    try:
+        write_run(out, run_doc)
+    except OSError as exc:
+        if failing:
+            return
+        if disk_full(exc):
+            raise EnvironmentFault(f"disk full while writing {out / 'run.json'}; free space and re-run the same "
+                                   "command (finished rows are kept)") from None
+        raise EnvironmentFault(f"cannot write {out / 'run.json'}: {exc.strerror or type(exc).__name__} (was the "
+                               "run directory removed?); re-run the same command") from None
+
+
+def _log_fault(out: Path, exc: BaseException) -> None:
+    """Append the traceback behind a :class:`PluginFault` to ``DIR/errors.log`` (the one-line error names it)."""
+    import traceback
+
+    cause = exc.__cause__ or exc
+    text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    with contextlib.suppress(OSError):
+        with open(out / ERRORS_FILE, "a") as f:
+            f.write(f"--- {utc_now()} {exc}\n{text}\n")
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
@@ -281,6 +352,8 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     started, t_start = utc_now(), time.perf_counter()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file, not a directory")
+    if out.is_dir():
+        _check_run_files(out)
     previous = read_run(out) or {} if out.is_dir() else {}
     if previous and int(previous.get("schema_version", 0)) > SCHEMA_VERSION:
         raise UserError(f"{out} was written by a newer genattr (schema {previous.get('schema_version')}); "
@@ -308,7 +381,8 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
 
     bench_info: dict[str, dict] = {}
     for b, bench in benches.items():
-        cfg = clean_json(getattr(bench, "config", None) or {**spec.benchmark_configs.get(b, {}), "scale": spec.scale})
+        cfg = json_config(f"benchmark {b}", getattr(bench, "config", None)
+                          or {**spec.benchmark_configs.get(b, {}), "scale": spec.scale})
         v = version("benchmarks", b, bench)
         info = metric_info(bench)
         bench_info[b] = {"version": v, "config": cfg, "config_hash": benchmark_config_hash(b, v, cfg, spec.seed),
@@ -318,7 +392,7 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     for b in spec.benchmarks:
         for m in spec.methods:
             method = create("method", m, spec.method_configs.get(m, {}))
-            cfg = resolve_method(method, spec.scale, bench_info[b]["preset_hint"])
+            cfg = resolve_method(method, spec.scale, bench_info[b]["preset_hint"], m)
             v = version("methods", m, method)
             pair[(b, m)] = {"method": method, "config": cfg, "version": v, "plugin": getattr(method, "plugin", None),
                             "hash": config_hash(bench_info[b]["config_hash"], m, v, cfg)}
@@ -357,7 +431,8 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     for b, bench in benches.items():
         env_dict = {"seed": spec.seed, "scale": spec.scale, "device": device,
                     "progress": bool(spec.progress and in_process), "cache_root": spec.cache_root,
-                    "method_configs": {m: pair[(b, m)]["config"] for m in spec.methods}, "out": str(out)}
+                    "method_configs": {m: pair[(b, m)]["config"] for m in spec.methods}, "out": str(out),
+                    "cell_timeout": getattr(spec, "cell_timeout", None)}
         groups: dict[tuple[str, str], list[dict]] = {}
         seen: set[str] = set()
         for cell in bench.cells(list(spec.methods)):
@@ -481,6 +556,9 @@ def _execute(spec, out, executor, in_process, tasks, todo, total, skipped, previ
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except PluginFault as exc:
+        _log_fault(out, exc)
+        raise
     finally:
         progress.close_outer()
         restore()
@@ -492,7 +570,7 @@ def _execute(spec, out, executor, in_process, tasks, todo, total, skipped, previ
         run_doc["environment"]["devices"] = sorted({d for d in devices if d} | set(old_devices))
         run_doc["timings"] = {"wall_s": round(sum(i.get("wall_s", 0.0) or 0.0 for i in run_doc["invocations"]), 3),
                               "setup_s": {b: i.get("setup_s") for b, i in run_doc["benchmarks"].items()}}
-        write_run(out, run_doc)
+        _final_write(out, run_doc, failing=sys.exc_info()[0] is not None)
         if in_process:
             _WORKER_MEMO.clear()  # free models and data held by this run's benchmarks
     return RunSummary(out=out, cells_total=total, cells_skipped=skipped, cells_run=ran,

@@ -9,6 +9,7 @@ reused across that worker's cells.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
@@ -98,10 +99,16 @@ def _benchmark_from(task: dict, env) -> tuple[Any, dict, float]:
     bench = _WORKER_MEMO.pop(_memo_key("unset-benchmark", task["benchmark"], task["benchmark_args"]), None)
     if bench is None:
         bench = get_benchmark(task["benchmark"], **copy.deepcopy(task["benchmark_args"]))
+    from ..cache import recording
+    from ..packs import pack_of
+
     t0 = time.perf_counter()
-    with progress.stage(f"setup {task['benchmark']}"):
+    with progress.stage(f"setup {task['benchmark']}"), recording() as touched:
         provenance = bench.setup(env) or {}
     setup_s = time.perf_counter() - t0
+    pack = pack_of(touched, env.cache)  # every artefact the set-up read came from one imported pack
+    if pack is not None:
+        provenance = {**provenance, "pack": pack}
     checkpoint("setup")
     _WORKER_MEMO[key] = (bench, clean_json(provenance))
     return bench, _WORKER_MEMO[key][1], setup_s
@@ -190,6 +197,67 @@ def _row(task: dict, cell, out, cell_s: float, setup_s: float, env, group_size: 
     return clean_json(row)
 
 
+def _with_pack(row: dict, provenance: dict) -> dict:
+    """``row`` with ``pack``: the hash of the imported pack its benchmark's artefacts came from, when they did."""
+    pack = (provenance or {}).get("pack")
+    return {**row, "pack": pack} if pack else row
+
+
+class CellTimeout(BaseException):
+    """Raised in the worker's main thread when a cell outlives ``--cell-timeout`` (a ``BaseException``, so a plugin's
+    ``except Exception`` does not swallow it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None):
+    """Raise :class:`CellTimeout` after ``seconds`` (``SIGALRM``; only in a process's main thread on POSIX — where
+    that is not available the limit is not enforced)."""
+    import signal
+    import threading
+
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise CellTimeout(seconds)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def plugin_code(where: str):
+    """Run plugin code (a benchmark's setup, a method's construction, a cell): its exceptions become one line —
+    a :class:`PluginFault` naming ``where`` (the traceback kept as its cause for ``errors.log``), or an
+    :class:`EnvironmentFault` for a full disk. A :class:`UserError`, a fault already named and an interrupt pass
+    unchanged; a plugin calling ``sys.exit`` is a fault, never a silent exit."""
+    from ..errors import EnvironmentFault, PluginFault, UserError, disk_full
+
+    try:
+        yield
+    except (UserError, EnvironmentFault, PluginFault, KeyboardInterrupt):
+        raise
+    except SystemExit as exc:
+        raise PluginFault(f"{where}: a plugin called sys.exit({exc.code!r}); the traceback is in the run's "
+                          "errors.log") from exc
+    except CellTimeout as exc:
+        raise PluginFault(f"{where}: still running after --cell-timeout {exc.args[0]:g} s; stopped (finished rows "
+                          "are kept; raise the limit or fix the plugin, then re-run)") from None
+    except Exception as exc:  # noqa: BLE001 - every plugin failure is reported the same way
+        if disk_full(exc):
+            raise EnvironmentFault(f"disk full ({where}); free space and re-run the same command to resume") from None
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        raise PluginFault(f"{where}: {type(exc).__name__}{': ' + first if first else ''} (traceback in the run's "
+                          "errors.log)") from exc
+
+
 def run_task(task: dict, emit: Callable[[dict, dict], None] | None = None) -> dict:
     """Run one task (a group of cells) in this process and return ``{"rows": [...], "provenance", "setup_s"}``.
 
@@ -199,26 +267,41 @@ def run_task(task: dict, emit: Callable[[dict, dict], None] | None = None) -> di
     the group finished (the first cell of a group carries the group's shared scoring)."""
     _ensure_plugins(task.get("plugins", ()))
     env = _env_from(task)
-    bench, provenance, setup_s = _benchmark_from(task, env)
-    method = _method_from(task)
+    b, m = task["benchmark"], task["method"]
+    with plugin_code(f"setting up benchmark {b}"):
+        bench, provenance, setup_s = _benchmark_from(task, env)
+    with plugin_code(f"creating method {m} for {b}"):
+        method = _method_from(task)
     cells = _cells(task)
     wanted = {c.id for c in cells}
     records = []
     t_prev = time.perf_counter()
-    for cell, out in _outputs(bench, cells, method, env):
-        if cell.id not in wanted:
-            raise RuntimeError(f"benchmark {task['benchmark']!r}: run_cells returned cell {cell.id!r}, not in the group")
-        wanted.discard(cell.id)
-        now = time.perf_counter()
-        checkpoint("in-cell")
-        rec = {"row": _row(task, cell, out, now - t_prev, setup_s, env, len(cells)), "provenance": provenance,
-               "setup_s": setup_s}
+    outputs = _outputs(bench, cells, method, env)
+    where = f"{b} cell {cells[0].id if cells else '?'}"
+    timeout = task["env"].get("cell_timeout")
+    while True:
+        with plugin_code(where):
+            try:
+                with deadline(timeout):
+                    cell, out = next(outputs)
+            except StopIteration:
+                break
+            if cell.id not in wanted:
+                raise RuntimeError(f"benchmark {b!r}: run_cells returned cell {cell.id!r}, not in the group")
+            wanted.discard(cell.id)
+            now = time.perf_counter()
+            checkpoint("in-cell")
+            row = _with_pack(_row(task, cell, out, now - t_prev, setup_s, env, len(cells)), provenance)
+        rec = {"row": row, "provenance": provenance, "setup_s": setup_s}
         setup_s = 0.0
         t_prev = now
         if emit is not None:
             emit(task, rec)
         else:
             records.append(rec)
+        pending = [c.id for c in cells if c.id in wanted]
+        where = f"{b} cell {pending[0] if pending else cell.id}"
     if wanted:
-        raise RuntimeError(f"benchmark {task['benchmark']!r}: run_cells did not return cells {sorted(wanted)[:3]}")
+        with plugin_code(f"{b}"):
+            raise RuntimeError(f"benchmark {b!r}: run_cells did not return cells {sorted(wanted)[:3]}")
     return {"rows": records, "provenance": provenance}
