@@ -94,6 +94,7 @@ class Counterfactual:
         if n > len(source):
             raise UserError(f"{self.NAME}: dataset {name!r} has {len(source)} items, n={n} asked")
         train = take(source, n)
+        self._source = (name, dcfg, size_key, n)  # the held-out real images of the regime check come from them
         q = int(cfg["num_queries"])
         held = heldout(source, n, q)
         # one caption per query: held-out items in a seeded order when there are more than needed
@@ -216,7 +217,58 @@ class Counterfactual:
                        "seed": st.train_seed},
             "retrain": cfg["retrain"],
         }
+        st.provenance["regime"] = self._regime(env, st)
         return st
+
+    #: Held-out real images the regime check compares the queries with (at most).
+    REGIME_HELDOUT = 200
+    #: Fewer queries than this: the regime check is recorded but not warned about (a share of 2 queries says little).
+    REGIME_MIN_QUERIES = 10
+
+    def _held_images(self, st: CounterfactualState):
+        """Up to ``REGIME_HELDOUT`` real images the training set does not hold: the items after the first ``n`` of
+        the dataset built with room for them (a dataset whose first ``n`` items then differ from the training set's,
+        or that has no more items, gives None)."""
+        import torch
+
+        import genattr
+
+        name, dcfg, size_key, n = getattr(self, "_source", (None, None, None, 0))
+        if name is None:
+            return None
+        try:
+            if size_key is not None:
+                bigger = genattr.get_dataset(name, **{**dcfg, size_key: int(n) + self.REGIME_HELDOUT})
+            else:
+                bigger = genattr.get_dataset(name, **dcfg)
+        except Exception:  # noqa: BLE001 - a dataset without more items: no check
+            return None
+        if len(bigger) <= n:
+            return None
+        probe = list(range(min(n, 16)))
+        if not torch.equal(bigger.images(probe).float(), st.train.images(probe).float()):
+            return None  # not the same items first: the rest are not "held out" of this training set
+        held = bigger.images(list(range(n, min(len(bigger), n + self.REGIME_HELDOUT)))).float()
+        if st.queries and tuple(held.shape[1:]) != tuple(st.queries[0].image.shape):
+            return None  # another resolution or channel count than the queries: not comparable
+        return held
+
+    def _regime(self, env, st: CounterfactualState) -> dict:
+        """The regime check of θ0 (:mod:`genattr.harness.regime`): are its generated queries copies of training
+        images? Recorded in the provenance; a failure at ``REGIME_MIN_QUERIES`` queries or more is a warning naming
+        the figures."""
+        from genattr.harness import progress
+        from genattr.harness.regime import describe, regime_check
+
+        held = self._held_images(st)
+        with progress.stage(f"setup {self.NAME}: regime check"):
+            check = regime_check(st.base, st.train, [q.image for q in st.queries], held, seed=int(env.seed))
+        if check.get("passed") is False and len(st.queries) >= self.REGIME_MIN_QUERIES:
+            progress.warn(f"genattr.benchmarks.{self.NAME}",
+                          f"{self.NAME}: θ0 copies its training images ({describe(check)}; a generalising model "
+                          f"has ≤ 10 % near-copies and a ratio ≥ 0.9): pixel similarity is then near-optimal "
+                          "attribution, unlike on real models")
+        return check
 
     def attribution_context(self, env, concept: str | None = None):
         """``(θ0, training set, description)`` for ``genattr attribute --run``."""
