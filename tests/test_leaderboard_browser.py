@@ -269,3 +269,25 @@ def test_phone_width_scrolls_tables_not_the_page(site, browser, tmp_path, page):
                        " getComputedStyle(w).overflowX])")
     assert any(s > c for s, c, _ in wraps) and all(ox == "auto" for _, _, ox in wraps)
     browser.screenshot(tmp_path / f"{page.split('.')[0]}-390.png")
+
+
+def test_the_site_of_the_committed_results(browser, tmp_path):
+    """The site built from the project's committed run directories (results/) renders: every board's tables, the
+    downloads, the glossary, no sideways scroll."""
+    from pathlib import Path
+
+    from genattr.harness import leaderboard
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    dirs = sorted(str(p.parent) for p in root.rglob("results.jsonl"))
+    assert dirs, "no committed run directory under results/"
+    site = tmp_path / "site"
+    leaderboard.render(dirs, "html", out=site)
+    browser.size(1280, 900)
+    browser.open(site / "index.html")
+    assert browser.js("document.querySelectorAll('table.sortable tbody tr').length") >= 5
+    assert browser.js("document.querySelectorAll('a.download').length") >= 2
+    assert browser.js("document.querySelectorAll('#glossary dt').length") >= 8
+    o = _overflow(browser)
+    assert o["scroll"] <= o["client"], o
+    browser.screenshot(tmp_path / "results-site.png", full_page=True)

@@ -281,6 +281,8 @@ def gallery(board: Board, rows: list[dict], media: _Media) -> list[dict]:
                       if board.label_keys else "", "prompt": str(extra.get("prompt", "")),
                       "src": media.src(run_dir, med.get("query")), "top": top, "metric": _minus(metric),
                       "unverified": is_unverified(r)})
+    if items and not any(q["src"] or any(t["src"] for t in q["top"]) for q in items):
+        return []  # the run directory's pictures are not here (committed results keep no media): no empty gallery
     return items
 
 
