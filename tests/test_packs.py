@@ -74,3 +74,15 @@ def test_a_damaged_pack_is_refused_before_anything_is_stored(exported, tmp_path)
         import_pack(tmp_path, Cache(tmp_path / "cache"))
     with pytest.raises(UserError, match="exists and is not empty"):
         export_pack(tmp / "a", tmp / "pack", Cache(tmp / "cache-a"))
+
+
+def test_the_leaderboard_pools_rows_only_within_one_pack(exported):
+    """Runs of one configuration scored on a pack and on locally trained models are two boards, each saying so."""
+    from genattr.harness import leaderboard
+
+    tmp, manifest = exported
+    md = leaderboard.render([tmp / "a", tmp / "b"], "md")
+    assert f"pack {manifest['pack_hash'][:12]}" in md and "no pack" in md
+    assert md.count("## customized-model") == 2 and "Inputs differ" in md
+    one = leaderboard.render([tmp / "b"], "md")
+    assert "Inputs differ" not in one and f"pack {manifest['pack_hash'][:12]}" in one

@@ -102,7 +102,7 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
         for r in got:
             if int(r.get("schema_version", 0) or 0) > SCHEMA_VERSION:
                 raise UserError(f"{p / RESULTS_FILE} was written by a newer genattr; upgrade genattr to read it")
-            key = (r.get("config_hash"), r.get("cell_id"))
+            key = (r.get("config_hash"), r.get("cell_id"), r.get("pack") or "")  # a cell scored on another pack
             if key in seen:
                 continue
             seen.add(key)
@@ -145,6 +145,8 @@ class Board:
     method_seeds: dict[str, list] = field(default_factory=dict)
     # method label -> model seeds on which an explicit method seed equals the model seed (= the default draws)
     seed_repeats: dict[str, list[int]] = field(default_factory=dict)
+    # the packs this board's configuration was scored on across the given runs, when more than one (one board each)
+    sibling_packs: list[str] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
@@ -205,10 +207,10 @@ class Board:
 
     def inputs(self) -> dict:
         """Where the rows' inputs came from: ``packs`` (the imported artefact packs their rows record; "" for rows
-        without one), ``models`` (each run's model fingerprints, from run.json) and ``differ`` — True when the
-        pooled rows were scored on different artefacts (several packs, or a pack beside trained models)."""
+        without one) and ``differ`` — True when the same configuration was also scored on other artefacts (several
+        packs, or a pack beside locally trained models): those rows are on boards of their own."""
         packs = sorted({str(r.get("pack") or "") for r in self.rows})
-        return {"packs": packs, "differ": len(packs) > 1}
+        return {"packs": packs, "differ": len(self.sibling_packs) > 1, "siblings": list(self.sibling_packs)}
 
     def n_label(self, method: str, group: str) -> int:
         ns = [self.stats.get((method, group, k), {}).get("n", 0) for k in self.columns]
@@ -440,9 +442,24 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
         if key in seedless:
             key = (key[0], "seeds:" + seedless[key])
         by_bench.setdefault(key, []).append(r)
+    # rows are pooled only within one set of artefacts: a configuration scored on several packs (or on a pack and
+    # on locally trained models) becomes one board per pack, each titled with it
+    split: dict[tuple[str, str], list[dict]] = {}
+    pack_of_board: dict[tuple[str, str], str | None] = {}
+    for (bench, bkey), brow in by_bench.items():
+        packs = list(dict.fromkeys(str(r.get("pack") or "") for r in brow))
+        if len(packs) == 1:
+            split[(bench, bkey)] = brow
+            continue
+        for p in packs:
+            k = (bench, f"{bkey}|pack:{p}")
+            split[k] = [r for r in brow if str(r.get("pack") or "") == p]
+            pack_of_board[k] = p
+    by_bench = split
     names = [b for b, _ in by_bench]
     boards = []
-    for (bench, bkey), brow in by_bench.items():
+    for (bench, bkey_full), brow in by_bench.items():
+        bkey = bkey_full.split("|pack:", 1)[0]
         member_hashes = list(dict.fromkeys(str(r.get("benchmark_config_hash", "")) for r in brow))
         pooled = len(member_hashes) > 1
         bhash = bkey[len("seeds:"):] if pooled else member_hashes[0]
@@ -556,6 +573,9 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             _choose_format(col, [s for (m, g, kk), s in stats.items() if kk == k])
         scale = brow[0].get("scale")
         title = bench if names.count(bench) == 1 else f"{bench} [{scale}, {bhash[:8]}]"
+        if (bench, bkey_full) in pack_of_board:
+            p = pack_of_board[(bench, bkey_full)]
+            title = f"{bench} [{scale}, {bhash[:8]}, {'pack ' + p[:12] if p else 'no pack'}]"
         boards.append(Board(
             title=title, benchmark=bench, version=str(brow[0].get("benchmark_version", "")), config_hash=bhash,
             scale=scale, group_keys=group_keys, label_keys=label_keys, groups=groups,
@@ -566,5 +586,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             config_hashes=member_hashes, by_seed=by_seed,
             model_seeds=sorted({s for s in map(model_seed_of, brow) if s is not None}) if pooled else [],
             method_seeds=method_seeds, seed_repeats=seed_repeats,
+            sibling_packs=sorted(p for (b, k), p in pack_of_board.items()
+                                 if b == bench and k.split("|pack:", 1)[0] == bkey),
         ))
     return boards

@@ -19,7 +19,7 @@ def caption(board: Board) -> str:
         parts.append(f"config {board.config_hash[:12]}")
     parts.append(f"{board.cells} cells")
     packs = [p for p in board.inputs()["packs"] if p]
-    if len(packs) == 1 and not board.inputs()["differ"]:
+    if len(packs) == 1:
         parts.append(f"pack {packs[0][:12]}")
     if board.label_keys:
         parts.append("groups by " + ", ".join(board.label_keys))
@@ -52,9 +52,10 @@ def inputs_note(board: Board) -> str:
     got = board.inputs()
     if not got["differ"]:
         return ""
-    names = ", ".join(p[:12] if p else "no pack (trained on the machine)" for p in got["packs"])
-    return (f"Inputs differ: these rows come from {len(got['packs'])} sets of artefacts ({names}); methods scored on "
-            "different models and queries are not directly comparable — run them on one pack (genattr pack).")
+    names = ", ".join(p[:12] if p else "no pack (trained on the machine)" for p in got["siblings"])
+    return (f"Inputs differ: this configuration was scored on {len(got['siblings'])} sets of artefacts ({names}); "
+            "each has its own board, since methods scored on different models and queries are not comparable — "
+            "score them on one pack (genattr pack).")
 
 
 def unverified_note(board: Board) -> str:
