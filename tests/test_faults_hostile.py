@@ -343,7 +343,7 @@ def test_sighup_ends_the_run_as_interrupted_with_rows_kept(fake_plugins, tmp_pat
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", fakes.BOOT, "run", "fake-bench", "-m", "fake-good", "--scale", "tiny", "--out",
            str(out), "--quiet", "--no-leaderboard"]
-    proc = subprocess.Popen(cmd, env=_env(tmp_path, FAKE_SLEEP=0.4), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=_env(tmp_path, FAKE_SLEEP=1.0), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and len(results.read_rows(out)) < 2:
         time.sleep(0.1)
