@@ -181,8 +181,6 @@ class Counterfactual:
     # -- setup ------------------------------------------------------------------------------------------------------
     def _setup_state(self, env) -> CounterfactualState:
         """Build (or load from the cache) the training set, θ0 and the queries."""
-        import torch
-
         from genattr.harness import progress
 
         cfg = self.config
@@ -194,20 +192,11 @@ class Counterfactual:
             st.base = self._train(st.train, env, st)
         base_fp = st.base.fingerprint
         steps = int(cfg["query_steps"])
+        guidance = cfg["guidance_scale"]
         prompts = [c for _, c in picked]
         seeds = [int(derive(env.seed, "leave-k-out/query", j)) for j in range(len(picked))]
-        guidance = cfg["guidance_scale"]
-        gkw = {} if guidance is None else {"guidance_scale": float(guidance)}
-
-        def make():
-            with torch.no_grad():
-                imgs = [st.base.generate([p], [s], steps=steps, **gkw)[0] for p, s in zip(prompts, seeds)]
-            return {"images": torch.stack(imgs).float().cpu()}
-
-        # the query images are the same for every counterfactual benchmark with the same θ0 and captions
-        qkey = env.cache.key("leave-k-out", "1", "queries", base_fp, prompts, seeds, steps, guidance)
         with progress.stage(f"setup {self.NAME}: synthesizing {len(prompts)} queries"):
-            images = env.cache.tensors("leave-k-out/queries", qkey, make)["images"]
+            images = self._synthesize(env, st.base, "queries", prompts, seeds)
         st.queries = [
             Query(id=f"q{j:03d}", image=images[j], prompt=prompts[j],
                   meta={"seed": seeds[j], "steps": steps, "guidance_scale": guidance, "source_id": picked[j][0],
@@ -233,28 +222,31 @@ class Counterfactual:
     #: its own (from held-out captions, seeds of their own; cached with the queries).
     REGIME_QUERIES = 50
 
-    def _regime_images(self, env, st: CounterfactualState) -> list:
+    def _synthesize(self, env, base, kind: str, prompts: Sequence[str], seeds: Sequence[int]):
+        """``len(prompts) × C×H×W`` images ``base`` generates from ``prompts`` with ``seeds`` (the benchmark's
+        sampling steps and guidance), cached in ``leave-k-out/queries`` under ``kind`` (``"queries"``, or
+        ``"regime-queries"``): the same for every counterfactual benchmark with the same θ0 and captions."""
         import torch
 
-        if len(st.queries) >= self.REGIME_QUERIES:
-            return [q.image for q in st.queries]
-        picked = getattr(self, "_regime_picked", None) or []
-        prompts = [c for _, c in picked]
-        seeds = [int(derive(env.seed, "regime/query", j)) for j in range(len(prompts))]
-        steps = int(self.config["query_steps"])
-        guidance = self.config["guidance_scale"]
+        steps, guidance = int(self.config["query_steps"]), self.config["guidance_scale"]
         gkw = {} if guidance is None else {"guidance_scale": float(guidance)}
 
         def make():
             with torch.no_grad():
-                imgs = [st.base.generate([p], [s], steps=steps, **gkw)[0] for p, s in zip(prompts, seeds)]
+                imgs = [base.generate([p], [s], steps=steps, **gkw)[0] for p, s in zip(prompts, seeds)]
             return {"images": torch.stack(imgs).float().cpu()}
 
-        if not prompts:
+        key = env.cache.key("leave-k-out", "1", kind, base.fingerprint, list(prompts), list(seeds), steps, guidance)
+        return env.cache.tensors("leave-k-out/queries", key, make)["images"]
+
+    def _regime_images(self, env, st: CounterfactualState) -> list:
+        """The regime check's samples: the queries when there are ``REGIME_QUERIES`` of them, else samples of its
+        own from held-out captions with seeds of their own."""
+        prompts = [c for _, c in getattr(self, "_regime_picked", None) or []]
+        if len(st.queries) >= self.REGIME_QUERIES or not prompts:
             return [q.image for q in st.queries]
-        key = env.cache.key("leave-k-out", "1", "regime-queries", st.base.fingerprint, prompts, seeds, steps,
-                            guidance)
-        return list(env.cache.tensors("leave-k-out/queries", key, make)["images"])
+        seeds = [int(derive(env.seed, "regime/query", j)) for j in range(len(prompts))]
+        return list(self._synthesize(env, st.base, "regime-queries", prompts, seeds))
 
     def _held_images(self, st: CounterfactualState):
         """Up to ``REGIME_HELDOUT`` real images the training set does not hold: the items after the first ``n`` of
