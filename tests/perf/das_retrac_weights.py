@@ -11,13 +11,13 @@ Run (a few minutes on one thread; θ0 from the cache or trained first):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
+
+from perfkit import read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
@@ -36,11 +36,10 @@ def table(doc) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=24)
-    ap.add_argument("--out", default="results/perf/das-retrac-weights.json")
-    ap.add_argument("--table", default=None, metavar="FILE")
+    result_options(ap, "results/perf/das-retrac-weights.json")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(read_result(args.table)))
         return 0
 
     import tempfile
@@ -75,9 +74,7 @@ def main(argv=None) -> int:
     doc = {"what": "gradient-store cost by weight selection", "n": len(train), "items_measured": args.items,
            "threads": torch.get_num_threads(), "model_fingerprint": model.fingerprint,
            "genattr": genattr.__version__, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    write_result(args.out, doc)
     print(table(doc))
     return 0
 

@@ -11,13 +11,13 @@ Run (a few minutes at ``tiny`` on one thread; the teacher is computed once per b
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
+
+from perfkit import read_result, result_options, write_result  # noqa: E402
 
 GEOMETRIES = [("shared", "free"), ("shared", "negative"), ("separate", "free"), ("separate", "negative")]
 
@@ -48,11 +48,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", default="tiny")
     ap.add_argument("--model-seeds", default="0,1,2")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--table", default=None, metavar="FILE")
+    result_options(ap, None)  # default: results/distilled-geometry/<scale>.json
     args = ap.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())["rows"]))
+        print(table(read_result(args.table)["rows"]))
         return 0
 
     import math
@@ -89,11 +88,9 @@ def main(argv=None) -> int:
             print(f"seed {seed} {towers}/{sign}: a={rows[-1]['a']:+.2f} bce={rows[-1]['bce']:.4f} "
                   f"median self-rank {statistics.median(ranks)} top1% {rows[-1]['top1pct']:.2f}",
                   file=sys.stderr, flush=True)
-    out = Path(args.out or f"results/distilled-geometry/{args.scale}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"what": "distilled student geometry on training data", "scale": args.scale,
-                               "benchmark_theta0": "leave-k-out", "genattr": genattr.__version__, "rows": rows},
-                              indent=1, sort_keys=True, default=str) + "\n")
+    write_result(args.out or f"results/distilled-geometry/{args.scale}.json",
+                 {"what": "distilled student geometry on training data", "scale": args.scale,
+                  "benchmark_theta0": "leave-k-out", "genattr": genattr.__version__, "rows": rows})
     print(table(rows))
     return 0
 

@@ -546,3 +546,23 @@ def dump(rows, path: str | None) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(rows, f, indent=1, default=str)
+
+
+# -- result files (committed under results/, their tables generated into the docs) ----------------------------------
+def result_options(parser, default_out: str) -> None:
+    """``--out FILE`` (where the measurement is written) and ``--table FILE`` (print the table of a result file and
+    stop: the command a docs table marker names)."""
+    parser.add_argument("--out", default=default_out)
+    parser.add_argument("--table", default=None, metavar="FILE", help="print the table of a result file and stop")
+
+
+def read_result(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_result(path: str, doc: dict) -> None:
+    """``doc`` as sorted, indented JSON at ``path`` (folders created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")

@@ -10,12 +10,12 @@ Run (a few minutes per new N on one thread; θ0 and the samples are cached):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
+
+from perfkit import read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
@@ -36,11 +36,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", default="300,1500")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="results/regime/leave-k-out-small.json")
-    ap.add_argument("--table", default=None, metavar="FILE")
+    result_options(ap, "results/regime/leave-k-out-small.json")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(read_result(args.table)))
         return 0
 
     import genattr
@@ -58,11 +57,9 @@ def main(argv=None) -> int:
         rows.append({"n": n, "epochs": epochs, "plan": plan, "model_fingerprint": st.base.fingerprint,
                      "regime": st.provenance["regime"]})
         print(f"N={n}: {st.provenance['regime']['pixel']}", file=sys.stderr, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"what": "regime check of leave-K-out small θ0 by training-set size", "seed": args.seed,
            "genattr": genattr.__version__, "rows": rows}
-    out.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    write_result(args.out, doc)
     print(table(doc))
     return 0
 

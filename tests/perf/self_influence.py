@@ -11,13 +11,13 @@ Run (about a minute on one thread):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import warnings
-from pathlib import Path
 
 warnings.filterwarnings("ignore")
+
+from perfkit import read_result, result_options, write_result  # noqa: E402
 
 POOL = 30
 CONFIGS = [
@@ -39,12 +39,11 @@ def table(rows) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/self-influence/tiny.json")
+    result_options(ap, "results/self-influence/tiny.json")
     ap.add_argument("--cache", default=None, help="genattr cache folder (default: GENATTR_CACHE or the user cache)")
-    ap.add_argument("--table", default=None, metavar="FILE", help="print the table of a result file and stop")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())["rows"]))
+        print(table(read_result(args.table)["rows"]))
         return 0
 
     import torch
@@ -74,13 +73,11 @@ def main(argv=None) -> int:
                      "first": sum(r == 1 for r in ranks) / POOL, "config": m.config})
         print(f"{name} {preset} {opts}: median {rows[-1]['median_rank']}, first {rows[-1]['first']:.2f}",
               file=sys.stderr, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"what": "self-influence: rank of each training image when it is its own query", "pool": POOL,
            "model": {"name": "tiny-t2i", "recipe": "tiny", "dataset": "digits", "seed": 0,
                      "fingerprint": model.fingerprint},
            "genattr": genattr.__version__, "rows": rows}
-    out.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    write_result(args.out, doc)
     print(table(rows))
     return 0
 
