@@ -87,7 +87,7 @@ from genattr.harness.errors import UserError
 
 from ._presets import ScalePresets, method_seed
 from .distilled_student import (  # noqa: F401 - re-exported: tests import them from here
-    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, check_student_options, free_items,
+    FORMAT, FORMAT_VERSION, _mlp, _sha_file, build_student, check_student_options, fit_student, free_items,
     load_student, ranked_lists, save_student, student_state,
 )
 
@@ -392,61 +392,11 @@ class DistilledMethod(ScalePresets):
     def train_student(self, qfeat, tfeat, ranks, seed: int, n_items: int | None = None) -> tuple[object, dict]:
         """Train the student on (query features, training features, teacher rankings); deterministic for a seed.
         ``n_items``: train on the first ``n_items`` training items only (:meth:`training_lists`)."""
-        import torch
-
-        from genattr.harness.seeding import derive_seed, generator
-
         cfg = self.config
         lists, blocked, cutoff = self.training_lists(qfeat, tfeat, ranks, n_items)
-        n = int(tfeat.shape[0])
-        qi = np.concatenate([np.full(len(lst), q, dtype=np.int64) for q, lst in enumerate(lists)]) if lists else \
-            np.zeros(0, np.int64)
-        items = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
-        pos = np.concatenate([np.arange(len(lst)) for lst in lists]).astype(np.float64) if lists else np.zeros(0)
-        if items.size == 0:
-            raise UserError("distilled: the teacher's lists are empty (no teacher item among the feature-space "
-                            "neighbours); raise cutoff or keep")
-        worst = (cutoff - 1) / cutoff
-        targets = torch.tensor(pos / cutoff, dtype=torch.float32)
-        g = generator(seed, "distilled/train")
-        report = {"pairs": int(items.size), "cutoff": cutoff, "queries": len(lists), "losses": [],
-                  "items": int(tfeat.shape[0]) if n_items is None else int(n_items)}
-        t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "distilled/init") % (2**63 - 1))
-            student = build_student(int(qfeat.shape[1]), self._arch())
-            opt = torch.optim.AdamW(student.parameters(), lr=float(cfg["lr"]))
-            loss_fn = torch.nn.BCEWithLogitsLoss()
-            qf, tf = qfeat.float(), tfeat.float()
-            qi_t, items_t = torch.from_numpy(qi), torch.from_numpy(items)
-            free = np.array([n - len(b) for b in blocked], dtype=np.int64)
-            pool_sizes = torch.from_numpy(np.maximum(free, 1))
-            student.train()
-            for _epoch in range(int(cfg["epochs"])):
-                order = torch.randperm(items.size, generator=g)
-                outlier = torch.rand(items.size, generator=g) < float(cfg["prob_outlier"])
-                pick = (torch.rand(items.size, generator=g) * pool_sizes[qi_t].double()).long()
-                total, batches = 0.0, 0
-                for a in range(0, items.size, int(cfg["batch_size"])):
-                    b = order[a:a + int(cfg["batch_size"])]
-                    q_b, i_b, y_b = qi_t[b], items_t[b].clone(), targets[b].clone()
-                    o = outlier[b] & torch.from_numpy(free[q_b.numpy()] > 0)
-                    if o.any():
-                        rows = q_b[o].numpy()
-                        u = pick[b[o]].numpy() % free[rows]
-                        i_b[o] = torch.from_numpy(self.free_items(blocked, n, rows, u))
-                        y_b[o] = worst
-                    pred = student(qf[q_b], tf[i_b])
-                    loss = loss_fn(pred, y_b)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                    batches += 1
-                report["losses"].append(total / max(1, batches))
-        student.eval()
-        report["seconds"] = time.perf_counter() - t0
-        return student, report
+        return fit_student(qfeat, tfeat, lists, blocked, cutoff, self._arch(), seed, lr=float(cfg["lr"]),
+                           epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]),
+                           prob_outlier=float(cfg["prob_outlier"]), n_items=n_items)
 
     def student(self, ctx):
         """The trained (or loaded) student, in eval mode, and its metadata."""

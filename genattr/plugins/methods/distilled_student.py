@@ -150,6 +150,70 @@ def build_student(n_in: int, arch: dict):
     return Student()
 
 
+def fit_student(qfeat, tfeat, lists, blocked, cutoff: int, arch: dict, seed: int, *, lr: float, epochs: int,
+                batch_size: int, prob_outlier: float, n_items: int | None = None) -> tuple[object, dict]:
+    """Train a student (:func:`build_student` with ``arch``) on the training lists of :func:`ranked_lists`: the
+    item at position j of a query's list gets the target j / cutoff; with probability ``prob_outlier`` a pair is
+    replaced by an out-of-list item (:func:`free_items`) with the worst target. BCE-with-logits, AdamW at ``lr``,
+    ``epochs`` passes in seeded random order, batches of ``batch_size``; deterministic for a seed. Returns the
+    student in eval mode and a report (pairs, cutoff, queries, per-epoch losses, items, seconds)."""
+    import time
+
+    import torch
+
+    from genattr.harness.seeding import derive_seed, generator
+
+    n = int(tfeat.shape[0])
+    qi = np.concatenate([np.full(len(lst), q, dtype=np.int64) for q, lst in enumerate(lists)]) if lists else \
+        np.zeros(0, np.int64)
+    items = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
+    pos = np.concatenate([np.arange(len(lst)) for lst in lists]).astype(np.float64) if lists else np.zeros(0)
+    if items.size == 0:
+        raise UserError("distilled: the teacher's lists are empty (no teacher item among the feature-space "
+                        "neighbours); raise cutoff or keep")
+    worst = (cutoff - 1) / cutoff
+    targets = torch.tensor(pos / cutoff, dtype=torch.float32)
+    g = generator(seed, "distilled/train")
+    report = {"pairs": int(items.size), "cutoff": cutoff, "queries": len(lists), "losses": [],
+              "items": int(tfeat.shape[0]) if n_items is None else int(n_items)}
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "distilled/init") % (2**63 - 1))
+        student = build_student(int(qfeat.shape[1]), arch)
+        opt = torch.optim.AdamW(student.parameters(), lr=float(lr))
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        qf, tf = qfeat.float(), tfeat.float()
+        qi_t, items_t = torch.from_numpy(qi), torch.from_numpy(items)
+        free = np.array([n - len(b) for b in blocked], dtype=np.int64)
+        pool_sizes = torch.from_numpy(np.maximum(free, 1))
+        student.train()
+        for _epoch in range(int(epochs)):
+            order = torch.randperm(items.size, generator=g)
+            outlier = torch.rand(items.size, generator=g) < float(prob_outlier)
+            pick = (torch.rand(items.size, generator=g) * pool_sizes[qi_t].double()).long()
+            total, batches = 0.0, 0
+            for a in range(0, items.size, int(batch_size)):
+                b = order[a:a + int(batch_size)]
+                q_b, i_b, y_b = qi_t[b], items_t[b].clone(), targets[b].clone()
+                o = outlier[b] & torch.from_numpy(free[q_b.numpy()] > 0)
+                if o.any():
+                    rows = q_b[o].numpy()
+                    u = pick[b[o]].numpy() % free[rows]
+                    i_b[o] = torch.from_numpy(free_items(blocked, n, rows, u))
+                    y_b[o] = worst
+                pred = student(qf[q_b], tf[i_b])
+                loss = loss_fn(pred, y_b)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                batches += 1
+            report["losses"].append(total / max(1, batches))
+    student.eval()
+    report["seconds"] = time.perf_counter() - t0
+    return student, report
+
+
 def student_state(student) -> dict:
     """The student's tensors by name (a shared tower stored once, under ``query_tower``)."""
     # the free scale keeps the name it always had in student files ("scale")
