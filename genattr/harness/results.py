@@ -310,8 +310,7 @@ class ResultsWriter:
         """Append ``row`` as one line (one ``os.write`` + ``fsync``). A write that fails leaves the file as it was
         (cut back to its size before) and is a one-line :class:`UserError`."""
         line = (json.dumps(clean_json(row), ensure_ascii=False, allow_nan=False) + "\n").encode()
-        self._check_linked()
-        before = os.fstat(self._fd).st_size
+        before = self._check_linked().st_size
         try:
             if faults.armed("append"):  # the fault suite: a kill here leaves half a line behind
                 half = len(line) // 2
@@ -331,9 +330,10 @@ class ResultsWriter:
             raise UserError(f"cannot write {where}: {exc.strerror or type(exc).__name__}; "
                             "re-run to resume once it is fixed") from None
 
-    def _check_linked(self) -> None:
-        """An :class:`EnvironmentFault` when the open file is no longer ``DIR/results.jsonl`` (the file or its run
-        directory was deleted or replaced during the run): rows must never go to a file nobody can read."""
+    def _check_linked(self) -> os.stat_result:
+        """The open file's ``fstat``; an :class:`EnvironmentFault` when it is no longer ``DIR/results.jsonl`` (the
+        file or its run directory was deleted or replaced during the run): rows must never go to a file nobody can
+        read."""
         st = os.fstat(self._fd)
         try:
             now = os.stat(self.path)
@@ -343,6 +343,7 @@ class ResultsWriter:
         if not same:
             raise EnvironmentFault(f"{self.path} was deleted or replaced during the run (the run directory removed?);"
                                    " the rows written to it are gone — re-run the same command to compute them again")
+        return st
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
