@@ -370,3 +370,61 @@ def test_caption_vocabulary_covers_every_caption_and_prompt(shapes):
     words = {w for t in texts for w in re.findall(r"<[^>\s]*>|\w+|[^\w\s]", t)}
     assert words <= vocab, words - vocab
     assert "<v*>" not in caption_vocabulary(None)
+
+
+def test_shapes_holdout_combinations_never_in_training():
+    """Held-out (colour, shape) pairs never occur in training scenes; every held-out scene has one, and its captions
+    use only words the training captions use."""
+    import re
+
+    from genattr.datasets.shapes import Shapes
+
+    pairs = {("red", "triangle"), ("blue", "circle")}
+    ds = Shapes(n=300, resolution=16, holdout=["red triangle", "blue circle"])
+    seen = {(o["colour"], o["shape"]) for s in ds.specs for o in s["objects"]}
+    assert not (seen & pairs) and len(seen) == 13
+    held = ds.heldout_specs(300, 40)
+    assert all(any((o["colour"], o["shape"]) in pairs for o in spec["objects"]) for _, spec, _ in held)
+    words = {w for i in range(len(ds)) for c in ds.captions(i) for w in re.findall(r"\w+", c)}
+    assert {w for _, _, caps in held for c in caps for w in re.findall(r"\w+", c)} <= words | {"circles", "triangles"}
+    assert ds.heldout(300, 5)[0][0].startswith("shapes-heldout-")
+    assert ds.heldout_images(300, 4).shape == (4, 3, 16, 16)
+    assert ds.fingerprint != Shapes(n=300, resolution=16).fingerprint
+    assert ds.take(10).meta["holdout"] == ["blue circle", "red triangle"]
+
+
+def test_shapes_backgrounds_rendered_and_captioned():
+    from genattr.datasets.shapes import BACKGROUNDS, Shapes, render_scene
+
+    ds = Shapes(n=60, resolution=16, backgrounds=list(BACKGROUNDS))
+    got = {s["background"] for s in ds.specs}
+    assert got == set(BACKGROUNDS)
+    for i, spec in enumerate(ds.specs):
+        plain = spec["background"] == "plain"
+        assert all(("background" in c) != plain for c in ds.captions(i))
+    obj = {"shape": "circle", "colour": "red", "size": "small", "position": "left"}
+    corner = [float(render_scene({"objects": [obj], "background": b}, 32)[:, 0:8, 24:32].mean()) for b in BACKGROUNDS]
+    assert len(set(round(c, 4) for c in corner)) == len(BACKGROUNDS)  # each texture differs where no object is
+
+
+def test_shapes_defaults_unchanged_by_new_options():
+    """Without holdout / backgrounds the draws and fingerprint are those of earlier versions (cached artefacts and
+    committed results stay valid)."""
+    from genattr.datasets.shapes import Shapes
+
+    a = Shapes(n=20, resolution=16)
+    assert "background" not in a.specs[0] and "holdout" not in a.meta
+    assert a.fingerprint == Shapes(n=20, resolution=16, holdout=[], backgrounds=None).fingerprint
+
+
+@pytest.mark.parametrize("kw, words", [({"holdout": ["pink circle"]}, "holdout entries"),
+                                       ({"holdout": ["red"]}, "holdout entries"),
+                                       ({"backgrounds": ["wood"]}, "backgrounds must"),
+                                       ({"backgrounds": []}, "backgrounds must")])
+def test_shapes_bad_new_options_one_line(kw, words):
+    from genattr.datasets.shapes import Shapes
+    from genattr.harness.errors import UserError
+
+    with pytest.raises(UserError, match=words) as e:
+        Shapes(n=5, **kw)
+    assert "\n" not in str(e.value)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .render import COLOURS, GLYPHS, SHAPES, SIDE_POSITIONS, SIZES, STYLES
+from .render import BACKGROUNDS, COLOURS, GLYPHS, SHAPES, SIDE_POSITIONS, SIZES, STYLES
 
 POSITION_PHRASES = {
     "left": "on the left",
@@ -94,6 +94,9 @@ def _variant(spec: dict, variant: int, token: str | None) -> str:
         text = "a picture of " + _join([_group_phrase(g, token, False) for g in _groups(objs, token)])
     else:  # reversed order of variant 0
         text = _join([_one(o, token) for o in reversed(objs)])
+    background = spec.get("background", "plain")
+    if background != "plain":
+        text = f"{text} on {_article(background)} {background} background"
     style = spec.get("style")
     if style is not None:
         name = token or style
@@ -159,6 +162,7 @@ def _vocabulary(token: str | None) -> tuple[str, ...]:
                         for v in range(N_CAPTION_VARIANTS):
                             words.update(re.findall(r"<[^>\s]*>|\w+|[^\w\s]", _variant(spec, v, tok)))
     words.update(POSITION_PHRASES["centre"].split())
+    words.update(["on", "an", "a", "background"] + [b for b in BACKGROUNDS if b != "plain"])
     words.update(colours)
     words.update(w for s in STYLES for w in re.findall(r"\w+|[^\w\s]", s))
     if token:

@@ -12,7 +12,12 @@ A scene is a JSON-able spec ``{"objects": [{"shape", "colour", "size", "position
 * each further object repeats the shape and colour of an earlier one with probability 1/4, so captions such as
   "two red circles" are common.
 
-Images are RGB on a black background, rendered with 4×4 supersampling (anti-aliased edges) and scaled to
+A spec may name a ``"background"`` (:data:`BACKGROUNDS`: ``plain`` black — the default — or a dim ``grey``,
+``striped``, ``dotted`` or ``gradient`` texture); captions then say so ("… on a striped background").
+:func:`random_scene` can leave (colour, shape) pairs out (``exclude``), so a dataset can hold combinations out of
+training.
+
+Images are RGB on a black background unless the spec names another, rendered with 4×4 supersampling (anti-aliased edges) and scaled to
 ``[-1, 1]``. At 16 px a large object is about 6 px across and a small one about 4.5 px. Object shapes may also be
 the concept glyphs (:data:`GLYPHS`), and a scene may be drawn in any of :data:`STYLES`.
 """
@@ -49,6 +54,9 @@ POSITIONS = {
     "centre": (0.5, 0.5),
 }
 SIDE_POSITIONS = ("left", "right", "top", "bottom")
+
+#: Scene backgrounds (``spec["background"]``): dim textures that never hide an object; ``plain`` is black.
+BACKGROUNDS = ("plain", "grey", "striped", "dotted", "gradient")
 
 #: Novel glyphs (object-centric concepts), disjoint between the splits; the colour each is shown in.
 CONCEPT_GLYPHS = {
@@ -198,6 +206,27 @@ def _background(style: str | None, resolution: int) -> np.ndarray:
     return img
 
 
+def _scene_background(name: str, resolution: int) -> np.ndarray:
+    """The H×W×3 background of ``spec["background"]`` (:data:`BACKGROUNDS`)."""
+    img = np.zeros((resolution, resolution, 3), dtype=np.float32)
+    period = max(2, resolution // 8)
+    rows = np.arange(resolution)[:, None]
+    cols = np.arange(resolution)[None, :]
+    if name == "grey":
+        img[:] = 0.30
+    elif name == "striped":  # horizontal dim stripes, half a period each
+        img[:] = (np.where((rows // (period // 2)) % 2 == 0, 0.28, 0.0) * np.ones((1, resolution)))[..., None]
+    elif name == "dotted":  # a dim dot every period
+        dots = ((rows % period) < max(1, period // 4)) & ((cols % period) < max(1, period // 4))
+        img[:] = np.where(dots, 0.40, 0.0)[..., None]
+    elif name == "gradient":  # dark teal at the top to dark at the bottom
+        t = 1.0 - (np.arange(resolution, dtype=np.float32) + 0.5) / resolution
+        img[:] = t[:, None, None] * np.asarray((0.05, 0.30, 0.32), dtype=np.float32)
+    elif name != "plain":
+        raise ValueError(f"unknown background {name!r}; known: {', '.join(BACKGROUNDS)}")
+    return img
+
+
 def _shift(mask: np.ndarray, pixels: int) -> np.ndarray:
     """``mask`` moved ``pixels`` down and to the right (zeros shifted in)."""
     out = np.zeros_like(mask)
@@ -222,6 +251,8 @@ def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndar
     if style is not None and style not in STYLES:
         raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
     img = _background(style, int(resolution))
+    if spec.get("background", "plain") != "plain" and style is None:
+        img = _scene_background(spec["background"], int(resolution))
     px = max(1, int(resolution) // 16)  # one output pixel at 16 px
     for obj in spec["objects"]:
         fill, outline, thick, thick_border = _object_masks(obj["shape"], obj["size"], obj["position"], int(resolution))
@@ -276,9 +307,15 @@ def render_scenes(specs: Sequence[dict], resolution: int = 16, style: str | None
 
 # -- scene specs ------------------------------------------------------------------------------------------------
 def random_scene(rng, max_objects: int = 3, shapes: Sequence[str] = SHAPES,
-                 colours: Sequence[str] | None = None) -> dict:
-    """A random scene spec drawn with the numpy ``rng`` (see the module docstring for the distribution)."""
+                 colours: Sequence[str] | None = None, exclude: Sequence[tuple[str, str]] = (),
+                 backgrounds: Sequence[str] | None = None) -> dict:
+    """A random scene spec drawn with the numpy ``rng`` (see the module docstring for the distribution).
+
+    ``exclude``: ``(colour, shape)`` pairs no object gets (redrawn until allowed); ``backgrounds``: draw the
+    scene's background uniformly from these (None: no background key, the plain black of earlier versions — the
+    same draws as before, so existing datasets are unchanged)."""
     colours = tuple(colours or COLOURS)
+    excluded = {(str(c), str(s)) for c, s in exclude}
     count = int(rng.integers(1, int(max_objects) + 1))
     if count == 1:
         positions = [list(POSITIONS)[int(rng.integers(len(POSITIONS)))]]
@@ -293,11 +330,15 @@ def random_scene(rng, max_objects: int = 3, shapes: Sequence[str] = SHAPES,
             shape, colour = prev["shape"], prev["colour"]
         else:
             shape, colour = shapes[int(rng.integers(len(shapes)))], colours[int(rng.integers(len(colours)))]
+            while (colour, shape) in excluded:
+                shape, colour = shapes[int(rng.integers(len(shapes)))], colours[int(rng.integers(len(colours)))]
         size = list(SIZES)[int(rng.integers(len(SIZES)))]
         objects.append({"shape": shape, "colour": colour, "size": size, "position": pos})
     order = list(POSITIONS)
     objects.sort(key=lambda o: order.index(o["position"]))
-    return {"objects": objects}
+    if backgrounds is None:
+        return {"objects": objects}
+    return {"objects": objects, "background": str(backgrounds[int(rng.integers(len(backgrounds)))])}
 
 
 def scene_spec(index: int, seed: int = 0, max_objects: int = 3) -> dict:
