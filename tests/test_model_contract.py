@@ -117,8 +117,8 @@ def test_recipes_belong_to_the_model():
     r = genattr.model_recipe("diffusers", "tiny", "digits")
     assert set(r) == {"model", "train", "dataset", "customize"}
     assert r["customize"]["weights"] == "cross-attn-kv"  # Custom Diffusion's K/V
-    with pytest.raises(genattr.UserError, match="no recipe for scale 'small'"):
-        genattr.model_recipe("diffusers", "small", "digits")
+    with pytest.raises(genattr.UserError, match="no recipe for scale 'medium'"):
+        genattr.model_recipe("diffusers", "medium", "digits")
 
 
 def test_diffusers_reads_custom_diffusions_delta_bin(tmp_path):

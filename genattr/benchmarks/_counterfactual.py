@@ -95,6 +95,7 @@ class Counterfactual:
             raise UserError(f"{self.NAME}: dataset {name!r} has {len(source)} items, n={n} asked")
         train = take(source, n)
         self._source = (name, dcfg, size_key, n)  # the held-out real images of the regime check come from them
+        self._source_dataset = source
         q = int(cfg["num_queries"])
 
         def pick(count: int, ns: str) -> list:
@@ -131,13 +132,14 @@ class Counterfactual:
             train_config.update(cfg["train_config"])
         return model_config, train_config, dataset_kw
 
-    def _recipe(self, train) -> tuple[dict, dict]:
+    def _recipe(self, train, env=None) -> tuple[dict, dict]:
         """The recipe every training of this benchmark uses (θ0 and every retrain), with what the model adapter
         derives from the data pinned from the full training set (``pin_config``)."""
         from genattr.harness.models import pin_model_config
 
         model_config, train_config, _ = self._recipe_parts()
-        return pin_model_config(self.config["model"], train, model_config), train_config
+        return pin_model_config(self.config["model"], train, model_config,
+                                cache=getattr(env, "cache", None)), train_config
 
     def _train(self, dataset, env, state: CounterfactualState, exclude: Sequence[str] | None = None):
         """``load_or_train`` with the benchmark's recipe and seed (θ0 and every retrain go through here);
@@ -187,7 +189,7 @@ class Counterfactual:
         st = CounterfactualState()
         st.train_seed = int(cfg["train_seed"] if cfg["train_seed"] is not None else env.seed)
         st.train, picked = self._datasets(int(env.seed))
-        st.model_config, st.train_config = self._recipe(st.train)
+        st.model_config, st.train_config = self._recipe(st.train, env)
         with progress.stage(f"setup {self.NAME}: training θ0 ({cfg['dataset']}, n={len(st.train)})"):
             st.base = self._train(st.train, env, st)
         base_fp = st.base.fingerprint
@@ -249,9 +251,10 @@ class Counterfactual:
         return list(self._synthesize(env, st.base, "regime-queries", prompts, seeds))
 
     def _held_images(self, st: CounterfactualState):
-        """Up to ``REGIME_HELDOUT`` real images the training set does not hold: the items after the first ``n`` of
-        the dataset built with room for them (a dataset whose first ``n`` items then differ from the training set's,
-        or that has no more items, gives None)."""
+        """Up to ``REGIME_HELDOUT`` real images the training set does not hold: the dataset's own
+        ``heldout_images(n, count)`` when it has one (held-out combinations: the real scenes of the queries'
+        distribution), else the items after the first ``n`` of the dataset built with room for them (a dataset whose
+        first ``n`` items then differ from the training set's, or that has no more items, gives None)."""
         import torch
 
         import genattr
@@ -259,6 +262,12 @@ class Counterfactual:
         name, dcfg, size_key, n = getattr(self, "_source", (None, None, None, 0))
         if name is None:
             return None
+        own = getattr(getattr(self, "_source_dataset", None), "heldout_images", None)
+        if callable(own):
+            held = own(int(n), self.REGIME_HELDOUT).float()
+            if st.queries and tuple(held.shape[1:]) != tuple(st.queries[0].image.shape):
+                return None
+            return held
         try:
             if size_key is not None:
                 bigger = genattr.get_dataset(name, **{**dcfg, size_key: int(n) + self.REGIME_HELDOUT})

@@ -153,7 +153,7 @@ class TeacherAgreementBenchmark(Counterfactual):
         st = CounterfactualState()
         st.train_seed = int(cfg["train_seed"] if cfg["train_seed"] is not None else env.seed)
         st.train, _ = self._datasets(int(env.seed))
-        st.model_config, st.train_config = self._recipe(st.train)
+        st.model_config, st.train_config = self._recipe(st.train, env)
         st.base = self._train(st.train, env, st)
         st.queries = load_query_dir(cfg["queries_dir"], st.train)[: int(cfg["num_queries"])]
         st.provenance = {"datasets": {f"{cfg['dataset']}-train": st.train.fingerprint},

@@ -92,6 +92,9 @@ class TrainableModel(Protocol):
       vocabulary) from a ``model`` config.
     * ``pin_config(dataset, config) -> config`` (optional) — fix what ``build`` would derive from ``dataset`` once,
       from the full training set, so that retraining on a subset never changes the architecture.
+    * ``build`` and ``pin_config`` may take a keyword ``cache`` (the host's :class:`~genattr.harness.cache.Cache`):
+      the host passes it when their signature names it, for parts trained once per dataset and shared by every model
+      built for it (the built-in latent miniature's VAE).
     * ``load(path) -> model`` — a directory written by ``save``.
     * ``init_seed_key`` (optional, default None) — the ``build`` config key of the initialisation seed, when the
       model has one (LDS varies it with the training seed).
@@ -192,9 +195,21 @@ def model_recipe(model: str, scale: str, dataset: str | None = None) -> dict:
     return {part: copy.deepcopy(dict(r.get(part) or {})) for part in RECIPE_PARTS}
 
 
-def pin_model_config(model: str, dataset, config: Mapping[str, Any]) -> dict:
+def _takes_cache(fn) -> bool:
+    import inspect
+
+    try:
+        return "cache" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def pin_model_config(model: str, dataset, config: Mapping[str, Any], cache=None) -> dict:
+    """``pin_config(dataset, config)`` of ``model``'s class (with ``cache=`` when it takes one)."""
     pin = getattr(model_type(model), "pin_config", None)
-    return dict(pin(dataset, dict(config))) if callable(pin) else dict(config)
+    if not callable(pin):
+        return dict(config)
+    return dict(pin(dataset, dict(config), cache=cache) if _takes_cache(pin) else pin(dataset, dict(config)))
 
 
 def init_seed_key(model: str) -> str | None:
@@ -246,7 +261,8 @@ def load_or_train(cache, dataset, model_config: Mapping[str, Any], plan: Mapping
     device = str(device or "cpu")
 
     def create(tmp):
-        m = cls.build(dataset, dict(model_config))
+        m = cls.build(dataset, dict(model_config), cache=cache) if _takes_cache(cls.build) else \
+            cls.build(dataset, dict(model_config))
         if device != "cpu":
             m = m.to(device)
         report = m.train(dataset, tc) or {}

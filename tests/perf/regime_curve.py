@@ -6,6 +6,12 @@ Writes ``results/regime/leave-k-out-small.json`` and prints the markdown table d
 Run (a few minutes per new N on one thread; θ0 and the samples are cached):
     OMP_NUM_THREADS=1 python tests/perf/regime_curve.py --n 300,1500
     python tests/perf/regime_curve.py --table results/regime/leave-k-out-small.json
+
+The latent miniature (the ``diffusers`` model's ``small`` recipe on ``shapes`` with held-out combinations; ``--set``
+takes leave-K-out options as JSON values; ``--n ""`` keeps the preset N):
+    OMP_NUM_THREADS=2 python tests/perf/regime_curve.py --n 2000,300 --set model='"diffusers"' --set dataset='"shapes"' \
+        --set 'dataset_config={}' --set 'train_config={}' --set recipe='"small"' \
+        --out results/regime/latent-small.json
 """
 from __future__ import annotations
 
@@ -19,13 +25,15 @@ from perfkit import read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
-    lines = ["| N | epochs | near-copies, pixels | near-copies, features | NN ratio, pixels | NN ratio, features "
+    lines = ["| model | N | epochs | s (VAE + θ0) | near-copies, pixels | near-copies, features | NN ratio, pixels | NN ratio, features "
              "| ε̂ vs optimal denoiser (t = 100 / 200 / 400) | passes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["rows"]:
         g = r["regime"]
         den = g.get("denoiser_cosine") or {}
-        lines.append(f"| {r['n']} | {r['epochs']:.0f} | {g['pixel']['near_copy_share']:.0%} "
+        secs = r.get("seconds")
+        lines.append(f"| {r.get('model', 'tiny-t2i')} | {r['n']} | {r['epochs']:.0f} "
+                     f"| {'—' if secs is None else f'{secs:.0f}'} | {g['pixel']['near_copy_share']:.0%} "
                      f"| {g['features']['near_copy_share']:.0%} | {g['pixel']['nn_ratio']:.2f} "
                      f"| {g['features']['nn_ratio']:.2f} | {' / '.join(f'{den[k]:.2f}' for k in sorted(den, key=int))} "
                      f"| {'yes' if g['passed'] else 'no'} |")
@@ -36,6 +44,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", default="300,1500")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="a leave-K-out option (JSON value), e.g. model='\"diffusers\"'")
     result_options(ap, "results/regime/leave-k-out-small.json")
     args = ap.parse_args(argv)
     if args.table:
@@ -47,17 +57,28 @@ def main(argv=None) -> int:
     from genattr.harness.cache import Cache
 
     genattr.load_plugins()
+    import json
+    import time
+
+    sets = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        sets[key] = json.loads(value)
     rows = []
-    for n in (int(x) for x in args.n.split(",")):
-        bench = genattr.get_benchmark("leave-k-out", scale="small", n=n)
+    for n in ([int(x) for x in args.n.split(",")] if args.n else [None]):
+        bench = genattr.get_benchmark("leave-k-out", scale="small", **({"n": n} if n else {}), **sets)
         env = RunEnv(cache=Cache(), seed=args.seed, scale="small")
+        t0 = time.perf_counter()
         st = bench._setup(env)
+        seconds = time.perf_counter() - t0
         plan = st.train_config
+        n = len(st.train)
         epochs = int(plan["steps"]) * int(plan["batch_size"]) / n
         rows.append({"n": n, "epochs": epochs, "plan": plan, "model_fingerprint": st.base.fingerprint,
+                     "model": bench.config["model"], "options": sets, "seconds": seconds,
                      "regime": st.provenance["regime"]})
         print(f"N={n}: {st.provenance['regime']['pixel']}", file=sys.stderr, flush=True)
-    doc = {"what": "regime check of leave-K-out small θ0 by training-set size", "seed": args.seed,
+    doc = {"what": "regime check of leave-K-out small θ0 by training-set size (seconds: set-up, first run)", "seed": args.seed,
            "genattr": genattr.__version__, "rows": rows}
     write_result(args.out, doc)
     print(table(doc))

@@ -59,15 +59,16 @@ class DiffusersT2I(DDPMAdapter):
         return r
 
     @classmethod
-    def build(cls, dataset, config) -> "DiffusersT2I":
+    def build(cls, dataset, config, cache=None) -> "DiffusersT2I":
         """An untrained pipeline for ``dataset`` built from ``config`` (:func:`~.sd_build.write_pipeline`),
-        written with ``save_pretrained`` and loaded back with :meth:`__init__` — SD v1.x's own loading path."""
+        written with ``save_pretrained`` and loaded back with :meth:`__init__` — SD v1.x's own loading path.
+        ``cache``: where the VAE of a ``vae_train`` config is found or stored."""
         import tempfile
 
         from .sd_build import write_pipeline
 
         with tempfile.TemporaryDirectory(prefix="genattr-sd-") as tmp:
-            cfg = write_pipeline(Path(tmp), dataset, config)
+            cfg = write_pipeline(Path(tmp), dataset, config, cache)
             model = cls(tmp, local_files_only=True, resolution=int(cfg.get("resolution") or dataset.resolution),
                         guidance_scale=float(cfg["guidance_scale"]))
         model.source = {"path": None, "built": {k: v for k, v in cfg.items() if k != "words"}, "revision": None,
@@ -75,12 +76,20 @@ class DiffusersT2I(DDPMAdapter):
         return model
 
     @classmethod
-    def pin_config(cls, dataset, config) -> dict:
+    def pin_config(cls, dataset, config, cache=None) -> dict:
         """``config`` with the tokenizer's words and caption length fixed from ``dataset`` (the full training set),
-        so a retrain on a subset keeps the architecture."""
-        from .sd_build import caption_words, longest_caption
+        so a retrain on a subset keeps the architecture; with ``vae_train``, the VAE trained once on that set (in
+        ``cache``) and named by ``vae_key``, so every retrain uses the same frozen VAE."""
+        from .sd_build import build_config, caption_words, longest_caption, trained_vae
 
         out = dict(config)
+        if out.get("vae_train") is not None and out.get("vae_key") is None:
+            from .autoencoder import autoencoder_key
+
+            cfg = build_config(out)
+            if "vae" in cfg["from_scratch"]:
+                out["vae_key"] = autoencoder_key(dataset, cfg["vae"], cfg["vae_train"])
+                trained_vae(dataset, {**cfg, "vae_key": out["vae_key"]}, cache)
         caps = [tuple(dataset.captions(i)) for i in range(len(dataset))]
         if out.get("words") is None:
             out["words"] = caption_words(caps)
@@ -118,6 +127,8 @@ class DiffusersT2I(DDPMAdapter):
         self.vae.eval()
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        # SD3 / FLUX's convention of the same config; SD v1.x has none (0)
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
         self.channels = int(self.vae.config.in_channels)
         self.resolution = int(resolution or self.unet.config.sample_size * self.vae_scale_factor)
         if self.resolution % self.vae_scale_factor:
@@ -163,11 +174,11 @@ class DiffusersT2I(DDPMAdapter):
     def latents(self, images: torch.Tensor) -> torch.Tensor:
         dtype = next(self.vae.parameters()).dtype
         dist = self.vae.encode(images.to(self.device, dtype)).latent_dist
-        return dist.mean * self.scaling_factor
+        return (dist.mean - self.shift_factor) * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         dtype = next(self.vae.parameters()).dtype
-        return self.vae.decode(latents.to(dtype) / self.scaling_factor).sample
+        return self.vae.decode(latents.to(dtype) / self.scaling_factor + self.shift_factor).sample
 
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -225,6 +236,11 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
+#: The ``small`` recipe's shapes data: every background texture, and three (colour, shape) combinations held out
+#: of training (one per shape and colour) that leave-K-out and LDS queries are generated from.
+SHAPES_BACKGROUNDS = ("plain", "grey", "striped", "dotted", "gradient")
+SHAPES_HOLDOUT = ("red triangle", "blue circle", "yellow square")
+
 #: Recipes per scale: ``model`` (:meth:`DiffusersT2I.build`), ``train``, ``dataset`` (keyword arguments per dataset
 #: name, None for any other), ``customize`` (Custom Diffusion: cross-attention K/V + the modifier token).
 RECIPES: dict[str, dict] = {
@@ -236,6 +252,33 @@ RECIPES: dict[str, dict] = {
                     "shapes": {"n": 120, "resolution": 8}, None: {}},
         "customize": {"weights": "cross-attn-kv", "steps": 10, "lr": 1e-3, "batch_size": 4, "flip": False,
                       "reg_weight": 1.0},
+    },
+    "small": {
+        # the built-in latent miniature: a small Stable Diffusion on 32 px RGB → 8×8×4 latents; the VAE trained once
+        # per dataset and frozen (autoencoder.py); UNet cross-attention at 4×4 (the down block after the first
+        # downsampling, the mid block and the first up block); the text encoder trained jointly (no pretrained CLIP
+        # offline). Sizes measured on a 2-core CPU (docs/performance.md).
+        "model": {
+            "guidance_scale": 2.0,
+            "vae": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
+                    "norm_num_groups": 16,
+                    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3},
+            "vae_train": {"steps": 350, "batch_size": 32, "lr": 2e-3},
+            "unet": {"block_out_channels": [64, 128], "layers_per_block": 1,
+                     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                     "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8,
+                     "norm_num_groups": 16},
+            "text_encoder": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                             "num_attention_heads": 4},
+        },
+        "train": {"steps": 800, "batch_size": 64, "lr": 2e-3, "flip": False, "caption_dropout": 0.1,
+                  "guidance_scale": 2.0, "train_text_encoder": True},
+        "dataset": {"shapes": {"n": 2000, "resolution": 32, "backgrounds": list(SHAPES_BACKGROUNDS),
+                               "holdout": list(SHAPES_HOLDOUT)},
+                    None: {"resolution": 32}},
+        # Custom Diffusion: cross-attention K/V + the modifier token, as the paper and AbC
+        "customize": {"weights": "cross-attn-kv", "steps": 800, "lr": 5e-3, "batch_size": 8, "flip": False,
+                      "reg_weight": 1.0, "reg_batch_size": 8},
     },
     "paper": {
         # the unlearning paper's MSCOCO model: SD-2's frozen text encoder, tokenizer and VAE; the UNet from scratch

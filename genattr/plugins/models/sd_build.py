@@ -6,7 +6,10 @@ written with ``save_pretrained`` into a pipeline directory and loaded back by th
   token (letters and digits as single tokens too), so captions of a dataset tokenize without a downloaded
   vocabulary. Stable Diffusion's own tokenizer comes from ``pretrained``.
 * :func:`write_pipeline` — the directory: components named in ``from_scratch`` are built from their configs
-  (initialised from ``seed``), the rest are copied from ``pretrained`` (a pipeline directory or hub id).
+  (initialised from ``seed``), the rest are copied from ``pretrained`` (a pipeline directory or hub id). With
+  ``vae_train`` (a plan) the built VAE is trained once on the full training set and frozen
+  (:mod:`.autoencoder`; ``vae_key`` names the cached result), as SD's VAE is pretrained before any diffusion
+  training.
 
 Only imported through the lazily loaded adapter (it imports torch).
 """
@@ -30,6 +33,8 @@ BUILD_DEFAULTS: dict[str, Any] = {
     "guidance_scale": 1.0,
     "words": None,  # caption words of the tokenizer (pin_config fixes them from the full training set)
     "max_length": None,  # tokens per caption with start/end; None: the longest caption + 4 (at least 8)
+    "vae_train": None,  # a plan (autoencoder.AUTOENCODER_DEFAULTS) to train the built VAE once on the dataset
+    "vae_key": None,  # the cache key of that trained VAE (pin_config fixes it from the full training set)
     "unet": {"block_out_channels": [16, 32], "layers_per_block": 1,
              "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 8, "norm_num_groups": 8},
@@ -114,9 +119,10 @@ def build_config(config: Mapping[str, Any]) -> dict:
     return out
 
 
-def write_pipeline(folder: Path, dataset, config: Mapping[str, Any]) -> dict:
+def write_pipeline(folder: Path, dataset, config: Mapping[str, Any], cache=None) -> dict:
     """Write a pipeline directory for ``dataset`` (its resolution and channels; its caption words when the
-    tokenizer is built) into ``folder``; returns the resolved build config."""
+    tokenizer is built) into ``folder``; returns the resolved build config. ``cache``: where a trained VAE
+    (``vae_train``) is found or stored."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -138,7 +144,9 @@ def write_pipeline(folder: Path, dataset, config: Mapping[str, Any]) -> dict:
         else:
             tok = CLIPTokenizer.from_pretrained(pre, subfolder="tokenizer")
             tok.save_pretrained(str(folder / "tokenizer"))
-        if "vae" in scratch:
+        if "vae" in scratch and cfg["vae_train"] is not None:
+            vae = trained_vae(dataset, cfg, cache)
+        elif "vae" in scratch:
             vae = AutoencoderKL(in_channels=int(dataset.channels), out_channels=int(dataset.channels),
                                 sample_size=resolution, **cfg["vae"])
         else:
@@ -166,3 +174,21 @@ def write_pipeline(folder: Path, dataset, config: Mapping[str, Any]) -> dict:
     else:
         DDPMScheduler.from_pretrained(pre, subfolder="scheduler").save_pretrained(folder / "scheduler")
     return cfg
+
+
+def trained_vae(dataset, cfg: Mapping[str, Any], cache):
+    """The VAE of a build config with ``vae_train``: the one ``vae_key`` names in ``cache`` when stored (it was
+    trained on the full training set, whatever subset ``dataset`` is now), else trained on ``dataset`` — which must
+    then be the set the key was made for."""
+    from .autoencoder import autoencoder_key, pretrained_autoencoder, stored_autoencoder
+
+    key = cfg.get("vae_key")
+    if key is not None:
+        vae = stored_autoencoder(cache, key)
+        if vae is not None:
+            return vae
+        if autoencoder_key(dataset, cfg["vae"], cfg["vae_train"]) != key:
+            raise UserError("diffusers: the autoencoder this configuration pins (vae_key) is not in the cache and "
+                            "this dataset is not the one it was trained on; run the benchmark's set-up (which "
+                            "trains it on the full training set) or import its pack")
+    return pretrained_autoencoder(cache, dataset, cfg["vae"], cfg["vae_train"], key)

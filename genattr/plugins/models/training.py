@@ -140,6 +140,12 @@ def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) 
     ema_state = {n: p.detach().clone() for n, p in model._named_trainable(train_te)} if ema > 0 else None
     n = images.shape[0]
     perms: dict[int, torch.Tensor] = {}
+    # the frozen encoder's latents of the whole set, once (the VAE posterior mean is deterministic): a latent
+    # model's training then never runs its encoder per step
+    encoded = None
+    if not cfg["flip"]:
+        with torch.no_grad():
+            encoded = torch.cat([model.latents(images[s:s + 256].to(model.device)) for s in range(0, n, 256)])
 
     def index(pos: int) -> int:
         e = pos // n
@@ -166,7 +172,7 @@ def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) 
             if not cfg["flip"]:
                 flips[:] = False
             caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
-            lat = model._batch_latents(images[idx], flips)
+            lat = encoded[idx] if encoded is not None else model._batch_latents(images[idx], flips)
             for group in opt.param_groups:
                 group["lr"] = cfg["lr"] * _lr_factor(step, steps, warmup, cfg["lr_schedule"])
             if train_te:

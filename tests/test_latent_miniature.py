@@ -1,0 +1,76 @@
+"""The built-in latent miniature: a small Stable Diffusion whose VAE is trained once per dataset (cached) and frozen,
+shared by every model built for that dataset (θ0, retrains on subsets)."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import genattr  # noqa: E402
+from genattr.harness.cache import Cache  # noqa: E402
+from genattr.harness.errors import UserError  # noqa: E402
+
+
+def _small_vae():
+    return {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 4,
+            "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2}
+
+
+def test_autoencoder_training_reduces_loss_and_normalises_latents():
+    from diffusers import AutoencoderKL
+
+    from genattr.datasets.shapes import Shapes
+    from genattr.plugins.models.autoencoder import latent_statistics, train_autoencoder
+
+    ds = Shapes(n=64, resolution=16, backgrounds=["plain", "grey"])
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, sample_size=16, **_small_vae())
+    report = train_autoencoder(vae, ds.images(), {"steps": 60, "batch_size": 16, "lr": 3e-3})
+    assert report["losses"][-1] < 0.5 * report["losses"][0]
+    assert vae.config.shift_factor == pytest.approx(report["latent_mean"])
+    assert vae.config.scaling_factor == pytest.approx(1 / report["latent_std"])
+    z = (vae.encode(ds.images()).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+    assert abs(float(z.mean())) < 1e-3 and float(z.std()) == pytest.approx(1.0, abs=1e-2)
+    assert not any(p.requires_grad for p in vae.parameters())
+    assert latent_statistics(vae, ds.images())["psnr"] == pytest.approx(report["psnr"])
+
+
+def test_vae_trained_once_and_shared_by_retrains(tmp_path):
+    """pin_config trains the VAE on the full set (cached); a model built for a subset gets the same frozen VAE."""
+    from genattr.harness.models import load_or_train, pin_model_config
+
+    genattr.load_plugins()
+    cache = Cache(tmp_path / "cache")
+    ds = genattr.get_dataset("shapes", n=40, resolution=16, holdout=["red circle"])
+    cfg = {"vae": _small_vae(), "vae_train": {"steps": 4, "batch_size": 8},
+           "unet": {"block_out_channels": [16, 32], "norm_num_groups": 8}}
+    pinned = pin_model_config("diffusers", ds, cfg, cache=cache)
+    assert pinned["vae_key"] and len(list((tmp_path / "cache" / "models" / "autoencoder").iterdir())) == 1
+    plan = {"steps": 2, "batch_size": 4, "lr": 1e-3, "train_text_encoder": True}
+    full = load_or_train(cache, ds, pinned, plan, model="diffusers")
+    sub = load_or_train(cache, ds.subset(ds.ids[:20]), pinned, plan, model="diffusers")
+    for a, b in zip(full.vae.parameters(), sub.vae.parameters()):
+        assert torch.equal(a, b)
+    assert full.shift_factor == sub.shift_factor != 0.0
+    assert len(list((tmp_path / "cache" / "models" / "autoencoder").iterdir())) == 1
+    # the latents the diffusion model sees are centred and scaled by the trained statistics
+    z = full.latents(ds.images())
+    assert abs(float(z.mean())) < 0.05
+    # another cache without the pinned VAE and a subset it was not trained on: a one-line error, no silent retrain
+    with pytest.raises(UserError, match="vae_key") as e:
+        load_or_train(Cache(tmp_path / "other"), ds.subset(ds.ids[:20]), pinned, plan, model="diffusers")
+    assert "\n" not in str(e.value)
+
+
+def test_small_recipe_is_a_latent_sd_with_custom_diffusion():
+    from genattr.harness.models import model_recipe
+
+    genattr.load_plugins()
+    r = model_recipe("diffusers", "small", "shapes")
+    assert r["model"]["vae_train"] and r["dataset"]["resolution"] == 32 and r["dataset"]["holdout"]
+    assert r["customize"]["weights"] == "cross-attn-kv"
+    with pytest.raises(UserError, match="vae_train"):
+        from genattr.plugins.models.autoencoder import autoencoder_plan
+
+        autoencoder_plan({"stepz": 3})
