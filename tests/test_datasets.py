@@ -391,6 +391,9 @@ def test_shapes_holdout_combinations_never_in_training():
     assert ds.heldout_images(300, 4).shape == (4, 3, 16, 16)
     assert ds.fingerprint != Shapes(n=300, resolution=16).fingerprint
     assert ds.take(10).meta["holdout"] == ["blue circle", "red triangle"]
+    multi = Shapes(n=300, resolution=16, holdout=["red triangle", "blue circle"], heldout_min_objects=2)
+    assert multi.fingerprint == ds.fingerprint  # the training scenes are the same
+    assert all(len(spec["objects"]) >= 2 for _, spec, _ in multi.heldout_specs(300, 30))
 
 
 def test_shapes_backgrounds_rendered_and_captioned():
@@ -420,7 +423,8 @@ def test_shapes_defaults_unchanged_by_new_options():
 @pytest.mark.parametrize("kw, words", [({"holdout": ["pink circle"]}, "holdout entries"),
                                        ({"holdout": ["red"]}, "holdout entries"),
                                        ({"backgrounds": ["wood"]}, "backgrounds must"),
-                                       ({"backgrounds": []}, "backgrounds must")])
+                                       ({"backgrounds": []}, "backgrounds must"),
+                                       ({"heldout_min_objects": 4}, "heldout_min_objects")])
 def test_shapes_bad_new_options_one_line(kw, words):
     from genattr.datasets.shapes import Shapes
     from genattr.harness.errors import UserError

@@ -25,14 +25,17 @@ from perfkit import read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
-    lines = ["| model | N | epochs | s (VAE + θ0) | near-copies, pixels | near-copies, features | NN ratio, pixels | NN ratio, features "
+    lines = ["| model | N | steps | epochs | queries from | set-up s | near-copies, pixels | near-copies, features | NN ratio, pixels | NN ratio, features "
              "| ε̂ vs optimal denoiser (t = 100 / 200 / 400) | passes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["rows"]:
         g = r["regime"]
         den = g.get("denoiser_cosine") or {}
         secs = r.get("seconds")
-        lines.append(f"| {r.get('model', 'tiny-t2i')} | {r['n']} | {r['epochs']:.0f} "
+        dcfg = r.get("dataset_config") or {}
+        source = ("held-out items" if not dcfg.get("holdout") else
+                  f"held-out combinations, ≥ {dcfg.get('heldout_min_objects', 1)} object(s)")
+        lines.append(f"| {r.get('model', 'tiny-t2i')} | {r['n']} | {r['plan']['steps']} | {r['epochs']:.0f} | {source} "
                      f"| {'—' if secs is None else f'{secs:.0f}'} | {g['pixel']['near_copy_share']:.0%} "
                      f"| {g['features']['near_copy_share']:.0%} | {g['pixel']['nn_ratio']:.2f} "
                      f"| {g['features']['nn_ratio']:.2f} | {' / '.join(f'{den[k]:.2f}' for k in sorted(den, key=int))} "
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="a leave-K-out option (JSON value), e.g. model='\"diffusers\"'")
+    ap.add_argument("--append", action="store_true", help="add the rows to those already in --out")
     result_options(ap, "results/regime/leave-k-out-small.json")
     args = ap.parse_args(argv)
     if args.table:
@@ -76,9 +80,16 @@ def main(argv=None) -> int:
         epochs = int(plan["steps"]) * int(plan["batch_size"]) / n
         rows.append({"n": n, "epochs": epochs, "plan": plan, "model_fingerprint": st.base.fingerprint,
                      "model": bench.config["model"], "options": sets, "seconds": seconds,
+                     "dataset_config": bench._source[1],
                      "regime": st.provenance["regime"]})
         print(f"N={n}: {st.provenance['regime']['pixel']}", file=sys.stderr, flush=True)
-    doc = {"what": "regime check of leave-K-out small θ0 by training-set size (seconds: set-up, first run)", "seed": args.seed,
+    if args.append:
+        import os
+
+        if os.path.exists(args.out):
+            rows = read_result(args.out)["rows"] + rows
+    doc = {"what": "regime check of leave-K-out small θ0 by training-set size (set-up seconds: the first run's, "
+                   "what was cached then not counted)", "seed": args.seed,
            "genattr": genattr.__version__, "rows": rows}
     write_result(args.out, doc)
     print(table(doc))

@@ -73,7 +73,7 @@ class Shapes(InMemoryDataset):
 
     def __init__(self, n: int = 2000, resolution: int = 16, seed: int = 0, max_objects: int = 3,
                  captions_per_image: int = 5, start: int = 0, holdout: Sequence[str] = (),
-                 backgrounds: Sequence[str] | None = None):
+                 backgrounds: Sequence[str] | None = None, heldout_min_objects: int = 1):
         from genattr.harness.errors import UserError
 
         if int(n) < 1:
@@ -87,6 +87,9 @@ class Shapes(InMemoryDataset):
         if int(start) < 0:
             raise UserError(f"shapes: start must be non-negative, got {start}")
         pairs = _holdout_pairs(holdout)
+        if not 1 <= int(heldout_min_objects) <= int(max_objects):
+            raise UserError(f"shapes: heldout_min_objects must be in 1..max_objects ({max_objects}), got "
+                            f"{heldout_min_objects}")
         if backgrounds is not None:
             backgrounds = [str(b) for b in backgrounds]
             bad = [b for b in backgrounds if b not in BACKGROUNDS]
@@ -108,6 +111,8 @@ class Shapes(InMemoryDataset):
             meta["holdout"] = [f"{c} {s}" for c, s in pairs]
         if backgrounds is not None:
             meta["backgrounds"] = list(backgrounds)
+        if int(heldout_min_objects) != 1:
+            meta["heldout_min_objects"] = int(heldout_min_objects)
         super().__init__(self.name, self.version, ids, images, captions, meta=meta)
         self.specs = specs
 
@@ -118,7 +123,8 @@ class Shapes(InMemoryDataset):
         m = self.meta
         return {"resolution": m["resolution"], "seed": m["seed"], "max_objects": m["max_objects"],
                 "captions_per_image": m["captions_per_image"], "start": m["start"],
-                "holdout": list(m.get("holdout", ())), "backgrounds": m.get("backgrounds"), **change}
+                "holdout": list(m.get("holdout", ())), "backgrounds": m.get("backgrounds"),
+                "heldout_min_objects": m.get("heldout_min_objects", 1), **change}
 
     def take(self, n: int) -> "Shapes":
         """The first ``n`` scenes (a ``Shapes`` again, so ``specs`` stay available)."""
@@ -130,7 +136,8 @@ class Shapes(InMemoryDataset):
         """``count`` scenes after the first ``n``: ``[(id, captions)]``. Without ``holdout``: the same distribution,
         other draws. With ``holdout``: scenes of the held-out combinations — each has at least one object whose
         (colour, shape) pair never occurs in training (its first object is given one when the draw has none), so
-        its captions combine words the training captions hold, never together."""
+        its captions combine words the training captions hold, never together; ``heldout_min_objects`` sets their
+        fewest objects)."""
         held = self.heldout_specs(n, count)
         return [(i, c) for i, _, c in held]
 
@@ -145,7 +152,8 @@ class Shapes(InMemoryDataset):
         out = []
         for index in range(m["start"] + int(n), m["start"] + int(n) + int(count)):
             rng = numpy_rng(m["seed"], "shapes-heldout-combination", index)
-            spec = random_scene(rng, m["max_objects"], backgrounds=m.get("backgrounds"))
+            spec = random_scene(rng, m["max_objects"], backgrounds=m.get("backgrounds"),
+                                min_objects=m.get("heldout_min_objects", 1))
             if not any((o["colour"], o["shape"]) in pairs for o in spec["objects"]):
                 colour, shape = pairs[int(rng.integers(len(pairs)))]
                 spec["objects"][0] = dict(spec["objects"][0], colour=colour, shape=shape)

@@ -308,15 +308,15 @@ def render_scenes(specs: Sequence[dict], resolution: int = 16, style: str | None
 # -- scene specs ------------------------------------------------------------------------------------------------
 def random_scene(rng, max_objects: int = 3, shapes: Sequence[str] = SHAPES,
                  colours: Sequence[str] | None = None, exclude: Sequence[tuple[str, str]] = (),
-                 backgrounds: Sequence[str] | None = None) -> dict:
+                 backgrounds: Sequence[str] | None = None, min_objects: int = 1) -> dict:
     """A random scene spec drawn with the numpy ``rng`` (see the module docstring for the distribution).
 
     ``exclude``: ``(colour, shape)`` pairs no object gets (redrawn until allowed); ``backgrounds``: draw the
     scene's background uniformly from these (None: no background key, the plain black of earlier versions — the
-    same draws as before, so existing datasets are unchanged)."""
+    same draws as before, so existing datasets are unchanged); ``min_objects``: the fewest objects (default 1)."""
     colours = tuple(colours or COLOURS)
     excluded = {(str(c), str(s)) for c, s in exclude}
-    count = int(rng.integers(1, int(max_objects) + 1))
+    count = int(rng.integers(int(min_objects), int(max_objects) + 1))
     if count == 1:
         positions = [list(POSITIONS)[int(rng.integers(len(POSITIONS)))]]
     else:
