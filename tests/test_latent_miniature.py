@@ -74,3 +74,21 @@ def test_small_recipe_is_a_latent_sd_with_custom_diffusion():
         from genattr.plugins.models.autoencoder import autoencoder_plan
 
         autoencoder_plan({"stepz": 3})
+
+
+def test_the_latent_testbed_config_resolves_for_every_benchmark():
+    """examples/configs/latent-testbed.toml names valid options of every built-in benchmark at small (no work)."""
+    import tomllib
+    from pathlib import Path
+
+    genattr.load_plugins()
+    doc = tomllib.loads((Path(__file__).resolve().parents[1] / "examples/configs/latent-testbed.toml").read_text())
+    assert doc["run"]["scale"] == "small"
+    for name in ("customized-model", "leave-k-out", "lds", "teacher-agreement"):
+        bench = genattr.get_benchmark(name, scale="small", **doc[name])
+        assert bench.config["model"] == "diffusers"
+        if name != "customized-model":
+            assert bench.config["recipe"] == "small" and bench.config["dataset"] == "shapes"
+            assert bench.config["n"] == 4000 and not bench.config["train_config"]
+            parts = bench._recipe_parts()
+            assert parts[0]["vae_train"] and parts[2]["holdout"] and parts[2]["heldout_min_objects"] == 2

@@ -67,7 +67,15 @@ def test_a_third_party_model_runs_every_benchmark(tmp_path, capsys, example_mode
 
 
 def test_the_diffusers_model_built_from_configs_runs_every_benchmark(tmp_path, capsys):
+    """The latent pipeline at tiny: a VAE trained once per dataset (pinned by key, shared by every retrain), the
+    regime check on the model's own renderings, Custom Diffusion K/V + token customization."""
     _run_everywhere(tmp_path, "diffusers", capsys)
+    run = json.loads((tmp_path / "diffusers" / "run.json").read_text())
+    for bench in ("leave-k-out", "lds"):
+        prov = run["benchmarks"][bench]["provenance"]
+        assert prov["recipe"]["model_config"]["vae_key"], bench
+    assert run["benchmarks"]["leave-k-out"]["provenance"]["regime"]["rendered"] == "decode(latents(x))"
+    assert run["benchmarks"]["customized-model"]["provenance"]["customize"]["weights"] == "cross-attn-kv"
 
 
 def test_a_model_without_a_capability_is_refused_before_any_work(tmp_path, capsys):

@@ -58,10 +58,11 @@ def autoencoder_plan(plan: Mapping[str, Any] | None) -> dict:
     return out
 
 
-def train_autoencoder(vae, images: torch.Tensor, plan: Mapping[str, Any] | None = None) -> dict:
-    """Train ``vae`` (an ``AutoencoderKL``) in place on ``images`` (``N×C×H×W`` in ``[-1, 1]``), then set its
-    ``shift_factor`` / ``scaling_factor`` from the training set's latents; returns a report (losses, seconds,
-    the latent statistics)."""
+def train_autoencoder(vae, images: torch.Tensor, plan: Mapping[str, Any] | None = None,
+                      normalise: bool = True) -> dict:
+    """Train ``vae`` (an ``AutoencoderKL``) in place on ``images`` (``N×C×H×W`` in ``[-1, 1]``), then (``normalise``)
+    set its ``shift_factor`` / ``scaling_factor`` from the training set's latents; returns a report (losses,
+    seconds, the latent statistics)."""
     cfg = autoencoder_plan(plan)
     steps, bs, seed = int(cfg["steps"]), int(cfg["batch_size"]), int(cfg["seed"])
     n = int(images.shape[0])
@@ -92,9 +93,12 @@ def train_autoencoder(vae, images: torch.Tensor, plan: Mapping[str, Any] | None 
     finally:
         vae.eval()
         vae.requires_grad_(False)
+    seconds = time.perf_counter() - t0
+    if not normalise:
+        return {"losses": losses, "seconds": seconds, "steps": steps, "batch_size": bs}
     stats = latent_statistics(vae, images)
     vae.register_to_config(shift_factor=stats["mean"], scaling_factor=1.0 / max(stats["std"], 1e-6))
-    return {"losses": losses, "seconds": time.perf_counter() - t0, "steps": steps, "batch_size": bs,
+    return {"losses": losses, "seconds": seconds, "steps": steps, "batch_size": bs,
             "latent_mean": stats["mean"], "latent_std": stats["std"], "psnr": stats["psnr"]}
 
 
