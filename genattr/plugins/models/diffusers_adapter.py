@@ -261,7 +261,7 @@ RECIPES: dict[str, dict] = {
         # the built-in latent miniature: a small Stable Diffusion on 32 px RGB → 8×8×4 latents; the VAE trained once
         # per dataset and frozen (autoencoder.py); UNet cross-attention at 4×4 (the down block after the first
         # downsampling, the mid block and the first up block); the text encoder trained jointly (no pretrained CLIP
-        # offline). Sizes measured on a 2-core CPU (docs/performance.md).
+        # offline). Its regime check, verification and cost: docs/results/2026-12-latent-testbed.md.
         "model": {
             "guidance_scale": 2.0,
             "vae": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": 4,
