@@ -25,9 +25,9 @@ from perfkit import read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
-    lines = ["| model | N | steps | epochs | queries from | set-up s | near-copies, pixels | near-copies, features | NN ratio, pixels | NN ratio, features "
+    lines = ["| model | seed | N | steps | epochs | queries from | set-up s | near-copies, pixels | near-copies, features | NN ratio, pixels | NN ratio, features "
              "| ε̂ vs optimal denoiser (t = 100 / 200 / 400) | passes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["rows"]:
         g = r["regime"]
         den = g.get("denoiser_cosine") or {}
@@ -35,7 +35,7 @@ def table(doc) -> str:
         dcfg = r.get("dataset_config") or {}
         source = ("held-out items" if not dcfg.get("holdout") else
                   f"held-out combinations, ≥ {dcfg.get('heldout_min_objects', 1)} object(s)")
-        lines.append(f"| {r.get('model', 'tiny-t2i')} | {r['n']} | {r['plan']['steps']} | {r['epochs']:.0f} | {source} "
+        lines.append(f"| {r.get('model', 'tiny-t2i')} | {r.get('seed', doc.get('seed') or 0)} | {r['n']} | {r['plan']['steps']} | {r['epochs']:.0f} | {source} "
                      f"| {'—' if secs is None else f'{secs:.0f}'} | {g['pixel']['near_copy_share']:.0%} "
                      f"| {g['features']['near_copy_share']:.0%} | {g['pixel']['nn_ratio']:.2f} "
                      f"| {g['features']['nn_ratio']:.2f} | {' / '.join(f'{den[k]:.2f}' for k in sorted(den, key=int))} "
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         n = len(st.train)
         epochs = int(plan["steps"]) * int(plan["batch_size"]) / n
         rows.append({"n": n, "epochs": epochs, "plan": plan, "model_fingerprint": st.base.fingerprint,
-                     "model": bench.config["model"], "options": sets, "seconds": seconds,
+                     "model": bench.config["model"], "options": sets, "seconds": seconds, "seed": args.seed,
                      "dataset_config": bench._source[1],
                      "regime": st.provenance["regime"]})
         print(f"N={n}: {st.provenance['regime']['pixel']}", file=sys.stderr, flush=True)
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
         import os
 
         if os.path.exists(args.out):
-            rows = read_result(args.out)["rows"] + rows
+            old = read_result(args.out)
+            rows = [{"seed": old.get("seed", 0), **r} for r in old["rows"]] + rows
     doc = {"what": "regime check of leave-K-out small θ0 by training-set size (set-up seconds: the first run's, "
                    "what was cached then not counted)", "seed": args.seed,
            "genattr": genattr.__version__, "rows": rows}
