@@ -139,7 +139,9 @@ def regime_check(model, train_set, query_images, held_images, seed: int = 0) -> 
     q = torch.stack([x.float() for x in query_images]) if not torch.is_tensor(query_images) else query_images.float()
     r = held_images.float()
     rendered = rendered_by_model(model)
-    raw_train, train, r = train, _rendered(model, train), _rendered(model, r)
+    raw_train = train
+    if rendered:
+        train, r = _rendered(model, train), _rendered(model, r)
     pixel = _space(q, train, r)
     feats = _space(random_features(q, seed), random_features(train, seed), random_features(r, seed))
     captions = [train_set.captions(i)[0] for i in range(len(train_set))]
@@ -155,8 +157,6 @@ def regime_check(model, train_set, query_images, held_images, seed: int = 0) -> 
 
 def rendered_by_model(model) -> bool:
     """Whether ``model`` renders through a decoder (a latent model: its ``latents`` are not the images)."""
-    import torch
-
     latents, decode = getattr(model, "latents", None), getattr(model, "decode", None)
     if not (callable(latents) and callable(decode)):
         return False
@@ -167,12 +167,10 @@ def rendered_by_model(model) -> bool:
 
 
 def _rendered(model, images, chunk: int = 128):
-    """``images`` after a round trip through ``model``'s encoder and decoder (unchanged for a pixel-space model or
-    one without them), clamped to [-1, 1]."""
+    """``images`` after a round trip through ``model``'s encoder and decoder (a latent model:
+    :func:`rendered_by_model`), clamped to [-1, 1]."""
     import torch
 
-    if not rendered_by_model(model):
-        return images
     out = []
     with torch.no_grad():
         for i in range(0, images.shape[0], chunk):

@@ -14,7 +14,7 @@ what leave-K-out retrains.
   ``scaling_factor`` (mean and 1/std of the posterior means), so the diffusion model's latents are centred with
   unit variance — SD v1's 0.18215 plays the same role for its VAE; ``shift_factor`` is the SD3 / FLUX convention of
   the same config.
-* :func:`pretrained_autoencoder` — the same, through the cache (namespace ``models/autoencoder``, keyed by the
+* :func:`pretrained_autoencoder` / :func:`store_autoencoder` — the same, through the cache (namespace ``models/autoencoder``, keyed by the
   dataset's fingerprint, the architecture, the plan and the seed): trained on first use, loaded afterwards.
 
 Deviations from SD's VAE, named: no perceptual (LPIPS) or adversarial loss (no pretrained network offline; the
@@ -130,45 +130,55 @@ def autoencoder_key(dataset, vae_config: Mapping[str, Any], plan: Mapping[str, A
                      int(dataset.channels), int(dataset.resolution))
 
 
-def pretrained_autoencoder(cache, dataset, vae_config: Mapping[str, Any], plan: Mapping[str, Any] | None,
-                           key: str | None = None):
-    """The ``AutoencoderKL`` of ``vae_config`` trained on ``dataset`` under ``plan`` — from ``cache`` when stored
-    there (``key``: a key :func:`autoencoder_key` gave earlier, looked up as is), else trained and stored. Without
-    a cache it is trained and returned."""
+def _fresh(dataset, vae_config: Mapping[str, Any], plan: Mapping[str, Any] | None):
+    """An untrained ``AutoencoderKL`` of ``vae_config`` for ``dataset``'s channels and resolution (seeded)."""
     from diffusers import AutoencoderKL
 
-    def build():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(autoencoder_plan(plan)["seed"]))
-            return AutoencoderKL(in_channels=int(dataset.channels), out_channels=int(dataset.channels),
-                                 sample_size=int(dataset.resolution), **dict(vae_config))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(autoencoder_plan(plan)["seed"]))
+        return AutoencoderKL(in_channels=int(dataset.channels), out_channels=int(dataset.channels),
+                             sample_size=int(dataset.resolution), **dict(vae_config))
+
+
+def _load(path: Path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(path / "vae"))
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def store_autoencoder(cache, dataset, vae_config: Mapping[str, Any], plan: Mapping[str, Any] | None,
+                      key: str | None = None) -> Path:
+    """The cache entry of the autoencoder :func:`pretrained_autoencoder` returns, trained and stored when missing
+    (``key``: a key :func:`autoencoder_key` gave earlier, used as is); nothing is loaded."""
 
     def create(tmp: Path):
-        vae = build()
+        vae = _fresh(dataset, vae_config, plan)
         report = train_autoencoder(vae, dataset.images(), plan)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         (tmp / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "losses"}
                                                     | {"loss_first": report["losses"][0],
                                                        "loss_last": report["losses"][-1]}))
 
+    key = key or autoencoder_key(dataset, vae_config, plan)
+    return cache.get_or_create(NS_AUTOENCODER, key, create, {"dataset": dataset.fingerprint})
+
+
+def pretrained_autoencoder(cache, dataset, vae_config: Mapping[str, Any], plan: Mapping[str, Any] | None,
+                           key: str | None = None):
+    """The ``AutoencoderKL`` of ``vae_config`` trained on ``dataset`` under ``plan`` — from ``cache`` when stored
+    there (:func:`store_autoencoder`), else trained and stored. Without a cache it is trained and returned."""
     if cache is None:
-        vae = build()
+        vae = _fresh(dataset, vae_config, plan)
         train_autoencoder(vae, dataset.images(), plan)
         return vae
-    key = key or autoencoder_key(dataset, vae_config, plan)
-    path = cache.get_or_create(NS_AUTOENCODER, key, create, {"dataset": dataset.fingerprint})
-    vae = AutoencoderKL.from_pretrained(str(path / "vae"))
-    vae.requires_grad_(False)
-    return vae.eval()
+    return _load(store_autoencoder(cache, dataset, vae_config, plan, key))
 
 
 def stored_autoencoder(cache, key: str):
     """The autoencoder stored under ``key`` (None when the cache does not hold it)."""
-    from diffusers import AutoencoderKL
-
     if cache is None:
         return None
     path = cache.lookup(NS_AUTOENCODER, key)
-    if path is None:
-        return None
-    return AutoencoderKL.from_pretrained(str(path / "vae")).eval()
+    return None if path is None else _load(path)

@@ -79,17 +79,18 @@ class DiffusersT2I(DDPMAdapter):
     def pin_config(cls, dataset, config, cache=None) -> dict:
         """``config`` with the tokenizer's words and caption length fixed from ``dataset`` (the full training set),
         so a retrain on a subset keeps the architecture; with ``vae_train``, the VAE trained once on that set (in
-        ``cache``) and named by ``vae_key``, so every retrain uses the same frozen VAE."""
-        from .sd_build import build_config, caption_words, longest_caption, trained_vae
+        ``cache``, not loaded here) and named by ``vae_key``, so every retrain uses the same frozen VAE."""
+        from .sd_build import build_config, caption_words, longest_caption
 
         out = dict(config)
         if out.get("vae_train") is not None and out.get("vae_key") is None:
-            from .autoencoder import autoencoder_key
+            from .autoencoder import autoencoder_key, store_autoencoder
 
             cfg = build_config(out)
             if "vae" in cfg["from_scratch"]:
                 out["vae_key"] = autoencoder_key(dataset, cfg["vae"], cfg["vae_train"])
-                trained_vae(dataset, {**cfg, "vae_key": out["vae_key"]}, cache)
+                if cache is not None:  # without a cache, build() trains it on the full set it is given
+                    store_autoencoder(cache, dataset, cfg["vae"], cfg["vae_train"], out["vae_key"])
         caps = [tuple(dataset.captions(i)) for i in range(len(dataset))]
         if out.get("words") is None:
             out["words"] = caption_words(caps)
