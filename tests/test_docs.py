@@ -44,14 +44,19 @@ def test_module_paths_named_in_the_docs_exist():
     assert not missing, missing
 
 
-def _generated_tables():
-    import re
+#: A generated table: ``<!-- table: CMD -->`` … ``<!-- end table -->``.
+_GENERATED_BLOCK = re.compile(r"<!-- table: (?P<cmd>[^\n]+?) -->\n(?P<body>.*?)\n<!-- end table -->", re.S)
 
-    root = Path(__file__).resolve().parents[1]
-    pattern = re.compile(r"<!-- table: (?P<cmd>[^\n]+?) -->\n(?P<body>.*?)\n<!-- end table -->", re.S)
-    for doc in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
-        for m in pattern.finditer(doc.read_text()):
-            yield pytest.param(doc.relative_to(root), m["cmd"], m["body"], id=f"{doc.name}:{m['cmd'][:60]}")
+
+def _doc_pages():
+    """The README and every page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _generated_tables():
+    for doc in _doc_pages():
+        for m in _GENERATED_BLOCK.finditer(doc.read_text()):
+            yield pytest.param(doc.relative_to(ROOT), m["cmd"], m["body"], id=f"{doc.name}:{m['cmd'][:60]}")
 
 
 @pytest.mark.parametrize("doc, cmd, body", list(_generated_tables()))
@@ -133,7 +138,6 @@ def test_the_readme_is_a_manual_of_at_most_150_lines():
 # A typed markdown table whose rows hold decimal figures, "n ± s.e." or "×10⁻³" looks measured. Every measured table
 # must be generated from a committed result file (a `<!-- table: CMD -->` block, checked above); the typed tables
 # allowed are listed here by page and header row, each with the reason its figures are not measurements of ours.
-_GENERATED_BLOCK = re.compile(r"<!-- table: [^\n]+? -->\n.*?\n<!-- end table -->", re.S)
 _FENCED_BLOCK = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 _MEASURED_FIGURE = re.compile(r"(?<![\w.])[+−-]?\d+\.\d+(?![\w.])|\d\s*±\s*\d|\d\s*×\s*10[⁻-]")
 
@@ -177,7 +181,7 @@ def _measured_figures(row):
 
 
 def _typed_measured_tables():
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+    for doc in _doc_pages():
         page = str(doc.relative_to(ROOT))
         for start, header, rows in _typed_tables(doc.read_text()):
             hits = [(n, _measured_figures(r)) for n, r in rows if _measured_figures(r)]
