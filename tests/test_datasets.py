@@ -417,14 +417,47 @@ def test_shapes_defaults_unchanged_by_new_options():
 
     a = Shapes(n=20, resolution=16)
     assert "background" not in a.specs[0] and "holdout" not in a.meta
-    assert a.fingerprint == Shapes(n=20, resolution=16, holdout=[], backgrounds=None).fingerprint
+    assert a.fingerprint == Shapes(n=20, resolution=16, holdout=[], backgrounds=None, jitter=0).fingerprint
+    assert all("offset" not in o for spec in a.specs for o in spec["objects"])
+
+
+def test_shapes_jitter_makes_every_layout_unique_and_keeps_captions_true():
+    """Jitter moves, scales and shades each object within bounds that keep its caption true; without it the
+    discrete scene space repeats layouts exactly, with it no two scenes are the same image."""
+    from genattr.datasets.shapes import MAX_JITTER, SIZES, Shapes
+
+    kw = dict(n=600, resolution=16, backgrounds=["plain", "grey"], holdout=["red triangle"])
+    plain, jittered = Shapes(**kw), Shapes(**kw, jitter=MAX_JITTER)
+    assert jittered.fingerprint != plain.fingerprint and jittered.meta["jitter"] == MAX_JITTER
+
+    def exact_duplicates(ds) -> int:
+        x = ds.images(list(range(len(ds)))).flatten(1)
+        d = torch.cdist(x, x)
+        d.fill_diagonal_(float("inf"))
+        return int((d.min(dim=1).values < 1e-6).sum())
+
+    assert exact_duplicates(plain) > 0 and exact_duplicates(jittered) == 0
+    radius = {"small": [], "large": []}
+    for i, spec in enumerate(jittered.specs):
+        for o in spec["objects"]:
+            assert all(abs(v) <= MAX_JITTER for v in o["offset"])
+            assert 1 - 2 * MAX_JITTER <= o["shade"] <= 1
+            radius[o["size"]].append(SIZES[o["size"]] * o["scale"])
+        assert not any(o["colour"] == "red" and o["shape"] == "triangle" for o in spec["objects"])
+    assert max(radius["small"]) < min(radius["large"])
+    held = jittered.heldout_specs(600, 20)
+    assert all("offset" in o for _, spec, _ in held for o in spec["objects"])
+    a, b = Shapes(n=5, jitter=0.03).images([0, 1, 2, 3, 4]), Shapes(n=5, jitter=0.03).images([0, 1, 2, 3, 4])
+    assert torch.equal(a, b)  # deterministic in (seed, index)
 
 
 @pytest.mark.parametrize("kw, words", [({"holdout": ["pink circle"]}, "holdout entries"),
                                        ({"holdout": ["red"]}, "holdout entries"),
                                        ({"backgrounds": ["wood"]}, "backgrounds must"),
                                        ({"backgrounds": []}, "backgrounds must"),
-                                       ({"heldout_min_objects": 4}, "heldout_min_objects")])
+                                       ({"heldout_min_objects": 4}, "heldout_min_objects"),
+                                       ({"jitter": 0.2}, "jitter must"), ({"jitter": True}, "jitter must"),
+                                       ({"jitter": "0.05"}, "jitter must")])
 def test_shapes_bad_new_options_one_line(kw, words):
     from genattr.datasets.shapes import Shapes
     from genattr.harness.errors import UserError

@@ -39,6 +39,7 @@ from .render import (
     CONCEPT_STYLES,
     GLYPH_COLOURS,
     GLYPHS,
+    MAX_JITTER,
     POSITIONS,
     SHAPES,
     SIDE_POSITIONS,
@@ -52,7 +53,7 @@ from .render import (
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "CONCEPT_GLYPHS", "CONCEPT_STYLES", "GLYPH_COLOURS", "GLYPH_DESCRIPTIONS", "GLYPHS",
-    "N_CAPTION_VARIANTS", "POSITION_PHRASES", "POSITIONS", "SHAPES", "SIDE_POSITIONS", "SIZES", "STYLE_DESCRIPTIONS",
+    "MAX_JITTER", "N_CAPTION_VARIANTS", "POSITION_PHRASES", "POSITIONS", "SHAPES", "SIDE_POSITIONS", "SIZES", "STYLE_DESCRIPTIONS",
     "STYLES", "Concept", "Shapes", "caption_scene", "caption_vocabulary", "make_concepts", "random_scene",
     "render_concept_scene", "render_scene", "render_scenes", "scene_captions", "scene_spec",
 ]
@@ -73,7 +74,7 @@ class Shapes(InMemoryDataset):
 
     def __init__(self, n: int = 2000, resolution: int = 16, seed: int = 0, max_objects: int = 3,
                  captions_per_image: int = 5, start: int = 0, holdout: Sequence[str] = (),
-                 backgrounds: Sequence[str] | None = None, heldout_min_objects: int = 1):
+                 backgrounds: Sequence[str] | None = None, heldout_min_objects: int = 1, jitter: float = 0.0):
         from genattr.harness.errors import UserError
 
         if int(n) < 1:
@@ -96,11 +97,15 @@ class Shapes(InMemoryDataset):
             if bad or not backgrounds:
                 raise UserError(f"shapes: backgrounds must be a non-empty list of {', '.join(BACKGROUNDS)}; got "
                                 f"{bad[0] if bad else '[]'!r}")
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= float(jitter) <= MAX_JITTER:
+            raise UserError(f"shapes: jitter must be a number in [0, {MAX_JITTER}] (a fraction of the image side), "
+                            f"got {jitter!r}")
+        jitter = float(jitter)
         prefix = "shapes-" if int(seed) == 0 else f"shapes-s{int(seed)}-"
         ids, specs, captions = [], [], []
         for index in range(int(start), int(start) + int(n)):
             rng = numpy_rng(seed, "shapes", index)
-            spec = random_scene(rng, max_objects, exclude=pairs, backgrounds=backgrounds)
+            spec = random_scene(rng, max_objects, exclude=pairs, backgrounds=backgrounds, jitter=jitter)
             specs.append(spec)
             captions.append(tuple(scene_captions(spec, int(captions_per_image), rng)))
             ids.append(f"{prefix}{index:05d}")
@@ -113,6 +118,8 @@ class Shapes(InMemoryDataset):
             meta["backgrounds"] = list(backgrounds)
         if int(heldout_min_objects) != 1:
             meta["heldout_min_objects"] = int(heldout_min_objects)
+        if jitter:
+            meta["jitter"] = jitter
         super().__init__(self.name, self.version, ids, images, captions, meta=meta)
         self.specs = specs
 
@@ -124,7 +131,7 @@ class Shapes(InMemoryDataset):
         return {"resolution": m["resolution"], "seed": m["seed"], "max_objects": m["max_objects"],
                 "captions_per_image": m["captions_per_image"], "start": m["start"],
                 "holdout": list(m.get("holdout", ())), "backgrounds": m.get("backgrounds"),
-                "heldout_min_objects": m.get("heldout_min_objects", 1), **change}
+                "heldout_min_objects": m.get("heldout_min_objects", 1), "jitter": m.get("jitter", 0.0), **change}
 
     def take(self, n: int) -> "Shapes":
         """The first ``n`` scenes (a ``Shapes`` again, so ``specs`` stay available)."""
@@ -153,7 +160,7 @@ class Shapes(InMemoryDataset):
         for index in range(m["start"] + int(n), m["start"] + int(n) + int(count)):
             rng = numpy_rng(m["seed"], "shapes-heldout-combination", index)
             spec = random_scene(rng, m["max_objects"], backgrounds=m.get("backgrounds"),
-                                min_objects=m.get("heldout_min_objects", 1))
+                                min_objects=m.get("heldout_min_objects", 1), jitter=m.get("jitter", 0.0))
             if not any((o["colour"], o["shape"]) in pairs for o in spec["objects"]):
                 colour, shape = pairs[int(rng.integers(len(pairs)))]
                 spec["objects"][0] = dict(spec["objects"][0], colour=colour, shape=shape)

@@ -55,6 +55,10 @@ POSITIONS = {
 }
 SIDE_POSITIONS = ("left", "right", "top", "bottom")
 
+#: The largest ``jitter`` of :func:`random_scene`: at 0.06 a small object (radius 0.15 × 1.06 = 0.159) stays
+#: smaller than a large one (0.20 × 0.94 = 0.188), and a side object stays on its side.
+MAX_JITTER = 0.06
+
 #: Scene backgrounds (``spec["background"]``): dim textures that never hide an object; ``plain`` is black.
 BACKGROUNDS = ("plain", "grey", "striped", "dotted", "gradient")
 
@@ -147,13 +151,16 @@ def _morph(mask, pixels: int, grow: bool):
 
 
 @lru_cache(maxsize=4096)
-def _object_masks(shape: str, size: str, position: str, resolution: int):
-    """(fill, outline, thick, thick_border) anti-aliased float32 masks H×W for one object (cached, read-only)."""
+def _object_masks(shape: str, size: str, position: str, resolution: int, dx: float = 0.0, dy: float = 0.0,
+                  scale: float = 1.0):
+    """(fill, outline, thick, thick_border) anti-aliased float32 masks H×W for one object (cached, read-only);
+    ``dx``, ``dy`` move its centre and ``scale`` its radius (a jittered object, :func:`random_scene`)."""
     s = _SUPERSAMPLE
     n = resolution * s
     coords = (np.arange(n, dtype=np.float64) + 0.5) / n
     cx, cy = POSITIONS[position]
-    r = SIZES[size]
+    cx, cy = cx + dx, cy + dy
+    r = SIZES[size] * scale
     u = (coords[None, :] - cx) / r
     v = (coords[:, None] - cy) / r
     hi = _inside(shape, u, v)
@@ -255,9 +262,12 @@ def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndar
         img = _scene_background(spec["background"], int(resolution))
     px = max(1, int(resolution) // 16)  # one output pixel at 16 px
     for obj in spec["objects"]:
-        fill, outline, thick, thick_border = _object_masks(obj["shape"], obj["size"], obj["position"], int(resolution))
+        dx, dy = obj.get("offset", (0.0, 0.0))
+        fill, outline, thick, thick_border = _object_masks(obj["shape"], obj["size"], obj["position"], int(resolution),
+                                                           float(dx), float(dy), float(obj.get("scale", 1.0)))
         name = obj["colour"]
         colour = np.asarray(_PALETTE_SHIFT[name] if style == "palette-shift" else COLOURS[name], dtype=np.float32)
+        colour = colour * np.float32(obj.get("shade", 1.0))
         if style == "outline":
             img = img * (1.0 - outline[..., None]) + colour * outline[..., None]
         elif style == "thick":
@@ -308,12 +318,17 @@ def render_scenes(specs: Sequence[dict], resolution: int = 16, style: str | None
 # -- scene specs ------------------------------------------------------------------------------------------------
 def random_scene(rng, max_objects: int = 3, shapes: Sequence[str] = SHAPES,
                  colours: Sequence[str] | None = None, exclude: Sequence[tuple[str, str]] = (),
-                 backgrounds: Sequence[str] | None = None, min_objects: int = 1) -> dict:
+                 backgrounds: Sequence[str] | None = None, min_objects: int = 1, jitter: float = 0.0) -> dict:
     """A random scene spec drawn with the numpy ``rng`` (see the module docstring for the distribution).
 
     ``exclude``: ``(colour, shape)`` pairs no object gets (redrawn until allowed); ``backgrounds``: draw the
     scene's background uniformly from these (None: no background key, the plain black of earlier versions — the
-    same draws as before, so existing datasets are unchanged); ``min_objects``: the fewest objects (default 1)."""
+    same draws as before, so existing datasets are unchanged); ``min_objects``: the fewest objects (default 1).
+    ``jitter`` (a fraction of the image side, at most :data:`MAX_JITTER`; 0: no draws, the discrete scenes of
+    earlier versions): each object's centre moves by up to ±``jitter`` in x and y (``offset``), its radius scales by
+    a factor in [1 − ``jitter``, 1 + ``jitter``] (``scale``) and its colour darkens by up to 2·``jitter``
+    (``shade``), drawn after everything else — so no two scenes share a layout, as no two photographs do, while the
+    caption stays true (a jittered large object stays larger than any small one, a left one stays left)."""
     colours = tuple(colours or COLOURS)
     excluded = {(str(c), str(s)) for c, s in exclude}
     count = int(rng.integers(int(min_objects), int(max_objects) + 1))
@@ -336,9 +351,19 @@ def random_scene(rng, max_objects: int = 3, shapes: Sequence[str] = SHAPES,
         objects.append({"shape": shape, "colour": colour, "size": size, "position": pos})
     order = list(POSITIONS)
     objects.sort(key=lambda o: order.index(o["position"]))
-    if backgrounds is None:
-        return {"objects": objects}
-    return {"objects": objects, "background": str(backgrounds[int(rng.integers(len(backgrounds)))])}
+    spec: dict = {"objects": objects}
+    if backgrounds is not None:
+        spec["background"] = str(backgrounds[int(rng.integers(len(backgrounds)))])
+    if jitter:
+        j = float(jitter)
+        if not 0.0 < j <= MAX_JITTER:
+            raise ValueError(f"jitter must be in [0, {MAX_JITTER}], got {jitter}")
+        for obj in objects:
+            dx, dy, sc, sh = rng.uniform(-1.0, 1.0, size=4)
+            obj["offset"] = [round(float(dx) * j, 5), round(float(dy) * j, 5)]
+            obj["scale"] = round(1.0 + float(sc) * j, 5)
+            obj["shade"] = round(1.0 - (float(sh) + 1.0) * j, 5)
+    return spec
 
 
 def scene_spec(index: int, seed: int = 0, max_objects: int = 3) -> dict:
