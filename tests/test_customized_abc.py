@@ -314,8 +314,8 @@ def test_a_method_needing_context_the_benchmark_never_offers_is_refused_before_a
 
 
 def test_abc_mappers_of_another_builtin_backbone_are_refused_before_any_cell(tmp_path, capsys):
-    """Mappers trained on the shapes encoder, backbone auto, on the digits leave-K-out: one line naming both
-    backbones before any cell; the digits encoder's mappers pass the check."""
+    """Mappers trained on the digits encoder, backbone auto, on the (shapes) tiny leave-K-out: one line naming
+    both backbones before any cell; on a digits leave-K-out the digits encoder's mappers pass the check."""
     from genattr.cli import main
     from genattr.plugins.methods.abc_tuned import identity_mappers, save_mappers_file
 
@@ -327,7 +327,7 @@ def test_abc_mappers_of_another_builtin_backbone_are_refused_before_any_cell(tmp
     out = tmp_path / "o"
     capsys.readouterr()
     rc = main(["run", "leave-k-out", "--scale", "tiny", "-m", "random", "-m", "abc-clip", "--set",
-               f"abc-clip.mappers={files['shapes']}", "--out", str(out), "--quiet"])
+               f"abc-clip.mappers={files['digits']}", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc not in (0, None) and len(err) == 1
     assert "'builtin:shapes'" in err[0] and "'builtin:digits'" in err[0] and "abc-clip.backbone" in err[0]

@@ -92,3 +92,4 @@ def test_the_latent_testbed_config_resolves_for_every_benchmark():
             assert bench.config["n"] == 4000 and not bench.config["train_config"]
             parts = bench._recipe_parts()
             assert parts[0]["vae_train"] and parts[2]["holdout"] and parts[2]["heldout_min_objects"] == 2
+            assert parts[2]["jitter"] > 0  # no two training scenes share a layout

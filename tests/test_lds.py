@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+import genattr
+
 torch = pytest.importorskip("torch")
 
 from genattr.benchmarks.lds import (  # noqa: E402
@@ -238,7 +240,8 @@ def test_cli_run_writes_lds_rows(counted_run):
 
 def test_subset_models_are_trained_once_for_every_method(counted_run):
     first, second, third = counted_run["trainings"]
-    n = SCALES["tiny"]["n"]
+    n = SCALES["tiny"]["n"] or genattr.model_recipe(SCALES["tiny"]["model"], "tiny", SCALES["tiny"]["dataset"])[
+        "dataset"]["n"]  # the preset takes the model recipe's N
     half = int(n * SCALES["tiny"]["beta"])
     assert sorted(first) == sorted([n] + [half] * TINY_M)  # θ0, then one model per subset for both methods
     assert second == [] and third == []  # a third method and the resumed run train nothing

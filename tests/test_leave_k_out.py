@@ -407,5 +407,7 @@ def test_shapes_queries_come_from_held_out_scenes(session_cache):
     st = b._setup(env)
     assert len(st.train) == FAST["n"] and st.train.channels == 3
     n = FAST["n"]
-    assert [q.meta["source_id"] for q in st.queries] == [f"shapes-{n + j:05d}" for j in range(FAST["num_queries"])]
+    # the tiny recipe holds colour–shape pairs out of training: the queries are scenes of those combinations
+    assert [q.meta["source_id"] for q in st.queries] == [f"shapes-heldout-{n + j:05d}"
+                                                         for j in range(FAST["num_queries"])]
     assert all(q.meta["source_id"] not in set(st.train.ids) for q in st.queries)

@@ -41,11 +41,12 @@ def example_model():
     genattr.unregister_plugin("example-t2i")
 
 
-def _run_everywhere(tmp_path, model: str, capsys) -> list[dict]:
+def _run_everywhere(tmp_path, model: str, capsys, default: bool = False) -> list[dict]:
+    """Every benchmark at tiny with ``model`` (``default``: without ``--set``, the benchmarks' own default)."""
     args = ["run", *BENCHMARKS, "-m", "random", "-m", "pixel", "--scale", "tiny", "--out", str(tmp_path / model),
             "-q", "--no-leaderboard", *CUT]
     for bench in BENCHMARKS:
-        args += ["--set", f"{bench}.model={model}"]
+        args += [] if default else ["--set", f"{bench}.model={model}"]
     assert main(args) == 0, capsys.readouterr().err[-3000:]
     rows = [json.loads(line) for line in (tmp_path / model / "results.jsonl").read_text().splitlines()]
     run = json.loads((tmp_path / model / "run.json").read_text())
@@ -67,14 +68,16 @@ def test_a_third_party_model_runs_every_benchmark(tmp_path, capsys, example_mode
 
 
 def test_the_diffusers_model_built_from_configs_runs_every_benchmark(tmp_path, capsys):
-    """The latent pipeline at tiny: a VAE trained once per dataset (pinned by key, shared by every retrain), the
-    regime check on the model's own renderings, Custom Diffusion K/V + token customization."""
-    _run_everywhere(tmp_path, "diffusers", capsys)
+    """The latent pipeline is every benchmark's default at tiny (no ``--set``): a VAE trained once per dataset
+    (pinned by key, shared by every retrain), queries from held-out caption combinations, the regime check on the
+    model's own renderings, Custom Diffusion K/V + token customization."""
+    _run_everywhere(tmp_path, "diffusers", capsys, default=True)
     run = json.loads((tmp_path / "diffusers" / "run.json").read_text())
     for bench in ("leave-k-out", "lds"):
         prov = run["benchmarks"][bench]["provenance"]
         assert prov["recipe"]["model_config"]["vae_key"], bench
     assert run["benchmarks"]["leave-k-out"]["provenance"]["regime"]["rendered"] == "decode(latents(x))"
+    assert run["benchmarks"]["leave-k-out"]["config"]["dataset"] == "shapes"
     assert run["benchmarks"]["customized-model"]["provenance"]["customize"]["weights"] == "cross-attn-kv"
 
 

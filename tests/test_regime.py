@@ -34,6 +34,23 @@ def test_copies_fail_and_new_samples_pass():
     assert regime_check(object(), train, fresh, None)["passed"] is None
 
 
+def test_the_share_is_judged_with_its_sampling_interval():
+    """New samples from the reals' distribution pass whatever their point share (≈ 10 % by construction); a quarter
+    of copies among 200 samples puts the whole interval above 10 % and fails."""
+    from genattr.harness.regime import wilson_interval
+
+    train, held = _train(), _data(1000, 1)
+    fresh = regime_check(object(), train, list(_data(200, 3)), held)
+    lo, hi = fresh["pixel"]["near_copy_ci95"]
+    assert fresh["passed"] is True and lo <= MAX_NEAR_COPY <= hi, fresh
+    mixed = list(_data(150, 4)) + [train.images([i])[0] for i in range(50)]
+    bad = regime_check(object(), train, mixed, held)
+    assert bad["passed"] is False and bad["pixel"]["near_copy_ci95"][0] > MAX_NEAR_COPY, bad
+    assert "[" in describe(bad)
+    lo, hi = wilson_interval(20, 200)
+    assert abs(lo - 0.0657) < 1e-3 and abs(hi - 0.1494) < 1e-3 and wilson_interval(0, 0) == (0.0, 1.0)
+
+
 def test_leave_k_out_records_the_regime_of_theta0(session_cache):
     import genattr
     from genattr.harness.api import RunEnv

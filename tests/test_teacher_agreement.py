@@ -74,17 +74,17 @@ def test_end_to_end_tiny_run(tmp_path, session_cache):
     summary = run(spec)
     rows = read_rows(tmp_path / "run")
     assert summary.cells_run == len(rows) == 3 * 3
-    cols = ["map@2", "map@5", "map@12"]  # 5, 10, 25 % of N = 48
+    cols = ["map@6", "map@12", "map@30"]  # 5, 10, 25 % of N = 120 (the latent tiny recipe's shapes)
     for r in rows:
         assert list(r["metrics"]) == cols and all(0 <= v <= 1 for v in r["metrics"].values())
-        assert r["extra"]["N"] == 48 and r["extra"]["k"] == [2, 5, 12] and len(r["extra"]["teacher_top10"]) == 10
+        assert r["extra"]["N"] == 120 and r["extra"]["k"] == [6, 12, 30] and len(r["extra"]["teacher_top10"]) == 10
     teacher = [r for r in rows if r["method"] == "unlearning"]
     assert all(v == 1.0 for r in teacher for v in r["metrics"].values())
     rnd = np.mean([r["metrics"]["map@12"] for r in rows if r["method"] == "random"])
     assert rnd < 0.6
     assert len({r["extra"]["teacher"] for r in rows}) == 1
     table = genattr.get_benchmark("teacher-agreement", scale="tiny").summarize(rows)
-    assert list(table.columns) == cols and table.loc["unlearning", "map@5"].startswith("1.000")
+    assert list(table.columns) == cols and table.loc["unlearning", "map@12"].startswith("1.000")
     again = run(build_spec(["teacher-agreement"], ["random", "unlearning", "pixel"], scale="tiny", sets=sets,
                            out=str(tmp_path / "run"), quiet=True, cache_root=str(session_cache.root), device="cpu"))
     assert again.cells_run == 0

@@ -8,10 +8,16 @@ Run (a few minutes per new N on one thread; θ0 and the samples are cached):
     python tests/perf/regime_curve.py --table results/regime/leave-k-out-small.json
 
 The latent miniature (the ``diffusers`` model's ``small`` recipe on ``shapes`` with held-out combinations; ``--set``
-takes leave-K-out options as JSON values; ``--n ""`` keeps the preset N):
-    OMP_NUM_THREADS=2 python tests/perf/regime_curve.py --n 2000,300 --set model='"diffusers"' --set dataset='"shapes"' \
-        --set 'dataset_config={}' --set 'train_config={}' --set recipe='"small"' \
+takes leave-K-out options as JSON values; give ``--n``: without it the leave-K-out preset's N applies). The rows of
+``results/regime/latent-small.json``, in order (``S`` = ``--set model='"diffusers"' --set dataset='"shapes"' --set
+recipe='"small"'``; ``J0`` = ``--set 'dataset_config={"jitter": 0}'``, the scenes without jitter):
+    OMP_NUM_THREADS=2 python tests/perf/regime_curve.py --n 300,2000,4000 $S --set 'train_config={}' $J0 \
         --out results/regime/latent-small.json
+    ... --append --n 4000 --seed 1 (then 2) $S --set 'train_config={}' $J0
+    ... --append --n 2000 $S --set 'train_config={}' --set 'dataset_config={"heldout_min_objects": 1, "jitter": 0}'
+    ... --append --n 2000 $S --set 'train_config={"steps": 1600}' $J0
+    ... --append --n 8000 $S --set 'train_config={}' $J0
+    ... --append --n 4000 --seed 0 (then 1, 2) $S --set 'train_config={}' --set 'dataset_config={}'  # the recipe
 """
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ from perfkit import read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
-    lines = ["| model | seed | N | steps | epochs | queries from | set-up s | near-copies, pixels | near-copies, features | NN ratio, pixels | NN ratio, features "
+    lines = ["| model | seed | N | steps | epochs | queries from | set-up s | samples | near-copies, pixels [95 %] "
+             "| near-copies, features [95 %] | NN ratio, pixels | NN ratio, features "
              "| ε̂ vs optimal denoiser (t = 100 / 200 / 400) | passes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["rows"]:
         g = r["regime"]
         den = g.get("denoiser_cosine") or {}
@@ -35,9 +42,18 @@ def table(doc) -> str:
         dcfg = r.get("dataset_config") or {}
         source = ("held-out items" if not dcfg.get("holdout") else
                   f"held-out combinations, ≥ {dcfg.get('heldout_min_objects', 1)} object(s)")
+        if dcfg.get("jitter"):
+            source += f"; jitter {dcfg['jitter']:g}"
+
+        def share(space: dict) -> str:
+            ci = space.get("near_copy_ci95")
+            if not ci:
+                return f"{space['near_copy_share']:.0%}"
+            return f"{space['near_copy_share']:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]"
+
         lines.append(f"| {r.get('model', 'tiny-t2i')} | {r.get('seed', doc.get('seed') or 0)} | {r['n']} | {r['plan']['steps']} | {r['epochs']:.0f} | {source} "
-                     f"| {'—' if secs is None else f'{secs:.0f}'} | {g['pixel']['near_copy_share']:.0%} "
-                     f"| {g['features']['near_copy_share']:.0%} | {g['pixel']['nn_ratio']:.2f} "
+                     f"| {'—' if secs is None else f'{secs:.0f}'} | {g['queries']} | {share(g['pixel'])} "
+                     f"| {share(g['features'])} | {g['pixel']['nn_ratio']:.2f} "
                      f"| {g['features']['nn_ratio']:.2f} | {' / '.join(f'{den[k]:.2f}' for k in sorted(den, key=int))} "
                      f"| {'yes' if g['passed'] else 'no'} |")
     return "\n".join(lines)

@@ -21,7 +21,10 @@ def table(paths) -> str:
         prov, cfg = bench["provenance"], bench["config"]
         ver = prov["verification"]["concepts"]
         weights = (cfg.get("customize") or {}).get("weights") or prov.get("customize", {}).get("weights") or "recipe"
-        label = f"{cfg.get('model') or 'tiny-t2i'} {cfg.get('scale', '')}".strip()
+        import os
+
+        run_name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        label = f"{cfg.get('model') or 'tiny-t2i'} {cfg.get('scale', '')} ({run_name})".replace("  ", " ")
         per_split: dict[str, list[bool]] = {}
         for c in prov["concepts"]:
             v = ver.get(c["id"], {})

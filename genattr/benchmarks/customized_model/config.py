@@ -51,7 +51,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     dataset="shapes",  # the base model's training data (a registered dataset); its items form the pool
     dataset_config=None,  # keyword arguments of the dataset (on top of the model recipe's)
     concepts=None,  # the registered dataset whose concepts(...) gives the concepts; None: the dataset, else shapes
-    model=None,  # the registered model of the base model; None: tiny-t2i (built-in data), diffusers (AbC data)
+    model=None,  # the registered model of the base model; None: DEFAULT_MODEL of the scale
     model_config=None,  # overrides of the recipe's model configuration
     train_config=None,  # overrides of the recipe's training configuration
     metrics=None,  # retrieval metrics (registered names or {"name": ..., options}); None: DEFAULT_METRICS
@@ -64,6 +64,12 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     seed_offset=0,  # mixed into every seed of the benchmark's data (concepts, queries); models use the run seed
     model_seeds=None,  # several base-model training seeds pooled in one run (genattr.benchmarks._seeds)
 )
+
+#: The base model when ``model`` is not given, by scale: the latent miniature (Custom Diffusion K/V + token) at
+#: ``tiny``; at ``small`` the pixel-space ``tiny-t2i`` (whole-UNet customization) the main job's budget was sized
+#: for (the latent miniature at ``small``: ``model="diffusers"``, docs/results/2026-12-latent-testbed.md); Stable
+#: Diffusion for the AbC data.
+DEFAULT_MODEL = {"tiny": "diffusers", "small": "tiny-t2i", "paper": "diffusers"}
 
 VERIFY_MODES = ("warn", "error", "off")
 
@@ -107,7 +113,7 @@ def benchmark_config(config: Mapping[str, Any]) -> dict:
             raise UserError(f"customized-model: exemplars_per_style must be [min, max] with 1 <= min <= max, got {e!r}")
         out["exemplars_per_style"] = tuple(e)
     if out["model"] is None:
-        out["model"] = "diffusers" if out["data_root"] else "tiny-t2i"
+        out["model"] = DEFAULT_MODEL[scale]
     for k in ("dataset", "model"):
         if not isinstance(out[k], str) or not out[k]:
             raise UserError(f"customized-model: {k} must be a registered {k} name, got {out[k]!r}")
