@@ -18,7 +18,7 @@ recipe='"small"'``; ``J0`` = ``--set 'dataset_config={"jitter": 0}'``, the scene
     ... --append --n 2000 $S --set 'train_config={"steps": 1600}' $J0
     ... --append --n 8000 $S --set 'train_config={}' $J0
     ... --append --n 4000 --seed 0 (then 1, 2) $S --set 'train_config={}' --set 'dataset_config={}'  # the recipe
-    ... --append --n 4000 --seed 0 $S --set 'train_config={"steps": 1600}' --set 'dataset_config={}'
+    ... --append --n 4000 --seed 0 (then 1, 2) $S --set 'train_config={"steps": 1600}' --set 'dataset_config={}'
 """
 from __future__ import annotations
 
