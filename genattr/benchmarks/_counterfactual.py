@@ -231,8 +231,7 @@ class Counterfactual:
 
     def _regime_count(self) -> int:
         """:data:`REGIME_QUERIES` of this benchmark's scale (500 for a scale it does not name)."""
-        count = self.REGIME_QUERIES
-        return int(count.get(self.config.get("scale"), 500) if isinstance(count, dict) else count)
+        return int(self.REGIME_QUERIES.get(self.config.get("scale"), 500))
 
     def _synthesize(self, env, base, kind: str, prompts: Sequence[str], seeds: Sequence[int], batch: int = 1):
         """``len(prompts) × C×H×W`` images ``base`` generates from ``prompts`` with ``seeds`` (the benchmark's

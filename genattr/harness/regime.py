@@ -46,14 +46,20 @@ MIN_NN_RATIO = 0.9
 DENOISER_TIMESTEPS = (100, 200, 400)
 
 
-def _nn(a, b, chunk: int = 256):
-    """Distance of each row of ``a`` to its nearest row of ``b`` (Euclidean)."""
+def _nn(a, b, chunk: int = 256, index: bool = False):
+    """Distance of each row of ``a`` to its nearest row of ``b`` (Euclidean); with ``index``, ``(distances, the
+    index of that row of b)``."""
     import torch
 
-    out = []
+    dist, arg = [], []
+    b = b.double()
     for i in range(0, a.shape[0], chunk):
-        out.append(torch.cdist(a[i:i + chunk].double(), b.double()).min(dim=1).values)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        nearest = torch.cdist(a[i:i + chunk].double(), b).min(dim=1)
+        dist.append(nearest.values)
+        arg.append(nearest.indices)
+    if not dist:
+        dist, arg = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.long)]
+    return (torch.cat(dist), torch.cat(arg)) if index else torch.cat(dist)
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:

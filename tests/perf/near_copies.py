@@ -18,14 +18,13 @@ Run (θ0 and the regime samples come from the cache the regime curve filled; ``-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
 
 warnings.filterwarnings("ignore")
 
-from perfkit import read_result, result_options, write_result  # noqa: E402
+from perfkit import json_options, read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
@@ -60,25 +59,18 @@ def main(argv=None) -> int:
     from genattr.harness.cache import Cache
 
     genattr.load_plugins()
-    sets = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    sets = json_options(args.set)
     bench = genattr.get_benchmark("leave-k-out", scale="small", n=args.n, **sets)
     env = RunEnv(cache=Cache(), seed=args.seed, scale="small")
     st = bench._setup(env)
     samples = torch.stack([x.float() for x in bench._regime_images(env, st)])
     picked = bench._regime_picked
     source = bench._source_dataset
-    specs = {i: spec for i, spec, _ in source.heldout_specs(len(st.train), max(1, len(picked)) * 4)}
+    specs = {i: spec for i, spec, _ in source.heldout_specs(len(st.train), len(picked))}  # the scenes of picked
     held = bench._held_images(st)
     train = st.train.images(list(range(len(st.train)))).float()
     train_r, held_r = R._rendered(st.base, train), R._rendered(st.base, held)
-    flat = train_r.flatten(1).double()
-    dmin, arg = [], []
-    for i in range(0, len(samples), 128):
-        d = torch.cdist(samples[i:i + 128].flatten(1).double(), flat)
-        v, a = d.min(dim=1)
-        dmin.append(v)
-        arg.append(a)
-    dmin, arg = torch.cat(dmin), torch.cat(arg)
+    dmin, arg = R._nn(samples.flatten(1), train_r.flatten(1), index=True)
     threshold = float(torch.quantile(R._nn(held_r.flatten(1), train_r.flatten(1)), 0.10))
     near = (dmin < threshold).nonzero().flatten().tolist()
     fewer, examples = 0, []

@@ -556,6 +556,15 @@ def result_options(parser, default_out: str) -> None:
     parser.add_argument("--table", default=None, metavar="FILE", help="print the table of a result file and stop")
 
 
+def json_options(items) -> dict:
+    """``["key=JSON", …]`` (repeated ``--set`` arguments) → ``{key: value}``."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = json.loads(value)
+    return out
+
+
 def read_result(path: str) -> dict:
     with open(path) as f:
         return json.load(f)

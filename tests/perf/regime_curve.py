@@ -28,7 +28,7 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
-from perfkit import read_result, result_options, write_result  # noqa: E402
+from perfkit import json_options, read_result, result_options, write_result  # noqa: E402
 
 
 def table(doc) -> str:
@@ -78,13 +78,9 @@ def main(argv=None) -> int:
     from genattr.harness.cache import Cache
 
     genattr.load_plugins()
-    import json
     import time
 
-    sets = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        sets[key] = json.loads(value)
+    sets = json_options(args.set)
     rows = []
     for n in ([int(x) for x in args.n.split(",")] if args.n else [None]):
         bench = genattr.get_benchmark("leave-k-out", scale="small", **({"n": n} if n else {}), **sets)

@@ -263,8 +263,10 @@ def _render_np(spec: dict, resolution: int, style: str | None = None) -> np.ndar
     px = max(1, int(resolution) // 16)  # one output pixel at 16 px
     for obj in spec["objects"]:
         dx, dy = obj.get("offset", (0.0, 0.0))
-        fill, outline, thick, thick_border = _object_masks(obj["shape"], obj["size"], obj["position"], int(resolution),
-                                                           float(dx), float(dy), float(obj.get("scale", 1.0)))
+        place = (float(dx), float(dy), float(obj.get("scale", 1.0)))
+        # a jittered object's masks are never asked for again: computed directly, not kept in the cache
+        masks = _object_masks if place == (0.0, 0.0, 1.0) else _object_masks.__wrapped__
+        fill, outline, thick, thick_border = masks(obj["shape"], obj["size"], obj["position"], int(resolution), *place)
         name = obj["colour"]
         colour = np.asarray(_PALETTE_SHIFT[name] if style == "palette-shift" else COLOURS[name], dtype=np.float32)
         colour = colour * np.float32(obj.get("shade", 1.0))
