@@ -89,7 +89,8 @@ def test_the_latent_testbed_config_resolves_for_every_benchmark():
         assert bench.config["model"] == "diffusers"
         if name != "customized-model":
             assert bench.config["recipe"] == "small" and bench.config["dataset"] == "shapes"
-            assert bench.config["n"] == 4000 and not bench.config["train_config"]
+            assert not bench.config["n"] and not bench.config["train_config"] and not bench.config["dataset_config"]
             parts = bench._recipe_parts()
+            assert parts[2]["n"] == 4000 and parts[1]["steps"] == 1600  # the recipe's: every base seed passes
             assert parts[0]["vae_train"] and parts[2]["holdout"] and parts[2]["heldout_min_objects"] == 2
             assert parts[2]["jitter"] > 0  # no two training scenes share a layout

@@ -127,6 +127,30 @@ def test_paper_config_is_the_papers():
     assert len(b.cells(["unlearning"])) == 3 * 110
 
 
+
+@pytest.mark.parametrize("bench_name", ["leave-k-out", "lds", "teacher-agreement"])
+def test_another_model_or_dataset_brings_its_own_recipe_not_the_presets(bench_name):
+    """The ``small`` preset's 300 digits at 8 px and 400 steps belong to its model and dataset: another model
+    or dataset takes its own recipe's N, data settings and steps unless they are given."""
+    import genattr
+
+    preset = genattr.get_benchmark(bench_name, scale="small").config
+    assert preset["n"] == 300 and preset["train_config"] == {"steps": 400}
+    assert preset["dataset_config"] == {"resolution": 8}
+    latent = genattr.get_benchmark(bench_name, scale="small", model="diffusers", dataset="shapes").config
+    assert latent["n"] is None and latent["train_config"] is None and latent["dataset_config"] is None
+    assert latent["recipe"] == "small"  # the scale of the model's own recipe: its 4,000 scenes and steps
+    if bench_name == "leave-k-out":
+        assert LeaveKOutBenchmark("small", model="diffusers", dataset="shapes")._n_without_setup() == 4000
+    shapes = genattr.get_benchmark(bench_name, scale="small", dataset="shapes").config
+    assert shapes["n"] is None and shapes["dataset_config"] is None and shapes["train_config"] == {"steps": 400}
+    # given values stay; the preset's model keeps adjusting its recipe
+    given = genattr.get_benchmark(bench_name, scale="small", model="diffusers", n=2000,
+                                  train_config={"steps": 100}, dataset_config={"jitter": 0.0}).config
+    assert given["n"] == 2000 and given["train_config"] == {"steps": 100} and given["dataset_config"] == {"jitter": 0.0}
+    same = genattr.get_benchmark(bench_name, scale="small", model="tiny-t2i", train_config={"lr": 1e-3}).config
+    assert same["n"] == 300 and same["train_config"] == {"steps": 400, "lr": 1e-3}
+
 # -- setup, queries ---------------------------------------------------------------------------------------------
 def test_setup_queries_are_held_out_and_reproducible(bench, env):
     st = bench._setup(env)

@@ -398,7 +398,8 @@ THETA0: dict[str, dict] = {
     # the latent miniature (the ``diffusers`` model's own recipe of the scale, on ``shapes`` with held-out
     # combinations: its N, its VAE, its steps); the pixel-space ``tiny-t2i`` on digits stays available with
     # ``model="tiny-t2i", dataset="digits", n=48``. ``small`` stays the pixel-space digits θ0 the main job's budget
-    # was sized for: the latent one (docs/results/2026-12-latent-testbed.md) trains 4.4× longer per model.
+    # was sized for: the latent one trains several times longer per model (docs/results/2026-12-latent-testbed.md,
+    # "What it costs").
     "tiny": {"dataset": "shapes", "dataset_config": {}, "n": None, "model": "diffusers", "recipe": "tiny",
              "model_config": None, "train_config": None, "query_steps": 10},
     "small": {"dataset": "digits", "dataset_config": {"resolution": 8}, "n": 300, "model": "tiny-t2i",
@@ -420,19 +421,30 @@ def theta0(scale: str, **own) -> dict:
 
 
 def apply_overrides(cfg: dict, overrides: dict, preset_model) -> dict:
-    """``cfg`` with ``overrides`` applied: a ``dataset_config`` dict adjusts the preset's (unless the dataset is
-    replaced); a ``model_config`` / ``train_config`` dict adjusts the preset's recipe while the model stays
+    """``cfg`` with ``overrides`` applied: a ``dataset_config`` dict adjusts the preset's (unless the dataset or the
+    model is replaced); a ``model_config`` / ``train_config`` dict adjusts the preset's recipe while the model stays
     ``preset_model`` (another model: replaced, and given with ``model_config`` or ``train_config`` but no ``recipe``,
-    the recipe is dropped); every other value replaces the preset's."""
+    the recipe is dropped); every other value replaces the preset's.
+
+    The preset's data and training settings belong to its dataset and model: another ``dataset`` drops the preset's
+    ``dataset_config`` and ``n``; another ``model`` also drops its ``model_config`` and ``train_config`` — each unless
+    given — so the new model's own recipe sizes the data and the training (the ``small`` preset's 300 digits at
+    8 px and 400 steps never reach another model silently)."""
+    replaced = "model" in overrides and overrides["model"] != preset_model
+    new_data = "dataset" in overrides and overrides["dataset"] != cfg["dataset"]
     for key, value in overrides.items():
-        if key == "dataset_config" and isinstance(value, dict) and "dataset" not in overrides:
+        if key == "dataset_config" and isinstance(value, dict) and not (replaced or new_data):
             cfg[key] = {**(cfg[key] or {}), **value}
-        elif (key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict)
-              and overrides.get("model", cfg["model"]) == preset_model):
+        elif key in ("model_config", "train_config") and isinstance(value, dict) and isinstance(cfg[key], dict) \
+                and not replaced:
             cfg[key] = {**cfg[key], **value}  # adjust the preset's recipe (another model: replace it)
         else:
             cfg[key] = value
-    replaced = "model" in overrides and overrides["model"] != preset_model
+    dropped = (("dataset_config", "n") if replaced or new_data else ()) + (
+        ("model_config", "train_config") if replaced else ())
+    for key in dropped:
+        if key not in overrides:
+            cfg[key] = None
     if replaced and "recipe" not in overrides and {"model_config", "train_config"} & set(overrides):
         cfg["recipe"] = None  # another model with its own configuration: the preset's recipe scale does not apply
     return cfg

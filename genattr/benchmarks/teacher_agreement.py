@@ -41,7 +41,7 @@ from typing import Any, Sequence
 from genattr.harness.api import Cell
 from genattr.harness.errors import UserError
 
-from ._counterfactual import Counterfactual, preset_config, theta0
+from ._counterfactual import Counterfactual, apply_overrides, preset_config, theta0
 
 NAME = "teacher-agreement"
 VERSION = "1"
@@ -82,13 +82,7 @@ class TeacherAgreementBenchmark(Counterfactual):
     preset_hint = None
 
     def __init__(self, scale: str = "tiny", **overrides: Any):
-        cfg = preset_config(NAME, scale, overrides, SCALES, COMMON)
-        for key, value in overrides.items():
-            if key in ("dataset_config", "model_config", "train_config") and isinstance(value, dict) \
-                    and isinstance(cfg.get(key), dict) and "dataset" not in overrides and "model" not in overrides:
-                cfg[key] = {**cfg[key], **value}
-            else:
-                cfg[key] = value
+        cfg = apply_overrides(preset_config(NAME, scale, overrides, SCALES, COMMON), overrides, SCALES[scale]["model"])
         if isinstance(cfg["k"], (int, float)) and not isinstance(cfg["k"], bool):
             cfg["k"] = [cfg["k"]]
         _validate(cfg)

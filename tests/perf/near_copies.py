@@ -10,9 +10,9 @@ duplicate in the training set; plus the first near-copies' captions.
 
 Run (θ0 and the regime samples come from the cache the regime curve filled; ``--set`` as in regime_curve.py):
     OMP_NUM_THREADS=2 python tests/perf/near_copies.py --n 4000 --set model='"diffusers"' --set dataset='"shapes"' \\
-        --set recipe='"small"' --set 'train_config={}' --set 'dataset_config={"jitter": 0}' \\
+        --set 'train_config={"steps": 800}' --set 'dataset_config={"jitter": 0}' \\
         --out results/regime/near-copies-latent.json
-    (then --append with 'dataset_config={}', the recipe's jittered scenes)
+    (then --append without the dataset_config: the recipe's jittered scenes, at the same 800 steps)
     python tests/perf/near_copies.py --table results/regime/near-copies-latent.json
 """
 from __future__ import annotations

@@ -9,16 +9,18 @@ Run (a few minutes per new N on one thread; θ0 and the samples are cached):
 
 The latent miniature (the ``diffusers`` model's ``small`` recipe on ``shapes`` with held-out combinations; ``--set``
 takes leave-K-out options as JSON values; give ``--n``: without it the leave-K-out preset's N applies). The rows of
-``results/regime/latent-small.json``, in order (``S`` = ``--set model='"diffusers"' --set dataset='"shapes"' --set
-recipe='"small"'``; ``J0`` = ``--set 'dataset_config={"jitter": 0}'``, the scenes without jitter):
-    OMP_NUM_THREADS=2 python tests/perf/regime_curve.py --n 300,2000,4000 $S --set 'train_config={}' $J0 \
+``results/regime/latent-small.json``, in order (``S`` = ``--set model='"diffusers"' --set dataset='"shapes"'``;
+another model than the preset's brings its own recipe, so ``train_config={}`` is the recipe's 1,600 steps and
+``E`` = ``--set 'train_config={"steps": 800}'`` the 800 steps the earlier rows used; ``J0`` = ``--set
+'dataset_config={"jitter": 0}'``, the scenes without jitter):
+    OMP_NUM_THREADS=2 python tests/perf/regime_curve.py --n 300,2000,4000 $S $E $J0 \
         --out results/regime/latent-small.json
-    ... --append --n 4000 --seed 1 (then 2) $S --set 'train_config={}' $J0
-    ... --append --n 2000 $S --set 'train_config={}' --set 'dataset_config={"heldout_min_objects": 1, "jitter": 0}'
+    ... --append --n 4000 --seed 1 (then 2) $S $E $J0
+    ... --append --n 2000 $S $E --set 'dataset_config={"heldout_min_objects": 1, "jitter": 0}'
     ... --append --n 2000 $S --set 'train_config={"steps": 1600}' $J0
-    ... --append --n 8000 $S --set 'train_config={}' $J0
-    ... --append --n 4000 --seed 0 (then 1, 2) $S --set 'train_config={}' --set 'dataset_config={}'  # the recipe
-    ... --append --n 4000 --seed 0 (then 1, 2) $S --set 'train_config={"steps": 1600}' --set 'dataset_config={}'
+    ... --append --n 8000 $S $E $J0
+    ... --append --n 4000 --seed 0 (then 1, 2) $S $E                         # jittered scenes, 800 steps
+    ... --append --n 4000 --seed 0 (then 1, 2) $S                            # the recipe: jitter, 1,600 steps
 """
 from __future__ import annotations
 
