@@ -94,3 +94,20 @@ def test_the_latent_testbed_config_resolves_for_every_benchmark():
             assert parts[2]["n"] == 4000 and parts[1]["steps"] == 1600  # the recipe's: every base seed passes
             assert parts[0]["vae_train"] and parts[2]["holdout"] and parts[2]["heldout_min_objects"] == 2
             assert parts[2]["jitter"] > 0  # no two training scenes share a layout
+
+
+def test_the_customized_model_base_is_the_counterfactual_theta0(session_cache):
+    """With the same model, recipe, data and seed the Customized Model's base model is the θ0 of leave-K-out, LDS and
+    teacher agreement: one training, one cache entry, one regime check."""
+    from genattr.harness.api import RunEnv
+    from genattr.harness.models import is_trained
+
+    genattr.load_plugins()
+    env = RunEnv(cache=session_cache, seed=3, scale="tiny")
+    cm = genattr.get_benchmark("customized-model", scale="tiny")
+    lko = genattr.get_benchmark("leave-k-out", scale="tiny")
+    train, _ = lko._datasets(3)
+    model_config, train_config = lko._recipe(train, env)
+    assert cm.config["model"] == lko.config["model"] == "diffusers"
+    cm._builtin.base(env)  # trains (or finds) the base model
+    assert is_trained(session_cache, train, model_config, train_config, 3, "diffusers")

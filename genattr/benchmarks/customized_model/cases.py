@@ -191,7 +191,7 @@ class BuiltinData:
         if key not in self._base:
             import genattr
             from genattr.harness import progress
-            from genattr.harness.models import load_or_train
+            from genattr.harness.models import load_or_train, pin_model_config
 
             c = self.config
             r = self.recipe()
@@ -203,8 +203,12 @@ class BuiltinData:
             if len(dataset) == 0:
                 raise UserError(f"customized-model: dataset {c['dataset']!r} has no items; the base model needs a "
                                 "training set")
+            # pinned as the counterfactual benchmarks pin θ0 (pin_config: the vocabulary, the VAE trained once), so
+            # with the same model, recipe, data and seed the base model is their θ0 — one cache entry, one regime
+            # check
+            config = pin_model_config(c["model"], dataset, r["model"], cache=env.cache)
             with progress.stage(f"setup customized-model: training the base model ({c['dataset']})"):
-                model = load_or_train(env.cache, dataset, r["model"], r["train"], seed=int(env.seed),
+                model = load_or_train(env.cache, dataset, config, r["train"], seed=int(env.seed),
                                       model=c["model"], progress=env.progress)
             self._base[key] = (dataset, model)
         return self._base[key]
