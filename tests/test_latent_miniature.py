@@ -87,6 +87,7 @@ def test_the_latent_testbed_config_resolves_for_every_benchmark():
     for name in ("customized-model", "leave-k-out", "lds", "teacher-agreement"):
         bench = genattr.get_benchmark(name, scale="small", **doc[name])
         assert bench.config["model"] == "diffusers"
+        assert bench.resolved_recipe()["train"]["steps"] == 1600  # in the configuration hash and run.json
         if name != "customized-model":
             assert bench.config["recipe"] == "small" and bench.config["dataset"] == "shapes"
             assert not bench.config["n"] and not bench.config["train_config"] and not bench.config["dataset_config"]

@@ -36,7 +36,7 @@ def exported(tmp_path_factory):
 def test_a_pack_round_trip_trains_nothing_and_gives_the_same_rows(exported):
     tmp, manifest = exported
     assert {e["namespace"] for e in manifest["entries"]} <= set(ARTEFACT_NAMESPACES)
-    assert {"models/trained", "models/customized", "customized-model-queries"} <= \
+    assert {"models/trained", "models/autoencoder", "models/customized", "customized-model-queries"} <= \
         {e["namespace"] for e in manifest["entries"]}
     got = import_pack(tmp / "pack", Cache(tmp / "cache-b"))
     assert got == {"pack_hash": manifest["pack_hash"], "imported": len(manifest["entries"]), "present": 0,

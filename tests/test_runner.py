@@ -109,6 +109,29 @@ def test_a_second_method_seed_changes_only_seeded_methods_and_is_recorded(fake_p
         (tmp_path / "s0" / "run.json").read_text())["seeds"]
 
 
+def test_a_changed_model_recipe_is_a_new_configuration_not_a_resume(fake_plugins, tmp_path, monkeypatch):
+    """The model recipe a benchmark resolves (``resolved_recipe``) is part of its configuration hash: after a
+    recipe change the old run directory is not resumed with it, the rows of the two never pool, and run.json
+    records the recipe."""
+    recipe = {"train": {"steps": 800}}
+    monkeypatch.setattr(fakes.FakeBench, "resolved_recipe", lambda self: recipe, raising=False)
+    runner.run(_spec(tmp_path, methods=("fake-good",)))
+    first = len(_cells(fake_plugins))
+    runner.run(_spec(tmp_path, methods=("fake-good",)))
+    assert len(_cells(fake_plugins)) == first  # the same recipe: resumed, nothing recomputed
+    old_hash = {r["benchmark_config_hash"] for r in results.read_rows(tmp_path / "out")}
+    recipe["train"]["steps"] = 1600
+    with pytest.raises(UserError, match="results of another configuration"):
+        runner.run(_spec(tmp_path, methods=("fake-good",)))  # refused before any cell
+    assert len(_cells(fake_plugins)) == first
+    runner.run(_spec(tmp_path, methods=("fake-good",), out="new"))
+    assert len(_cells(fake_plugins)) == 2 * first  # another recipe: every cell again
+    new_hash = {r["benchmark_config_hash"] for r in results.read_rows(tmp_path / "new")}
+    assert len(old_hash) == len(new_hash) == 1 and old_hash != new_hash
+    doc = json.loads((tmp_path / "new" / "run.json").read_text())
+    assert doc["benchmarks"]["fake-bench"]["recipe"] == {"train": {"steps": 1600}}
+
+
 def test_set_routes_keys_to_benchmarks_methods_and_executor(fake_plugins, tmp_path):
     spec = _spec(tmp_path, "fake-bench", "fake-split", sets=[
         "n_queries=2",                      # bare: every benchmark

@@ -133,6 +133,12 @@ class Counterfactual:
             train_config.update(cfg["train_config"])
         return model_config, train_config, dataset_kw
 
+    def resolved_recipe(self) -> dict:
+        """The model recipe this configuration resolves to (before pinning to the data): part of the benchmark's
+        configuration hash and of ``run.json``."""
+        model_config, train_config, dataset_kw = self._recipe_parts()
+        return {"model": model_config, "train": train_config, "dataset": dataset_kw}
+
     def _recipe(self, train, env=None) -> tuple[dict, dict]:
         """The recipe every training of this benchmark uses (θ0 and every retrain), with what the model adapter
         derives from the data pinned from the full training set (``pin_config``)."""

@@ -6,8 +6,8 @@ A pack is a folder::
     PACK/manifest.json                 format, genattr version, the run's configuration, the entries, the pack hash
     PACK/entries/<namespace>/<key>/…   one cache entry each (its files and the cache's own manifest)
 
-The entries are the cache entries a benchmark's set-up reads — the base model (θ0), customized models and their
-deltas, query images, LDS subset-model outputs, teacher rankings: the namespaces of :data:`ARTEFACT_NAMESPACES` —
+The entries are the cache entries a benchmark's set-up reads — the base model (θ0), the frozen VAE a latent model's
+recipe trains once per dataset, customized models and their deltas, query images, LDS subset-model outputs, teacher rankings: the namespaces of :data:`ARTEFACT_NAMESPACES` —
 found by setting each benchmark of a finished run up again (from the cache, so nothing is trained) while the
 cache records what it reads (:func:`genattr.harness.cache.recording`). A method's own caches (features, gradient
 stores, Fisher diagonals) are never part of a pack. The pack hash is the sha256 of the entries' names and file
@@ -35,8 +35,8 @@ FORMAT = "genattr-pack/1"
 PACKS_NS = "packs"
 
 #: Cache namespaces that hold a benchmark's fixed artefacts (everything else is a method's own cache).
-ARTEFACT_NAMESPACES = ("models/trained", "models/customized", "customized-model-queries", "leave-k-out/queries",
-                       "lds/outputs", "teacher/rankings", "teacher/queries")
+ARTEFACT_NAMESPACES = ("models/trained", "models/autoencoder", "models/customized", "customized-model-queries",
+                       "leave-k-out/queries", "lds/outputs", "teacher/rankings", "teacher/queries")
 
 
 def is_artefact(namespace: str) -> bool:

@@ -130,8 +130,14 @@ def json_problem(obj: Any, path: str = "") -> str | None:
     return f"{path or 'the configuration'}: a {type(obj).__name__} ({str(obj)[:40]})"
 
 
-def benchmark_config_hash(benchmark: str, version: str, config: dict, seed: int) -> str:
-    return hash_json({"benchmark": benchmark, "version": str(version), "config": config, "seed": int(seed)})
+def benchmark_config_hash(benchmark: str, version: str, config: dict, seed: int, recipe: dict | None = None) -> str:
+    """The benchmark's part of every row's resume and pooling key. ``recipe``: the model recipe the benchmark's
+    configuration resolves to (``resolved_recipe()``), so a model whose recipe changed between versions never pools
+    or resumes with rows of the old one; None (a benchmark without one) leaves the hash as it was."""
+    doc = {"benchmark": benchmark, "version": str(version), "config": config, "seed": int(seed)}
+    if recipe is not None:
+        doc["recipe"] = recipe
+    return hash_json(doc)
 
 
 def config_hash(bench_hash: str, method: str, version: str, config: dict) -> str:

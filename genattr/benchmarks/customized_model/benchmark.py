@@ -43,6 +43,12 @@ class CustomizedModelBenchmark:
     def real_data(self) -> bool:
         return bool(self.config["data_root"])
 
+    def resolved_recipe(self) -> dict | None:
+        """The built-in miniature's model recipe (base model, training, data, customization) with the
+        configuration's overrides: part of the benchmark's configuration hash and of ``run.json``. None on the AbC
+        data (given deltas, no recipe)."""
+        return None if self.real_data else self._builtin.recipe()
+
     def required_model_capabilities(self) -> dict[str, tuple[str, ...]]:
         """``{model name: capabilities}`` checked before any work: the built-in miniature trains and customizes its
         base model; the AbC data applies given deltas to a loaded base model."""

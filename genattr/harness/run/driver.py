@@ -385,7 +385,12 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
                           or {**spec.benchmark_configs.get(b, {}), "scale": spec.scale})
         v = version("benchmarks", b, bench)
         info = metric_info(bench)
-        bench_info[b] = {"version": v, "config": cfg, "config_hash": benchmark_config_hash(b, v, cfg, spec.seed),
+        resolved = getattr(bench, "resolved_recipe", None)
+        recipe = resolved() if callable(resolved) else None
+        recipe = None if recipe is None else json_config(f"benchmark {b} (its model recipe)", recipe)
+        bench_info[b] = {"version": v, "config": cfg,
+                         "config_hash": benchmark_config_hash(b, v, cfg, spec.seed, recipe),
+                         **({} if recipe is None else {"recipe": recipe}),
                          "metrics": {k: i["higher_is_better"] for k, i in info.items()}, "metric_info": info,
                          "preset_hint": getattr(bench, "preset_hint", None), "plugin": getattr(bench, "plugin", None)}
     pair: dict[tuple[str, str], dict] = {}  # (benchmark, method) -> {"method", "config", "version", "hash"}
