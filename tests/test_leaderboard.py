@@ -653,3 +653,34 @@ def test_the_site_labels_queries_by_model_seed(tmp_path):
     assert "s1/c/q0" in page and "s0/c/q0" in page  # the same query id of two base models, told apart
     index = (tmp_path / "site" / "index.html").read_text()
     assert "Per model seed" in index and "seed 1" in index and "max − min" in index
+
+
+def _regime(share, passed):
+    side = {"near_copy_share": share, "near_copy_ci95": [share / 2, share * 1.5], "nn_ratio": 1.0, "passed": passed}
+    return {"pixel": side, "features": side, "queries": 500, "heldout": 1000, "passed": passed}
+
+
+def test_boards_state_the_base_models_regime_check_the_runs_record(tmp_path):
+    """A counterfactual board says whether its base models copy their training images (run.json's provenance), per
+    model seed and loudly when one fails; a board whose runs record no check says nothing."""
+    rows = [_row("leave-k-out", m, f"{m}/K1/q{q}", {"K": 1}, {"delta-loss": v}, {"delta-loss": True},
+                 params={"K": 1, "query": q}) for m, vals in (("unlearning", [0.9, 0.8]), ("random", [0.2, 0.1]))
+            for q, v in enumerate(vals)]
+    run = {"schema_version": 1, "genattr_version": "0.1.0", "status": "complete", "config_hash": "c" * 64, "seed": 0,
+           "benchmarks": {"leave-k-out": {"version": "1", "config_hash": "b" * 64,
+                                          "provenance": {"regime": _regime(0.26, False)}}}}
+    _write(tmp_path / "fails", rows, run)
+    md = leaderboard.render([tmp_path / "fails"], "md")
+    assert "Base-model regime check: model seed 0 FAILS" in md and "near-copies 26% [13%, 39%]" in md
+    assert "pixel similarity is closer to optimal attribution" in md
+    doc = json.loads(leaderboard.render([tmp_path / "fails"], "json"))
+    assert doc["benchmarks"][0]["regime"][0]["check"]["passed"] is False
+    # several model seeds in one run: each seed's check, no warning when every one passes
+    run["benchmarks"]["leave-k-out"]["provenance"] = {"model_seeds": {"1": {"regime": _regime(0.08, True)},
+                                                                      "2": {"regime": _regime(0.09, True)}}}
+    _write(tmp_path / "passes", rows, run)
+    md = leaderboard.render([tmp_path / "passes"], "md")
+    assert "model seed 1 passes" in md and "model seed 2 passes" in md and "optimal attribution" not in md
+    # no check recorded: no note
+    _write(tmp_path / "none", rows)
+    assert "regime check" not in leaderboard.render([tmp_path / "none"], "md")

@@ -147,6 +147,8 @@ class Board:
     seed_repeats: dict[str, list[int]] = field(default_factory=dict)
     # the packs this board's configuration was scored on across the given runs, when more than one (one board each)
     sibling_packs: list[str] = field(default_factory=list)
+    # the θ0 regime checks the runs record for this board's configurations: [{"model_seed", "check"}]
+    regime: list[dict] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
@@ -303,6 +305,26 @@ def _metric_info(runs: dict[str, dict], bench: str, bhash: str) -> dict[str, dic
                 return info
             found = found or info
     return found
+
+
+def _regime_checks(runs: dict[str, dict], bench: str, hashes: list[str]) -> list[dict]:
+    """``[{"model_seed", "check"}]``: the regime checks of the base models (θ0) that run.json records for the
+    configurations ``hashes`` of ``bench`` (per model seed with ``model_seeds``; else the run's seed), each seed
+    once."""
+    out: list[dict] = []
+    seen: set[str] = set()
+    for run in runs.values():
+        b = ((run or {}).get("benchmarks") or {}).get(bench) or {}
+        if b.get("config_hash") not in hashes:
+            continue
+        prov = b.get("provenance") if isinstance(b.get("provenance"), dict) else {}
+        per = prov.get("model_seeds") if isinstance(prov.get("model_seeds"), dict) else {str(run.get("seed")): prov}
+        for seed, p in per.items():
+            check = p.get("regime") if isinstance(p, dict) else None
+            if isinstance(check, dict) and str(seed) not in seen:
+                seen.add(str(seed))
+                out.append({"model_seed": str(seed), "check": check})
+    return out
 
 
 def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, str], str]:
@@ -588,5 +610,6 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             method_seeds=method_seeds, seed_repeats=seed_repeats,
             sibling_packs=sorted(p for (b, k), p in pack_of_board.items()
                                  if b == bench and k.split("|pack:", 1)[0] == bkey),
+            regime=_regime_checks(runs, bench, member_hashes),
         ))
     return boards

@@ -43,7 +43,28 @@ def method_seed_note(board: Board) -> str:
 
 def notes(board: Board) -> str:
     """The notes printed under a board's caption."""
-    return " ".join(n for n in (unverified_note(board), method_seed_note(board), inputs_note(board)) if n)
+    return " ".join(n for n in (unverified_note(board), regime_note(board), method_seed_note(board),
+                                 inputs_note(board)) if n)
+
+
+def regime_note(board: Board) -> str:
+    """The base models' regime check (genattr.harness.regime), when the runs record one: are the queries copies of
+    training images? Said loudly when a base model fails it."""
+    if not board.regime:
+        return ""
+    from ..regime import describe
+
+    def seed_text(entry: dict) -> str:
+        check = entry["check"]
+        verdict = {True: "passes", False: "FAILS", None: "not run"}[check.get("passed")]
+        return f"model seed {entry['model_seed']} {verdict} ({describe(check)})"
+
+    failed = [e for e in board.regime if e["check"].get("passed") is False]
+    text = "Base-model regime check: " + "; ".join(seed_text(e) for e in board.regime) + "."
+    if failed:
+        text += (" A base model that fails copies its training images, so pixel similarity is closer to optimal "
+                 "attribution on it than on real models.")
+    return text
 
 
 def inputs_note(board: Board) -> str:

@@ -191,6 +191,7 @@ def board_json(b: Board) -> dict:
                     for k, c in b.columns.items()},
         "higher_is_better": b.higher_is_better, "methods": b.methods, "groups": b.groups, "cells": b.cells,
         "reference": b.reference, "unverified_concepts": b.unverified, "unverified_cells": len(b.excluded),
+        "regime": b.regime,
         "unverified_included": b.include_unverified, "summary": b.summary(),
         "by_model_seed": [{"method": m, "group": g, "metric": k, "model_seed": s, **st}
                           for (m, g, k), per in b.by_seed.items() for s, st in per.items()],
