@@ -47,7 +47,10 @@ class CustomizedModelBenchmark:
         """The built-in miniature's model recipe (base model, training, data, customization) with the
         configuration's overrides: part of the benchmark's configuration hash and of ``run.json``. None on the AbC
         data (given deltas, no recipe)."""
-        return None if self.real_data else self._builtin.recipe()
+        if self.real_data:
+            return None
+        recipe = self._builtin.recipe()
+        return {**recipe, "customize": {**recipe["customize"], **dict(self.config["customize"] or {})}}
 
     def required_model_capabilities(self) -> dict[str, tuple[str, ...]]:
         """``{model name: capabilities}`` checked before any work: the built-in miniature trains and customizes its
