@@ -196,3 +196,24 @@ def test_options_are_checked(tiny):
     assert get_method("das", scale="paper").config["selection"] == "full"
     m = get_method("retrac")
     assert m.resolve_config("small")["query_timesteps"] == 10 and m.config["scale"] == "small"
+
+
+def test_the_small_lambda_is_the_committed_calibrations_best():
+    """DAS's ``small`` λ is the value with the best mean mAP on the training concepts over every run of the
+    committed calibration, which covers three base models × two method seeds."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    from genattr.plugins.methods.das import DASMethod
+
+    path = Path(__file__).resolve().parents[1] / "results/calibration/das-lambda-small.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    runs = {(r["model_seed"], r.get("method_seed")) for r in recs}
+    assert len({m for m, _ in runs}) >= 3 and len({s for _, s in runs}) >= 2
+    by_lambda: dict = {}
+    for r in recs:
+        by_lambda.setdefault(r["config"]["lambda_reg"], []).append(statistics.fmean(r["by_split"].values()))
+    assert all(len(v) == len(runs) for v in by_lambda.values())  # every λ on every run
+    best = max(by_lambda, key=lambda k: statistics.fmean(by_lambda[k]))
+    assert DASMethod.PRESETS["small"]["lambda_reg"] == best

@@ -16,6 +16,10 @@ Run (tens of minutes per base model and store on 2 cores; customizes the trainin
     OMP_NUM_THREADS=1 python tests/perf/calibrate_baselines.py --method trak \\
         --grid '[{"lambda_reg": 0.01}, {"lambda_reg": 0.1}, {"lambda_reg": 1.0}]' --model-seeds 0,1,2 \\
         --out runs/baselines-calibration.jsonl
+    python tests/perf/calibrate_baselines.py --table results/calibration/das-lambda-small.jsonl   # the table only
+
+The table has one row per configuration: mAP per split and their mean, each averaged over the runs (base model ×
+method seed) that configuration has, the mean of every run, and the best mean in bold.
 """
 import argparse
 import json
@@ -27,10 +31,37 @@ import warnings
 warnings.filterwarnings("ignore")
 
 
+def table(records) -> str:
+    """The markdown table of ``--out`` records (one per configuration, base model and method seed)."""
+    runs: dict[str, dict] = {}
+    for r in records:
+        label = json.dumps({k: v for k, v in r["config"].items() if k != "seed"}, sort_keys=True)
+        runs.setdefault(label, {})[(r["model_seed"], r.get("method_seed"))] = r["by_split"]
+    splits = sorted({k for seeds in runs.values() for s in seeds.values() for k in s},
+                    key=lambda k: (k != "object-centric", k))
+    rows = []
+    for label, seeds in runs.items():
+        per_split = {k: statistics.fmean(s[k] for s in seeds.values()) for k in splits}
+        run_means = [(key, statistics.fmean(s.values())) for key, s in sorted(seeds.items(), key=lambda kv: (
+            kv[0][0], -1 if kv[0][1] is None else kv[0][1]))]
+        rows.append((label, len(seeds), per_split, statistics.fmean(per_split.values()), run_means))
+    best = max(r[3] for r in rows)
+    out = ["| configuration | runs | " + " | ".join(f"{k} mAP" for k in splits)
+           + " | mean | per run (base model · method seed: mean) |",
+           "| --- | --- | " + " | ".join("---" for _ in splits) + " | --- | --- |"]
+    for label, n, per_split, mean, run_means in rows:
+        cell = f"**{mean:.3f}**" if mean == best else f"{mean:.3f}"
+        per_run = ", ".join(f"{ms} · {'default' if sd is None else sd}: {m:.3f}" for (ms, sd), m in run_means)
+        out.append(f"| `{label}` | {n} | " + " | ".join(f"{per_split[k]:.3f}" for k in splits)
+                   + f" | {cell} | {per_run} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", required=True)
-    ap.add_argument("--grid", required=True, help="JSON list of option dicts")
+    ap.add_argument("--table", default=None, help="print the markdown table of an --out file and exit")
+    ap.add_argument("--method")
+    ap.add_argument("--grid", help="JSON list of option dicts")
     ap.add_argument("--model-seeds", default="0")
     ap.add_argument("--method-seeds", default="",
                     help="comma-separated method seeds (option 'seed'); 'default' (and the default): the model seed, "
@@ -39,6 +70,12 @@ def main(argv=None):
     ap.add_argument("--scale", default="small")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(table([json.loads(line) for line in f if line.strip()]))
+        return 0
+    if not args.method or not args.grid:
+        ap.error("--method and --grid are required (or --table FILE)")
 
     import genattr
     from genattr.benchmarks.customized_model import CustomizedModelBenchmark, calibrate

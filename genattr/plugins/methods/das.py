@@ -50,9 +50,11 @@ Deviations from the paper (all options can restore the alternatives where the pa
 * **The leverage term** 1/(1 − φ_iᵀ(ΦᵀΦ)⁻¹φ_i) of the exact leave-one-out step is dropped, as in TRAK and in the
   public code's default (``DAS1``); its ``DAS0`` path keeps it.
 * **Timesteps, weights, projection** at ``tiny``/``small``: cross-attention K/V weights, K = 10 timesteps, k = 256 /
-  1024 and a relative λ (0.01 × the mean eigenvalue), as for D-TRAK in this project (N ≲ k makes an unregularised
-  kernel the hat matrix); ``paper``: full UNet, K = 10, k = 4096 (the code's README command), relative λ 0.01
-  (the code's λ is selected on LDS, see above).
+  1024 and a relative λ (× the mean eigenvalue; N ≲ k makes an unregularised kernel the hat matrix): 0.01 at
+  ``tiny``; **0.1 at** ``small``, calibrated on the Customized Model's training concepts over three base models and
+  two method seeds (``results/calibration/das-lambda-small.jsonl``, docs/methods/das-retrac.md) as D-TRAK's was;
+  ``paper``: full UNet, K = 10, k = 4096 (the code's README command), relative λ 0.01 (the code's λ is selected on
+  LDS, see above).
 * Noise: derived from (seed, item id, t) via ``seeding.item_noise`` (``"shared"``: from (seed, "das", t)) — never
   from batch positions (the code seeds per timestep and batch position, so its item noise depends on the batching).
 
@@ -155,7 +157,8 @@ class DASMethod(ScalePresets):
     PRESETS = {
         "tiny": {"selection": "cross-attn-kv", "proj_dim": 256, "num_timesteps": 10, "lambda_reg": 0.01,
                  "lambda_mode": "relative"},
-        "small": {"selection": "cross-attn-kv", "proj_dim": 1024, "num_timesteps": 10, "lambda_reg": 0.01,
+        # λ calibrated on the Customized Model's training concepts (3 base models × 2 method seeds)
+        "small": {"selection": "cross-attn-kv", "proj_dim": 1024, "num_timesteps": 10, "lambda_reg": 0.1,
                   "lambda_mode": "relative"},
         "paper": {"selection": "full", "proj_dim": 4096, "num_timesteps": 10, "lambda_reg": 0.01,
                   "lambda_mode": "relative"},
