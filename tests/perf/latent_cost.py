@@ -4,7 +4,7 @@ recipe's step count — the set-up cost of a benchmark on either test bed, befor
 
 Rows: ``tiny-t2i`` on digits (leave-K-out / LDS θ0 at ``small``: 8 px, 400 steps), ``tiny-t2i`` on shapes (the
 Customized Model base at ``small``: 16 px, 1,500 steps; whole-UNet customization) and the ``diffusers`` ``small``
-recipe (32 px → 8×8×4 latents, 800 steps; Custom Diffusion customization; its VAE). Untrained weights: the cost of
+recipe (32 px → 8×8×4 latents, 1,600 steps; Custom Diffusion customization; its VAE). Untrained weights: the cost of
 a step does not depend on them.
 
     OMP_NUM_THREADS=2 python tests/perf/latent_cost.py --steps 12
@@ -30,8 +30,21 @@ def table(doc) -> str:
         total = r["s_per_step"] * r["steps"]
         lines.append(f"| {r['piece']} | `{r['model']}` | {r['data']} | {r['s_per_step']:.3f} | {r['steps']} "
                      f"| {total:.0f} | {total / ref:.2f} |")
+    theta = {r["model"]: r["s_per_step"] * r["steps"] for r in doc["rows"] if r["piece"] == "θ0"
+             and (r["model"] != "tiny-t2i" or r["data"].startswith("digits"))}
+    designs = "; ".join(
+        f"{what}: {count * theta['tiny-t2i'] / 60:.0f} min on the `tiny-t2i` digits θ0's recipe, "
+        f"{count * theta['diffusers'] / 60:.0f} min on the latent recipe"
+        for what, count in DESIGNS) if {"tiny-t2i", "diffusers"} <= set(theta) else ""
     return "\n".join(lines) + f"\n\n{doc['threads']} torch thread(s); per step: a run of " \
-                              f"{doc['measured_steps']} + 2 steps minus a run of 2 (once-per-call costs cancel)."
+                              f"{doc['measured_steps']} + 2 steps minus a run of 2 (once-per-call costs cancel)." \
+        + (f" Trainings alone (θ0 recipe × count) — {designs}." if designs else "")
+
+
+#: Training counts of the counterfactual designs the table's footer prices (θ0 included).
+DESIGNS = (("leave-K-out `small` (15 trainings: θ0 + 14 retrains)", 15),
+           ("LDS with M = 32 subset models (33)", 33),
+           ("leave-K-out at 21 queries: θ0 + 21 × 2 K × 2 ranked methods + random's 4 draws × 2 K (93)", 93))
 
 
 def _time(fn, steps: int) -> float:
