@@ -256,7 +256,8 @@ def test_resume_skips_finished_cells(counted_run):
 
 
 def test_leaderboard_reads_the_rows(counted_run, tmp_path):
-    from genattr.harness.leaderboard.model import load, summarise
+    from genattr.harness.leaderboard.model import summarise
+    from genattr.harness.leaderboard.runs import load
 
     rows, runs = load([counted_run["out"]])
     boards = summarise(rows, runs)

@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..results import check_writable
 from .figures import FIGURE_MAX_METRICS, figure_png
 from .columns import Column, check_headline
-from .model import Board, load, slug, summarise
+from .model import Board, slug, summarise
+from .runs import load
 from .text import MD_WIDTH, to_csv, to_json, to_markdown
 
 FORMATS = ("md", "csv", "html", "json")

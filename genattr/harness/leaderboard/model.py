@@ -1,4 +1,5 @@
-"""Loading stored results and summarising them into boards: one per (benchmark, benchmark configuration).
+"""Summarising stored results into boards: one per (benchmark, benchmark configuration) (loading them:
+:mod:`.runs`).
 
 Runs whose benchmark configuration differs only in the model seeds (``model_seeds``, or the run seed where a run has
 none) share one board: their queries pool, each row paired on its model seed (``params["model_seed"]``, the run seed
@@ -20,17 +21,14 @@ JSON of their ``params``: the query's identity). Cells of customized models that
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 from .. import statistics
 from ..cache import hash_json
-from ..errors import UserError
-from ..results import RESULTS_FILE, SCHEMA_VERSION, read_rows, read_run
 from .columns import Column, _choose_format, _finite, _is_number, _with_headline, default_display
+from .runs import metric_info, regime_checks
 
 #: The method every other one is compared with (a paired difference column), when it is on the board.
 REFERENCE_METHOD = "random"
@@ -58,57 +56,6 @@ def pool_title(benchmark: str, pool: str | None) -> str:
 def slug(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-")
     return s or "x"
-
-
-# -- loading ---------------------------------------------------------------------------------------------------
-def _expand(dirs: Sequence[str | os.PathLike]) -> list:
-    """``dirs`` with a folder of run directories (no results file of its own, run directories below it — ``runs``)
-    replaced by those run directories, sorted, with one note saying which."""
-    out: list = []
-    for d in dirs:
-        p = Path(d).expanduser()
-        children = sorted(c for c in p.iterdir() if (c / RESULTS_FILE).is_file()) \
-            if p.is_dir() and not (p / RESULTS_FILE).is_file() else []
-        if children:
-            from ..progress import warn
-
-            warn("genattr.leaderboard", f"{d} holds {len(children)} run directories; pooling "
-                                        f"{', '.join(c.name for c in children)}")
-            out.extend(children)
-        else:
-            out.append(d)
-    return out
-
-
-def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]]:
-    """All rows of the given run directories (duplicates of the same cell dropped) and their run.json documents."""
-    if not dirs:
-        raise UserError("give at least one results directory")
-    rows: list[dict] = []
-    runs: dict[str, dict] = {}
-    seen: set[tuple] = set()
-    for d in _expand(dirs):
-        p = Path(d).expanduser()
-        if not p.exists():
-            raise UserError(f"results directory {str(d)!r} does not exist")
-        if not p.is_dir():
-            raise UserError(f"{str(d)!r} is not a directory; give the run directory that holds {RESULTS_FILE}")
-        if not (p / RESULTS_FILE).is_file():
-            raise UserError(f"no {RESULTS_FILE} in {str(d)!r}; run 'genattr run --out {d}' first")
-        runs[str(d)] = read_run(p) or {}
-        got = read_rows(p)
-        if not got:
-            raise UserError(f"no results yet in {str(d)!r}")
-        for r in got:
-            if int(r.get("schema_version", 0) or 0) > SCHEMA_VERSION:
-                raise UserError(f"{p / RESULTS_FILE} was written by a newer genattr; upgrade genattr to read it")
-            key = (r.get("config_hash"), r.get("cell_id"), r.get("pack") or "")  # a cell scored on another pack
-            if key in seen:
-                continue
-            seen.add(key)
-            r["_dir"] = str(d)
-            rows.append(r)
-    return rows, runs
 
 
 # -- boards ------------------------------------------------------------------------------------------------------
@@ -292,39 +239,6 @@ def concept_of(row: dict) -> str | None:
 def is_unverified(row: dict) -> bool:
     extra = row.get("extra")
     return isinstance(extra, dict) and extra.get("verified") is False
-
-
-def _metric_info(runs: dict[str, dict], bench: str, bhash: str) -> dict[str, dict]:
-    """``metric_info`` of the benchmark from run.json (the entry with the same configuration hash first)."""
-    found: dict[str, dict] = {}
-    for run in runs.values():
-        b = ((run or {}).get("benchmarks") or {}).get(bench) or {}
-        info = b.get("metric_info")
-        if isinstance(info, dict):
-            if b.get("config_hash") == bhash:
-                return info
-            found = found or info
-    return found
-
-
-def _regime_checks(runs: dict[str, dict], bench: str, hashes: list[str]) -> list[dict]:
-    """``[{"model_seed", "check"}]``: the regime checks of the base models (θ0) that run.json records for the
-    configurations ``hashes`` of ``bench`` (per model seed with ``model_seeds``; else the run's seed), each seed
-    once."""
-    out: list[dict] = []
-    seen: set[str] = set()
-    for run in runs.values():
-        b = ((run or {}).get("benchmarks") or {}).get(bench) or {}
-        if b.get("config_hash") not in hashes:
-            continue
-        prov = b.get("provenance") if isinstance(b.get("provenance"), dict) else {}
-        per = prov.get("model_seeds") if isinstance(prov.get("model_seeds"), dict) else {str(run.get("seed")): prov}
-        for seed, p in per.items():
-            check = p.get("regime") if isinstance(p, dict) else None
-            if isinstance(check, dict) and str(seed) not in seen:
-                seen.add(str(seed))
-                out.append({"model_seed": str(seed), "check": check})
-    return out
 
 
 def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, str], str]:
@@ -532,7 +446,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
                 if k not in seen_cols:
                     seen_cols.append(k)
         keys = [k for k in hib if k in seen_cols] + [k for k in seen_cols if k not in hib]
-        info = _metric_info(runs, bench, member_hashes[0])
+        info = metric_info(runs, bench, member_hashes[0])
         columns: dict[str, Column] = {}
         for k in keys:
             base, _, pool = k.partition("/")
@@ -610,6 +524,6 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             method_seeds=method_seeds, seed_repeats=seed_repeats,
             sibling_packs=sorted(p for (b, k), p in pack_of_board.items()
                                  if b == bench and k.split("|pack:", 1)[0] == bkey),
-            regime=_regime_checks(runs, bench, member_hashes),
+            regime=regime_checks(runs, bench, member_hashes),
         ))
     return boards
