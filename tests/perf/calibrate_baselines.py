@@ -89,7 +89,7 @@ def main(argv=None):
     bench = CustomizedModelBenchmark(scale=args.scale, verify="off")
     method_seeds = [None] if not args.method_seeds else [None if s.strip() == "default" else int(s)
                                                          for s in args.method_seeds.split(",")]
-    per_seed = {}
+    records = []
     for ms in (int(s) for s in args.model_seeds.split(",")):
         env = RunEnv(cache=Cache(), seed=ms, scale=args.scale)
         for sd in method_seeds:
@@ -100,22 +100,17 @@ def main(argv=None):
             print(f"{tag}: {time.time() - t:.0f} s", flush=True)
             for row in res["table"]:
                 label = json.dumps({k: v for k, v in row["config"].items() if k != "seed"}, sort_keys=True)
-                per_seed.setdefault(label, {})[(ms, sd)] = row["by_split"]
                 print(f"  {label} {tag}: mAP {row['mean']:.3f} "
                       + ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["by_split"].items())), flush=True)
+                rec = {"method": args.method, "config": row["config"], "model_seed": ms}
+                if sd is not None:
+                    rec["method_seed"] = sd
+                rec = {**rec, "by_split": row["by_split"], "values": row["values"]}
+                records.append(rec)
                 if args.out:
-                    rec = {"method": args.method, "config": row["config"], "model_seed": ms}
-                    if sd is not None:
-                        rec["method_seed"] = sd
                     with open(args.out, "a") as f:
-                        f.write(json.dumps({**rec, "by_split": row["by_split"], "values": row["values"]}) + "\n")
-    for label, seeds in per_seed.items():
-        splits = sorted(next(iter(seeds.values())))
-        mean = {k: statistics.fmean(s[k] for s in seeds.values()) for k in splits}
-        print(f"== {args.method} {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items())
-              + f" (mean {statistics.fmean(mean.values()):.3f} over {len(seeds)} runs; per run "
-              + " / ".join(f"{statistics.fmean(s.values()):.3f}" for s in seeds.values()) + ")", flush=True)
-
+                        f.write(json.dumps(rec) + "\n")
+    print(table(records), flush=True)  # every configuration over the runs of this call
 
 if __name__ == "__main__":
     sys.exit(main())
