@@ -1,5 +1,5 @@
-"""Calibrate a baseline's scaled settings (TRAK-family λ, timesteps and projection size; DataInf's damping) on the
-built-in Customized Model miniature's **training** concepts, over several base models.
+"""Calibrate a method's scaled settings (TRAK-family λ, timesteps and projection size; DataInf's damping; unlearning's
+α) on the built-in Customized Model miniature's **training** concepts, over several base models.
 
 The test concepts are never used. Every configuration of ``--grid`` (a JSON list of option dicts, merged over the
 method's scale preset) is scored on the first ``--queries`` queries of every training concept, over the whole pool
@@ -12,10 +12,18 @@ appends one JSON line per (configuration, base model, method seed). Gradient sto
 sweep reuses one store per concept; for a TRAK-family projection-size sweep put ``"unprojected_store": true`` in the
 first configuration: the gradients are then taken once per concept and every other size is projected from them.
 
+``--set KEY=VALUE`` passes an option to the benchmark (``--set model=diffusers``: the latent miniature);
+``--pool-sample N`` ranks a seeded sample of N base items plus each concept's exemplars (``calibrate(pool_sample=…)``,
+for methods whose cost grows with the pool, such as unlearning). Both are recorded in every ``--out`` line, and a
+table refuses records that differ in them.
+
 Run (tens of minutes per base model and store on 2 cores; customizes the training concepts first if not cached):
     OMP_NUM_THREADS=1 python tests/perf/calibrate_baselines.py --method trak \\
         --grid '[{"lambda_reg": 0.01}, {"lambda_reg": 0.1}, {"lambda_reg": 1.0}]' --model-seeds 0,1,2 \\
         --out runs/baselines-calibration.jsonl
+    OMP_NUM_THREADS=2 python tests/perf/calibrate_baselines.py --method unlearning --set model=diffusers \
+        --grid '[{"preset": "customized-small", "alpha": 1e-3}, {"preset": "customized-small", "alpha": 1e-2}]' \
+        --pool-sample 300 --model-seeds 0,1,2 --method-seeds default,10 --out runs/alpha-latent.jsonl
     python tests/perf/calibrate_baselines.py --table results/calibration/das-lambda-small.jsonl   # the table only
 
 The table has one row per configuration: mAP per split and their mean, each averaged over the runs (base model ×
@@ -33,6 +41,10 @@ warnings.filterwarnings("ignore")
 
 def table(records) -> str:
     """The markdown table of ``--out`` records (one per configuration, base model and method seed)."""
+    settings = {json.dumps([r.get("benchmark_options"), r.get("pool_sample")], sort_keys=True) for r in records}
+    if len(settings) > 1:
+        raise SystemExit("calibrate_baselines: the records differ in their benchmark options or pool sample: "
+                         + "; ".join(sorted(settings)))
     runs: dict[str, dict] = {}
     for r in records:
         label = json.dumps({k: v for k, v in r["config"].items() if k != "seed"}, sort_keys=True)
@@ -67,6 +79,11 @@ def main(argv=None):
                     help="comma-separated method seeds (option 'seed'); 'default' (and the default): the model seed, "
                          "e.g. default,10")
     ap.add_argument("--queries", type=int, default=2)
+    ap.add_argument("--pool-sample", type=int, default=None,
+                    help="rank a seeded sample of this many base items plus the concept's exemplars instead of the "
+                         "whole pool (calibrate(pool_sample=…); for methods whose cost grows with the pool)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="bench_set",
+                    help="a Customized Model option (JSON value, else a string), e.g. model=diffusers")
     ap.add_argument("--scale", default="small")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -86,7 +103,16 @@ def main(argv=None):
     grid = json.loads(args.grid)
     if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
         raise SystemExit("--grid must be a JSON list of option dicts")
-    bench = CustomizedModelBenchmark(scale=args.scale, verify="off")
+    options = {}
+    for item in args.bench_set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    bench = CustomizedModelBenchmark(scale=args.scale, verify="off", **options)
     method_seeds = [None] if not args.method_seeds else [None if s.strip() == "default" else int(s)
                                                          for s in args.method_seeds.split(",")]
     records = []
@@ -95,7 +121,8 @@ def main(argv=None):
         for sd in method_seeds:
             t = time.time()
             g_sd = grid if sd is None else [{**g, "seed": sd} for g in grid]
-            res = calibrate(bench, env, args.method, g_sd, queries_per_concept=args.queries)
+            res = calibrate(bench, env, args.method, g_sd, queries_per_concept=args.queries,
+                            pool_sample=args.pool_sample)
             tag = f"base model {ms}" + ("" if sd is None else f", method seed {sd}")
             print(f"{tag}: {time.time() - t:.0f} s", flush=True)
             for row in res["table"]:
@@ -105,6 +132,10 @@ def main(argv=None):
                 rec = {"method": args.method, "config": row["config"], "model_seed": ms}
                 if sd is not None:
                     rec["method_seed"] = sd
+                if options:
+                    rec["benchmark_options"] = options
+                if args.pool_sample is not None:
+                    rec["pool_sample"] = args.pool_sample
                 rec = {**rec, "by_split": row["by_split"], "values": row["values"]}
                 records.append(rec)
                 if args.out:
