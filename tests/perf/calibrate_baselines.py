@@ -103,15 +103,12 @@ def main(argv=None):
     grid = json.loads(args.grid)
     if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
         raise SystemExit("--grid must be a JSON list of option dicts")
-    options = {}
-    for item in args.bench_set:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+    from perfkit import json_options
+
+    try:
+        options = json_options(args.bench_set, strings=True)
+    except ValueError as e:
+        ap.error(str(e))
     bench = CustomizedModelBenchmark(scale=args.scale, verify="off", **options)
     method_seeds = [None] if not args.method_seeds else [None if s.strip() == "default" else int(s)
                                                          for s in args.method_seeds.split(",")]

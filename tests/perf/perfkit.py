@@ -556,12 +556,20 @@ def result_options(parser, default_out: str) -> None:
     parser.add_argument("--table", default=None, metavar="FILE", help="print the table of a result file and stop")
 
 
-def json_options(items) -> dict:
-    """``["key=JSON", …]`` (repeated ``--set`` arguments) → ``{key: value}``."""
+def json_options(items, strings: bool = False) -> dict:
+    """``["key=JSON", …]`` (repeated ``--set`` arguments) → ``{key: value}``; ``strings``: a value that is not JSON
+    is taken as a string (``model=diffusers``). An item without ``=`` is a ``ValueError``."""
     out = {}
     for item in items:
-        key, _, value = item.partition("=")
-        out[key] = json.loads(value)
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            if not strings:
+                raise
+            out[key] = value
     return out
 
 

@@ -130,15 +130,12 @@ def main(argv=None) -> int:
         with open(args.table) as f:
             print(table(json.load(f)))
         return 0
-    options = {}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+    from perfkit import json_options
+
+    try:
+        options = json_options(args.set, strings=True)
+    except ValueError as e:
+        ap.error(str(e))
     doc = measure(args.scale, args.seed, options)
     if args.out:
         with open(args.out, "w") as f:
