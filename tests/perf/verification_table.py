@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def table(paths) -> str:
@@ -18,27 +19,36 @@ def table(paths) -> str:
     for path in paths:
         doc = json.load(open(path))
         bench = doc["benchmarks"]["customized-model"]
-        prov, cfg = bench["provenance"], bench["config"]
-        ver = prov["verification"]["concepts"]
-        weights = (cfg.get("customize") or {}).get("weights") or prov.get("customize", {}).get("weights") or "recipe"
-        import os
-
+        cfg = bench["config"]
         run_name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        label = f"{cfg.get('model') or 'tiny-t2i'} {cfg.get('scale', '')} ({run_name})".replace("  ", " ")
-        per_split: dict[str, list[bool]] = {}
-        for c in prov["concepts"]:
-            v = ver.get(c["id"], {})
-            r = v.get("render") or {}
-            per_split.setdefault(c["split"], []).append(bool(c.get("verified")))
-            lines.append(f"| {label} | {weights} | {c['id']} | {c['split']} | "
-                         f"{r.get('nearest_own', float('nan')):.2f} / {r.get('chance', float('nan')):.2f} | "
-                         f"{v.get('pixel', {}).get('nearest_own', float('nan')):.2f} | "
-                         f"{v.get('style', {}).get('nearest_own', float('nan')):.2f} | "
-                         f"{'yes' if c.get('verified') else 'no'} |")
-        totals += [f"{label}, {split}: {sum(ok)} of {len(ok)} verified" for split, ok in per_split.items()]
-        totals.append(f"{label} set-up {prov.get('setup_s', float('nan')):.0f} s (what the cache held then not "
-                      "counted)")
+        base_label = f"{cfg.get('model') or 'tiny-t2i'} {cfg.get('scale', '')} ({run_name})".replace("  ", " ")
+        seeds = bench["provenance"].get("model_seeds")  # a model_seeds run: one provenance per base model
+        per_seed = sorted(seeds.items(), key=lambda kv: int(kv[0])) if seeds else [(None, bench["provenance"])]
+        for seed, prov in per_seed:
+            label = base_label if seed is None else f"{base_label} base model {seed}"
+            totals += _concept_rows(lines, label, cfg, prov)
     return "\n".join(lines) + "\n\n" + "; ".join(totals) + "."
+
+
+def _concept_rows(lines: list, label: str, cfg: dict, prov: dict) -> list[str]:
+    """Append one row per concept of a run's (or one base model's) provenance; return its totals."""
+    totals = []
+    ver = prov["verification"]["concepts"]
+    weights = (cfg.get("customize") or {}).get("weights") or prov.get("customize", {}).get("weights") or "recipe"
+    per_split: dict[str, list[bool]] = {}
+    for c in prov["concepts"]:
+        v = ver.get(c["id"], {})
+        r = v.get("render") or {}
+        per_split.setdefault(c["split"], []).append(bool(c.get("verified")))
+        lines.append(f"| {label} | {weights} | {c['id']} | {c['split']} | "
+                     f"{r.get('nearest_own', float('nan')):.2f} / {r.get('chance', float('nan')):.2f} | "
+                     f"{v.get('pixel', {}).get('nearest_own', float('nan')):.2f} | "
+                     f"{v.get('style', {}).get('nearest_own', float('nan')):.2f} | "
+                     f"{'yes' if c.get('verified') else 'no'} |")
+    totals += [f"{label}, {split}: {sum(ok)} of {len(ok)} verified" for split, ok in per_split.items()]
+    if prov.get("setup_s") is not None:
+        totals.append(f"{label} set-up {prov['setup_s']:.0f} s (what the cache held then not counted)")
+    return totals
 
 
 def main(argv=None) -> int:
