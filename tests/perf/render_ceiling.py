@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections import Counter
 import sys
 import warnings
+from collections import Counter
 
 warnings.filterwarnings("ignore")
 
