@@ -7,7 +7,10 @@ check to see it, so when its generated queries fail, the failure belongs to the 
 UNet), not to the autoencoder. A failing round trip says the autoencoder does not draw the concept faithfully from
 its own encoding; generated latents are not bound to the encoder's, so it does not rule the concept out. Printed
 per test concept: the render check of the exact renderings (1.00 by construction: the sanity row), of their round
-trips, which rendering each round trip is nearest to, and the round trip's PSNR (images in [-1, 1] taken as [0, 1]).
+trips, which rendering each round trip is nearest to, and the round trip's PSNR (images in [-1, 1] taken as [0, 1]);
+then the same check on the generated queries (the verification's figure) with what they land nearest to, and, for
+objects, how many queries whose prompt names another layout than the exemplar's are nearer the glyph drawn in the
+exemplar's layout than in the prompted one (customized models that copy their exemplar's layout).
 
 Run (seconds once the benchmark's models are cached; ``--set`` takes the benchmark's options):
     OMP_NUM_THREADS=2 python tests/perf/render_ceiling.py --set model=diffusers --out results/perf/render-ceiling.json
@@ -52,6 +55,30 @@ def _check_agrees(case, specs, split_cases, images, nearest) -> None:
         raise AssertionError(f"{case.id}: nearest renderings disagree with the render check")
 
 
+def _mse(a, b) -> float:
+    """Pixel MSE, min over a horizontal flip of ``b`` (as the render check)."""
+    import torch
+
+    return min(float(((a - b) ** 2).mean()), float(((a - torch.flip(b, dims=[-1])) ** 2).mean()))
+
+
+def _exemplar_layout(case, specs, queries, res: int) -> tuple[int, int]:
+    """Object concepts: of the generated queries whose prompt names another layout than the exemplar's, how many are
+    nearer the concept drawn as in its exemplar (the exemplar's scene) than drawn as the prompt asks — queries that
+    copy the exemplar's layout. Returns (nearer the exemplar's layout, queries counted)."""
+    ex_specs = list(getattr(case.concept, "exemplar_specs", None) or [])
+    if getattr(case.concept, "kind", None) != "object" or not ex_specs:
+        return 0, 0
+    ex = case.concept.render(ex_specs[0], res).float()
+    hits = counted = 0
+    for spec, q in zip(specs, queries):
+        if spec == ex_specs[0]:
+            continue
+        counted += 1
+        hits += _mse(ex, q) < _mse(case.concept.render(spec, res).float(), q)
+    return hits, counted
+
+
 def measure(scale: str, seed: int, options: dict) -> dict:
     import torch
 
@@ -81,7 +108,14 @@ def measure(scale: str, seed: int, options: dict) -> dict:
             exact_near, trip_near = _nearest(case, specs, cases, exact), _nearest(case, specs, cases, trip)
             _check_agrees(case, specs, cases, exact, exact_near)
             _check_agrees(case, specs, cases, trip, trip_near)
+            generated = torch.stack([q.image for q in case.queries[:len(specs)]]).float()
+            gen_near = _nearest(case, specs, cases, generated)
+            _check_agrees(case, specs, cases, generated, gen_near)
+            layout = _exemplar_layout(case, specs, generated, res)
             rows.append({"concept": case.id, "split": split, "scenes": len(specs),
+                         "generated": gen_near.count(case.id) / len(specs),
+                         "generated_nearest": dict(Counter(gen_near).most_common()),
+                         "exemplar_layout": list(layout),
                          "chance": 1.0 / (len(cases) + 1), "exact": exact_near.count(case.id) / len(specs),
                          "round_trip": trip_near.count(case.id) / len(specs),
                          "round_trip_nearest": dict(Counter(trip_near).most_common()),
@@ -107,12 +141,16 @@ class _Concept:
 
 def table(doc: dict) -> str:
     lines = ["| concept | split | scenes | render check, exact renderings | render check, autoencoder round trip "
-             "| chance | round trips nearest to | round-trip PSNR dB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| round trips nearest to | round-trip PSNR dB | render check, generated queries | generated queries "
+             "nearest to | generated queries nearer the exemplar's layout than the prompt's | chance |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["rows"]:
         near = ", ".join(f"{k} {v}" for k, v in r["round_trip_nearest"].items())
+        gen = ", ".join(f"{k} {v}" for k, v in r["generated_nearest"].items())
+        hits, counted = r["exemplar_layout"]
+        layout = f"{hits} of {counted}" if counted else "–"
         lines.append(f"| {r['concept']} | {r['split']} | {r['scenes']} | {r['exact']:.2f} | {r['round_trip']:.2f} "
-                     f"| {r['chance']:.2f} | {near} | {r['psnr']:.1f} |")
+                     f"| {near} | {r['psnr']:.1f} | {r['generated']:.2f} | {gen} | {layout} | {r['chance']:.2f} |")
     return "\n".join(lines) + (f"\n\nModel `{doc['model']}`, scale {doc['scale']}, base-model seed {doc['seed']}, "
                                f"{doc['resolution']} px; options {json.dumps(doc['options'])}.")
 
