@@ -28,33 +28,6 @@ from collections import Counter
 warnings.filterwarnings("ignore")
 
 
-def _nearest(case, specs, split_cases, images) -> list[str]:
-    """Per image (the rendering of ``specs[i]``): which rendering of that scene is the nearest — a concept of the
-    split, or ``plain`` (the base data's) — as the verification's render check decides it (pixel MSE, min over a
-    horizontal flip)."""
-    import torch
-
-    out = []
-    for spec, x in zip(specs, images):
-        res = x.shape[-1]
-        cands = torch.stack([o.concept.render(spec, res) for o in split_cases]
-                            + [case.concept.render_plain(spec, res)]).float()
-        d = torch.minimum(((cands - x) ** 2).mean(dim=(1, 2, 3)),
-                          ((cands - torch.flip(x, dims=[-1])) ** 2).mean(dim=(1, 2, 3)))
-        out.append(([o.id for o in split_cases] + ["plain"])[int(d.argmin())])
-    return out
-
-
-def _check_agrees(case, specs, split_cases, images, nearest) -> None:
-    """The verification's own render check gives the share that :func:`_nearest` gives (one implementation measured,
-    the other guarded)."""
-    from genattr.benchmarks.customized_model.verification import _render_check
-
-    own = _render_check(_Specs(case, specs), split_cases, images)["nearest_own"]
-    if abs(own - nearest.count(case.id) / len(nearest)) > 1e-9:
-        raise AssertionError(f"{case.id}: nearest renderings disagree with the render check")
-
-
 def _mse(a, b) -> float:
     """Pixel MSE, min over a horizontal flip of ``b`` (as the render check)."""
     import torch
@@ -84,6 +57,7 @@ def measure(scale: str, seed: int, options: dict) -> dict:
 
     import genattr
     from genattr.benchmarks.customized_model import CustomizedModelBenchmark
+    from genattr.benchmarks.customized_model.verification import nearest_renderings
     from genattr.harness.api import RunEnv
     from genattr.harness.cache import Cache
     from genattr.harness.regime import _rendered
@@ -105,12 +79,10 @@ def measure(scale: str, seed: int, options: dict) -> dict:
             exact = torch.stack([case.concept.render(s, res) for s in specs]).float()
             trip = _rendered(base, exact)
             mse = float(((trip - exact) / 2).pow(2).mean())
-            exact_near, trip_near = _nearest(case, specs, cases, exact), _nearest(case, specs, cases, trip)
-            _check_agrees(case, specs, cases, exact, exact_near)
-            _check_agrees(case, specs, cases, trip, trip_near)
+            exact_near = nearest_renderings(case, cases, specs, exact)
+            trip_near = nearest_renderings(case, cases, specs, trip)
             generated = torch.stack([q.image for q in case.queries[:len(specs)]]).float()
-            gen_near = _nearest(case, specs, cases, generated)
-            _check_agrees(case, specs, cases, generated, gen_near)
+            gen_near = nearest_renderings(case, cases, specs, generated)
             layout = _exemplar_layout(case, specs, generated, res)
             rows.append({"concept": case.id, "split": split, "scenes": len(specs),
                          "generated": gen_near.count(case.id) / len(specs),
@@ -122,21 +94,6 @@ def measure(scale: str, seed: int, options: dict) -> dict:
                          "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))})
     return {"scale": scale, "seed": seed, "options": options, "model": getattr(base, "name", None),
             "resolution": res, "rows": rows}
-
-
-class _Specs:
-    """``case`` with its concept's ``query_specs`` replaced by ``specs`` (the check indexes them by query)."""
-
-    def __init__(self, case, specs):
-        self.id, self.concept = case.id, _Concept(case.concept, specs)
-
-
-class _Concept:
-    def __init__(self, concept, specs):
-        self._c, self.query_specs = concept, specs
-
-    def __getattr__(self, name):
-        return getattr(self._c, name)
 
 
 def table(doc: dict) -> str:

@@ -122,22 +122,31 @@ def _render_check(case, split_cases: Sequence[Any], queries) -> dict:
     ``render_plain(spec, resolution)``): render that scene as every concept of the split would show it, and as the
     plain base data shows it; a query counts for its concept when the concept's rendering is its nearest (pixel MSE,
     min over a horizontal flip). Chance: 1 / (concepts in the split + 1)."""
+    specs = case.concept.query_specs
+    scenes = [specs[qi % len(specs)] for qi in range(queries.shape[0])]
+    nearest = nearest_renderings(case, split_cases, scenes, queries)
+    return {"nearest_own": sum(n == case.id for n in nearest) / len(nearest),
+            "chance": 1.0 / (len(split_cases) + 1)}
+
+
+def nearest_renderings(case, split_cases: Sequence[Any], scenes: Sequence[dict], images) -> list[str]:
+    """For each image, the rendering of its scene (``scenes[i]``) nearest to it — the id of a concept of the split,
+    or ``"plain"`` for the base data's rendering (``case``'s ``render_plain``) — by pixel MSE, min over a horizontal
+    flip of the image. The render check counts the images whose nearest is their own concept."""
     import torch
 
-    specs = case.concept.query_specs
-    res = queries.shape[-1]
-    own = [o.id for o in split_cases].index(case.id)
-    hits = []
-    for qi in range(queries.shape[0]):
-        spec = specs[qi % len(specs)]
+    labels = [o.id for o in split_cases] + ["plain"]
+    res = images.shape[-1]
+    out = []
+    for spec, x in zip(scenes, images):
         cands = [o.concept.render(spec, res) for o in split_cases]
         cands.append(case.concept.render_plain(spec, res))
         cands = torch.stack(cands).float()
-        x = queries[qi].float()
+        x = x.float()
         d = torch.minimum(((cands - x) ** 2).mean(dim=(1, 2, 3)),
                           ((cands - torch.flip(x, dims=[-1])) ** 2).mean(dim=(1, 2, 3)))
-        hits.append(int(d.argmin()) == own)
-    return {"nearest_own": sum(hits) / len(hits), "chance": 1.0 / (len(split_cases) + 1)}
+        out.append(labels[int(d.argmin())])
+    return out
 
 
 def _renders_scenes(concept) -> bool:
