@@ -130,6 +130,30 @@ def test_verification_passes_faithful_and_fails_swapped_concepts(session_cache):
         assert fig["render"]["nearest_own"] == 0.0
 
 
+def test_verification_failure_names_each_concept_and_why():
+    """The failure line names every failed concept with its figures, and tells a model that copies its exemplar
+    (nearest its own exemplars above chance, render check at or below chance) from one that learnt nothing."""
+    from genattr.benchmarks.customized_model.verification import act_on_verification
+    from genattr.harness.errors import UserError
+
+    copies = {"chance": 1 / 3, "pixel": {"nearest_own": 0.88}, "style": {"nearest_own": 0.25},
+              "render": {"nearest_own": 0.12, "chance": 0.25}, "passed": False}
+    nothing = {"chance": 1 / 3, "pixel": {"nearest_own": 0.25}, "style": {"nearest_own": 0.12},
+               "render": {"nearest_own": 0.0, "chance": 0.25}, "passed": False}
+    no_scene = {"chance": 0.5, "pixel": {"nearest_own": 0.5}, "style": {"nearest_own": 0.25}, "passed": False}
+    ver = {"failed": ["ring", "blank", "abc"], "concepts": {"ring": copies, "blank": nothing, "abc": no_scene}}
+    with pytest.raises(UserError) as err:
+        act_on_verification(ver, "error")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("customized-model: 3 customized model(s) fail")
+    ring, blank, abc = (msg.split(f"{c}: ")[1].split(";")[0] for c in ("ring", "blank", "abc"))
+    assert "0.12 of its queries" in ring and "chance 0.25" in ring and "pixel 0.88" in ring
+    assert "not the prompt's composition" in ring
+    assert "0.00 of its queries" in blank and "composition" not in blank
+    assert "nearest-concept share pixel 0.50, style 0.25 (chance 0.50)" in abc
+    act_on_verification({"failed": [], "concepts": {}}, "error")  # nothing failed: silent
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # tiny end to end (base model and customized models come from the session cache after the first build)
 # ---------------------------------------------------------------------------------------------------------------

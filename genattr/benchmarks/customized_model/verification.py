@@ -154,14 +154,36 @@ def _renders_scenes(concept) -> bool:
         callable(getattr(concept, "render_plain", None))
 
 
+def failure_reason(concept_id: str, fig: dict) -> str:
+    """Why one concept failed its verification, in words and figures: the render check's share against its chance,
+    and whether its queries are nonetheless nearest its own exemplars in pixels or style (then the model copies the
+    concept but does not compose the prompted scene — longer customization does not fix that); without a render
+    check, the nearest-concept shares."""
+    near = {s: fig[s]["nearest_own"] for s in ("pixel", "style") if isinstance(fig.get(s), dict)}
+    shares = ", ".join(f"{s} {v:.2f}" for s, v in near.items())
+    if "render" in fig:
+        r = fig["render"]
+        out = (f"{concept_id}: {r['nearest_own']:.2f} of its queries show the prompted scene in its concept "
+               f"(render check, chance {r['chance']:.2f})")
+        if any(v > fig["chance"] for v in near.values()):
+            out += (f", yet more than chance ({fig['chance']:.2f}) are nearest its own exemplars ({shares}): it "
+                    "reproduces the concept but not the prompt's composition")
+        return out
+    return f"{concept_id}: nearest-concept share {shares} (chance {fig['chance']:.2f})"
+
+
 def act_on_verification(verification: dict, mode: str) -> None:
+    """One line naming every failed concept and why (:func:`failure_reason`); a warning, or with
+    ``mode="error"`` a :class:`UserError`."""
     if not verification.get("failed"):
         return
-    msg = ("customized-model: these customized models do not reproduce their concept (their queries are not "
-           f"closer to their own exemplars than chance): {', '.join(verification['failed'])}; attribution results "
-           "for them measure nothing, so the leaderboard leaves them out (--include-unverified keeps them). At "
-           "scale tiny the customization is short and some concepts are not learned; otherwise train it longer or "
-           "on more weights (option 'customize').")
+    figs = verification.get("concepts", {})
+    reasons = "; ".join(failure_reason(c, figs[c]) if c in figs else c for c in verification["failed"])
+    msg = (f"customized-model: {len(verification['failed'])} customized model(s) fail the concept check, so their "
+           f"attribution results measure nothing and the leaderboard leaves them out (--include-unverified keeps "
+           f"them) — {reasons}. At scale tiny the customization is short and most concepts are not learned; a model "
+           "that reproduces its concept but not the prompt's composition is not fixed by longer customization "
+           "(docs/benchmarks/customized-model.md, Verification).")
     if mode == "error":
         raise UserError(msg)
     log.warning(msg)
