@@ -287,7 +287,10 @@ RECIPES: dict[str, dict] = {
         "dataset": {"shapes": {"n": 4000, "resolution": 32, "backgrounds": list(SHAPES_BACKGROUNDS),
                                "holdout": list(SHAPES_HOLDOUT), "heldout_min_objects": 2, "jitter": SHAPES_JITTER},
                     None: {"resolution": 32}},
-        # Custom Diffusion: cross-attention K/V + the modifier token, as the paper and AbC
+        # Custom Diffusion: cross-attention K/V + the modifier token, as the paper and AbC. Deviation: no resize
+        # augmentation (Custom Diffusion's random rescale and placement with "very small" / "zoomed in" caption
+        # prefixes and a loss masked to the placed image): the built-in captions name each object's size and
+        # position, which a rescaled, moved exemplar would contradict
         "customize": {"weights": "cross-attn-kv", "steps": 800, "lr": 5e-3, "batch_size": 8, "flip": False,
                       "reg_weight": 1.0, "reg_batch_size": 8},
     },
