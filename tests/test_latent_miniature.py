@@ -95,6 +95,20 @@ def test_the_latent_testbed_config_resolves_for_every_benchmark():
             assert parts[2]["n"] == 4000 and parts[1]["steps"] == 1600  # the recipe's: every base seed passes
             assert parts[0]["vae_train"] and parts[2]["holdout"] and parts[2]["heldout_min_objects"] == 2
             assert parts[2]["jitter"] > 0  # no two training scenes share a layout
+    # unlearning's α: the latent calibration's choice on the Customized Model, the `small` preset's own elsewhere
+    import json
+
+    from genattr.plugins.methods.unlearning.config import ALPHA_CUSTOMIZED_SMALL
+
+    method = genattr.get_method("unlearning", **doc["unlearning"])
+    assert method.resolve_config("small", "customized")["alpha"] == 0.003 != ALPHA_CUSTOMIZED_SMALL
+    assert method.resolve_config("small", None) == genattr.get_method("unlearning").resolve_config("small", None)
+    calib = [json.loads(line) for line in (Path(__file__).resolve().parents[1]
+             / "results/calibration/unlearning-alpha-latent-small.jsonl").read_text().splitlines() if line.strip()]
+    best = max({json.dumps(r["config"], sort_keys=True) for r in calib},
+               key=lambda c: sum(sum(r["by_split"].values()) for r in calib
+                                 if json.dumps(r["config"], sort_keys=True) == c))
+    assert json.loads(best)["alpha"] == doc["unlearning"]["alpha"]  # the committed calibration's winner
 
 
 def test_the_customized_model_base_is_the_counterfactual_theta0(session_cache):
