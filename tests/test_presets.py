@@ -121,6 +121,27 @@ def test_run_refuses_bad_values_before_any_work(setting, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("genattr: error:")
 
 
+@pytest.mark.parametrize("bench,setting,needle", [
+    ("customized-model", 'customize={"stepz": 5}', "option 'customize': unknown customization option 'stepz'"),
+    ("customized-model", 'customize={"weights": "kv"}', "customization option 'weights' must be one of"),
+    ("customized-model", 'train_config={"flipp": true}', "option 'train_config': unknown training option 'flipp'"),
+    ("leave-k-out", 'train_config={"lr_schedul": "constant"}', "unknown training option 'lr_schedul'"),
+    ("lds", 'train_config={"emaa": 0.9}', "lds: option 'train_config': unknown training option 'emaa'"),
+    ("teacher-agreement", 'train_config={"stepz": 5}', "(did you mean: steps?)"),
+])
+def test_model_plan_options_are_checked_before_the_base_model_trains(bench, setting, needle, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A misspelt option of the model's own training or customization plan fails before anything is trained or
+    cached (the model's ``check_plan``, called when the benchmark resolves its recipe), not after the base model."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    monkeypatch.setenv("GENATTR_CACHE", str(cache))
+    code = main(["run", bench, "--scale", "tiny", "-m", "random", "--set", f"{bench}.{setting}", "--out", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists() and not any(cache.rglob("*"))
+    assert len(err) == 1 and err[0].startswith(f"genattr: error: {bench}: ") and needle in err[0]
+
+
 def test_attribute_refuses_non_positive_steps(tmp_path, capsys):
     for steps in ("0", "-3"):
         code = main(["attribute", "--dataset", "digits", "--prompt", "a 3", "--steps", steps, "--method", "pixel",

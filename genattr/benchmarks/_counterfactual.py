@@ -131,6 +131,9 @@ class Counterfactual:
             model_config.update(cfg["model_config"])
         if cfg.get("train_config"):
             train_config.update(cfg["train_config"])
+            from genattr.harness.models import check_model_plan
+
+            check_model_plan(cfg["model"], "train", cfg["train_config"], self.NAME, "train_config")
         return model_config, train_config, dataset_kw
 
     def resolved_recipe(self) -> dict:

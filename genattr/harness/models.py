@@ -69,6 +69,22 @@ def check_plan(owner: str, option: str, plan: Mapping[str, Any] | None) -> None:
             check_value(owner, f"{option}.{key}", plan[key], spec)
 
 
+def check_model_plan(model: str, kind: str, plan: Mapping[str, Any] | None, owner: str, option: str) -> None:
+    """A plan's model-own keys and values, checked before any work by the registered class's optional
+    ``check_plan(kind, plan)`` (``kind`` ``"train"`` or ``"customize"``; it raises :class:`UserError`): a one-line
+    ``{owner}: option '{option}': …``. A model without one checks its keys when it trains or customizes, after
+    whatever ran before."""
+    if not plan:
+        return
+    fn = getattr(model_type(model), "check_plan", None)
+    if not callable(fn):
+        return
+    try:
+        fn(kind, dict(plan))
+    except UserError as exc:
+        raise UserError(f"{owner}: option {option!r}: {exc}") from None
+
+
 #: Parts of a recipe (:meth:`TrainableModel.recipe`).
 RECIPE_PARTS = ("model", "train", "dataset", "customize")
 
@@ -98,6 +114,9 @@ class TrainableModel(Protocol):
     * ``load(path) -> model`` — a directory written by ``save``.
     * ``init_seed_key`` (optional, default None) — the ``build`` config key of the initialisation seed, when the
       model has one (LDS varies it with the training seed).
+    * ``check_plan(kind, plan)`` (optional) — raise :class:`~genattr.harness.errors.UserError` for a bad key or
+      value of a training (``kind="train"``) or customization (``"customize"``) plan; benchmarks call it through
+      :func:`check_model_plan` before any work, so a misspelt option fails before the base model trains.
 
     Instance-level: ``train(dataset, plan) -> report`` trains in place (report: ``losses``, ``seconds``, …) and
     ``save(path)`` writes a directory with ``genattr_model.json`` naming the registered model (``{"model": name}``),

@@ -159,6 +159,15 @@ class ExampleT2i(genattr.ModelBase):
         return {"dataset": {}, **copy.deepcopy(RECIPES[scale])}
 
     @classmethod
+    def check_plan(cls, kind: str, plan) -> None:
+        """Option names of a training (``kind="train"``) or customization plan; the host calls it before any work,
+        so a misspelt option fails before the base model trains."""
+        if kind == "train":
+            _check(dict(plan), TRAIN_DEFAULTS, "training")
+        else:
+            _check(dict(plan), CUSTOMIZE_DEFAULTS, "customization")
+
+    @classmethod
     def pin_config(cls, dataset, config) -> dict:
         """The vocabulary and caption length from ``dataset`` (genattr passes the full training set, so a retrain on
         a subset keeps the architecture)."""

@@ -155,10 +155,12 @@ class BuiltinData:
 
     def recipe(self) -> dict:
         """The model recipe of the dataset at the scale, with the configuration's overrides."""
-        from genattr.harness.models import model_recipe
+        from genattr.harness.models import check_model_plan, model_recipe
 
         c = self.config
         r = model_recipe(c["model"], c["scale"], c["dataset"])
+        check_model_plan(c["model"], "train", c["train_config"], "customized-model", "train_config")
+        check_model_plan(c["model"], "customize", c["customize"], "customized-model", "customize")
         return {"model": {**r["model"], **dict(c["model_config"] or {})},
                 "train": {**r["train"], **dict(c["train_config"] or {})},
                 "dataset": {**r["dataset"], **dict(c["dataset_config"] or {})},

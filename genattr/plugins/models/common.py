@@ -57,6 +57,7 @@ from .training import (  # noqa: F401 - re-exported: they lived here before trai
     _images_and_captions,
     _lr_factor,
     _progress,
+    check_options,
     examples_fingerprint,
     load_delta,
 )
@@ -100,6 +101,13 @@ class DDPMAdapter(ModelBase):
     train_text_encoder_default = False
     #: classifier-free guidance scale :meth:`generate` uses by default (set by training with caption dropout)
     guidance_scale: float = 1.0
+
+    @classmethod
+    def check_plan(cls, kind: str, plan: Mapping[str, Any]) -> None:
+        """Option names of a training (``kind="train"``) or customization (``"customize"``) plan and a
+        customization's parameter selection, before any work (:func:`~genattr.plugins.models.training.check_options`;
+        the host calls it through :func:`genattr.harness.models.check_model_plan`)."""
+        check_options(kind, plan)
 
     # -- to implement -------------------------------------------------------------------------------------------
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:  # pragma: no cover - abstract

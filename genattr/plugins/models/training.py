@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from genattr.harness.errors import UserError
+from genattr.harness.api import PARAMETER_SELECTIONS
+from genattr.harness.errors import UserError, did_you_mean
 from genattr.harness.seeding import generator
 
 if TYPE_CHECKING:
@@ -117,13 +118,27 @@ def _progress(iterable, enabled: bool, desc: str):
     return tqdm(iterable, desc=desc, leave=False)
 
 
+def check_options(kind: str, options: Mapping[str, Any]) -> None:
+    """The option names of a training (``kind="train"``, :data:`TRAIN_DEFAULTS`) or customization
+    (``"customize"``, :data:`CUSTOMIZE_DEFAULTS`) plan, and a customization's parameter selection: a one-line
+    :class:`UserError` for the first bad one. Run by :func:`train` and :func:`customize`, and before any work by the
+    benchmarks (``DDPMAdapter.check_plan`` through :func:`genattr.harness.models.check_model_plan`)."""
+    defaults, what = {"train": (TRAIN_DEFAULTS, "training"), "customize": (CUSTOMIZE_DEFAULTS, "customization")}[kind]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        known = ", ".join(k for k in defaults if k != "progress")
+        raise UserError(f"unknown {what} option {unknown[0]!r}{did_you_mean(unknown[0], list(defaults))}; "
+                        f"known: {known}")
+    if kind == "customize" and "weights" in options and options["weights"] not in PARAMETER_SELECTIONS:
+        raise UserError(f"customization option 'weights' must be one of {', '.join(PARAMETER_SELECTIONS)}, got "
+                        f"{options['weights']!r}")
+
+
 def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) -> dict:
     """The body of :meth:`DDPMAdapter.train <genattr.plugins.models.common.DDPMAdapter.train>` (see there):
     train ``model`` in place on ``dataset``; returns the report."""
+    check_options("train", dict(config or {}))
     cfg = {**TRAIN_DEFAULTS, **dict(config or {})}
-    unknown = set(cfg) - set(TRAIN_DEFAULTS)
-    if unknown:
-        raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     images, captions, ids = _images_and_captions(dataset)
     if tuple(images.shape[1:]) != (model.channels, model.resolution, model.resolution):
         raise UserError(f"{model.name}: images are {tuple(images.shape[1:])}, the model takes "
@@ -215,10 +230,8 @@ def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) 
 def customize(base: DDPMAdapter, exemplars, token: str, config: Mapping[str, Any] | None = None) -> DDPMAdapter:
     """The body of :meth:`DDPMAdapter.customize <genattr.plugins.models.common.DDPMAdapter.customize>` (see
     there): a copy of ``base`` fine-tuned on ``exemplars`` with the new token ``token``."""
+    check_options("customize", dict(config or {}))
     cfg = {**CUSTOMIZE_DEFAULTS, **dict(config or {})}
-    unknown = set(cfg) - set(CUSTOMIZE_DEFAULTS)
-    if unknown:
-        raise UserError(f"unknown customization option(s): {', '.join(sorted(unknown))}")
     if not token or any(ch.isspace() for ch in token):
         raise UserError(f"the new token must be one non-empty word without spaces, got {token!r}")
     images, captions, _ = _images_and_captions(exemplars)
