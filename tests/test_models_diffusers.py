@@ -152,3 +152,50 @@ def test_bad_path_is_user_error(tmp_path):
 
     with pytest.raises(UserError):
         DiffusersT2I(str(tmp_path / "missing"), local_files_only=True)
+
+
+def test_custom_diffusion_augment_places_masks_and_captions_as_the_script():
+    """Custom Diffusion's resize augmentation: sides in [S/3, S] (≈ 2/3 of draws) or [1.2 S, 1.4 S); a smaller image
+    on a zero canvas with the loss mask inside it, shrunk by a latent cell; a larger one cropped with a full mask;
+    size words prefixed by the side; every draw from the generator."""
+    from genattr.plugins.models.training import custom_diffusion_augment
+
+    s, cells, n = 32, 8, 400
+    ones = torch.ones(n, 3, s, s)
+    out, masks, caps, sides = custom_diffusion_augment(ones, ["a <v*> object"] * n, torch.Generator().manual_seed(3),
+                                                       cells)
+    again = custom_diffusion_augment(ones, ["a <v*> object"] * n, torch.Generator().manual_seed(3), cells)
+    assert torch.equal(out, again[0]) and torch.equal(masks, again[1]) and caps == again[2]
+    small = [x for x in sides if x <= s]
+    assert all(s // 3 <= x <= s or int(1.2 * s) <= x < int(1.4 * s) for x in sides)
+    assert 0.55 < len(small) / n < 0.77 and min(sides) < 0.6 * s and max(sides) > s
+    for img, m, cap, side in zip(out, masks, caps, sides):
+        assert cap.endswith("a <v*> object")
+        prefix = cap[:-len("a <v*> object")]
+        placed = img[0] > 0.5
+        assert torch.equal(m, m.reshape(cells, 4, cells, 4).amax(dim=(1, 3)).repeat_interleave(4, 0)
+                           .repeat_interleave(4, 1))  # constant on each latent cell
+        if side > s:
+            assert placed.all() and m.bool().all() and prefix in ("zoomed in ", "close up ")
+        else:
+            assert int(placed.sum()) in range((side - 2) ** 2, (side + 1) ** 2)  # the resized image, on zeros
+            assert not (m.bool() & ~placed).any()  # the loss sees the image only
+            assert (img[:, ~placed].abs() < 0.5).all()
+            assert prefix in (("a far away ", "very small ") if side < 0.6 * s else ("",))
+    assert any(m.sum() == 0 for m, side in zip(masks, sides) if side < 0.4 * s)  # the documented empty masks
+
+
+def test_customize_with_the_custom_diffusion_augmentation(model):
+    from genattr.harness.errors import UserError
+
+    ds = dataset()
+    plan = {"steps": 2, "batch_size": 2, "reg_dataset": ds}
+    plain = model.customize(ds.subset(["p0"]), "<new1>", plan)
+    aug = model.customize(ds.subset(["p0"]), "<new1>", {**plan, "augment": "custom-diffusion"})
+    assert aug.fingerprint != plain.fingerprint
+    assert aug.history[-1]["config"]["augment"] == "custom-diffusion"
+    assert "augment" not in plain.history[-1]["config"]  # a record without it is what it always was
+    again = model.customize(ds.subset(["p0"]), "<new1>", {**plan, "augment": "custom-diffusion"})
+    assert again.fingerprint == aug.fingerprint
+    with pytest.raises(UserError, match="'augment' must be one of none, custom-diffusion"):
+        model.customize(ds.subset(["p0"]), "<new1>", {**plan, "augment": "crop"})

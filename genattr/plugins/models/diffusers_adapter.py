@@ -288,9 +288,10 @@ RECIPES: dict[str, dict] = {
                                "holdout": list(SHAPES_HOLDOUT), "heldout_min_objects": 2, "jitter": SHAPES_JITTER},
                     None: {"resolution": 32}},
         # Custom Diffusion: cross-attention K/V + the modifier token, as the paper and AbC. Deviation: no resize
-        # augmentation (Custom Diffusion's random rescale and placement with "very small" / "zoomed in" caption
-        # prefixes and a loss masked to the placed image): the built-in captions name each object's size and
-        # position, which a rescaled, moved exemplar would contradict
+        # augmentation (augment="custom-diffusion": Custom Diffusion's random rescale and placement with "very
+        # small" / "zoomed in" caption prefixes and a loss masked to the placed image; the `paper` recipe has it):
+        # the built-in captions name each object's size and position, which a rescaled, moved exemplar would
+        # contradict
         "customize": {"weights": "cross-attn-kv", "steps": 800, "lr": 5e-3, "batch_size": 8, "flip": False,
                       "reg_weight": 1.0, "reg_batch_size": 8},
     },
@@ -313,7 +314,8 @@ RECIPES: dict[str, dict] = {
         "train": {"steps": 184824, "lr": 1e-4, "batch_size": 128, "flip": True, "caption_dropout": 0.1,
                   "guidance_scale": 7.5},  # 200 epochs of 118,287 images at batch 128
         "dataset": {None: {}},
+        # Custom Diffusion's own training: its resize augmentation (on by default in its script) and flips
         "customize": {"weights": "cross-attn-kv", "steps": 250, "lr": 1e-5, "batch_size": 8, "flip": True,
-                      "reg_weight": 1.0},
+                      "reg_weight": 1.0, "augment": "custom-diffusion"},
     },
 }

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -62,8 +62,12 @@ CUSTOMIZE_DEFAULTS: dict[str, Any] = {
     "reg_batch_size": None,  # None: same as batch_size
     "train_token": True,
     "grad_clip": 1.0,
+    "augment": "none",  # "custom-diffusion": Custom Diffusion's resize augmentation (custom_diffusion_augment)
     "progress": False,
 }
+
+#: Values of the customization option ``augment``.
+AUGMENTS = ("none", "custom-diffusion")
 
 TOKEN_EMBEDDING = "text_encoder.token_embedding"
 #: Key prefix of a new token's embedding in a delta (Custom Diffusion's ``modifier_token``).
@@ -132,6 +136,9 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
     if kind == "customize" and "weights" in options and options["weights"] not in PARAMETER_SELECTIONS:
         raise UserError(f"customization option 'weights' must be one of {', '.join(PARAMETER_SELECTIONS)}, got "
                         f"{options['weights']!r}")
+    if kind == "customize" and "augment" in options and options["augment"] not in AUGMENTS:
+        raise UserError(f"customization option 'augment' must be one of {', '.join(AUGMENTS)}, got "
+                        f"{options['augment']!r}")
 
 
 def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) -> dict:
@@ -227,6 +234,53 @@ def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) 
             "steps": steps, "batch_size": bs}
 
 
+def custom_diffusion_augment(images: torch.Tensor, captions: Sequence[str], g: torch.Generator, latent_size: int):
+    """Custom Diffusion's resize augmentation of exemplar images (its training script, on by default): each image is
+    resized to a random side — with probability 2/3 in [S/3, S], else in [1.2 S, 1.4 S) — then placed at a random
+    position on a zero canvas of side S (a smaller image) or randomly cropped to S (a larger one). The loss is
+    restricted to the placed image: a mask over latent cells, shrunk by one cell on each side (the canvas edge of a
+    cropped image is all valid). Captions of images resized below 0.6 S get ``"a far away "`` or ``"very small "``
+    prefixed, of images above S ``"zoomed in "`` or ``"close up "``.
+
+    Returns ``(images, masks, captions, sides)``: masks are ``B×S×S`` pixel masks, constant on each latent cell
+    (``latent_size`` cells per side), for ``denoise_loss(mask=…)``; all draws come from ``g``. Deviations: resizing
+    is bilinear with antialiasing on tensors (the script: PIL's); a small image near a corner can keep no whole
+    interior latent cell at 8×8 latents — its mask is empty and it adds nothing to the loss (at SD's 64×64 latents
+    every mask is non-empty)."""
+    import torch.nn.functional as F
+
+    b, _, s, _ = images.shape
+    factor = max(1, s // int(latent_size))
+    cells = s // factor
+    out = torch.zeros_like(images)
+    masks = torch.zeros(b, s, s)
+    caps, sides = list(captions), []
+    for i in range(b):
+        if float(torch.rand((), generator=g)) < 0.66:
+            side = int(torch.randint(s // 3, s + 1, (), generator=g))
+        else:
+            side = int(torch.randint(int(1.2 * s), int(1.4 * s), (), generator=g))
+        x = F.interpolate(images[i:i + 1].float(), size=(side, side), mode="bilinear", align_corners=False,
+                          antialias=True)[0].to(images.dtype)
+        m = torch.zeros(cells, cells)
+        if side > s:
+            top, left = (int(v) for v in torch.randint(0, side - s + 1, (2,), generator=g))
+            out[i] = x[:, top:top + s, left:left + s]
+            m[:] = 1.0
+        else:
+            top, left = (int(v) for v in torch.randint(0, s - side + 1, (2,), generator=g))
+            out[i, :, top:top + side, left:left + side] = x
+            m[top // factor + 1:(top + side) // factor - 1, left // factor + 1:(left + side) // factor - 1] = 1.0
+        masks[i] = m.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+        pick = int(torch.randint(0, 2, (), generator=g))
+        if side < 0.6 * s:
+            caps[i] = ("a far away ", "very small ")[pick] + caps[i]
+        elif side > s:
+            caps[i] = ("zoomed in ", "close up ")[pick] + caps[i]
+        sides.append(side)
+    return out, masks, caps, sides
+
+
 def customize(base: DDPMAdapter, exemplars, token: str, config: Mapping[str, Any] | None = None) -> DDPMAdapter:
     """The body of :meth:`DDPMAdapter.customize <genattr.plugins.models.common.DDPMAdapter.customize>` (see
     there): a copy of ``base`` fine-tuned on ``exemplars`` with the new token ``token``."""
@@ -274,9 +328,16 @@ def customize(base: DDPMAdapter, exemplars, token: str, config: Mapping[str, Any
             t = torch.randint(0, model.num_train_timesteps, (bs,), generator=g)
             noise = torch.randn((bs,) + model.latent_shape(), generator=g)
             flips = (torch.rand(bs, generator=g) < 0.5) & bool(cfg["flip"])
-            lat = model._batch_latents(images[idx], flips)
+            batch, mask = images[idx], None
+            if cfg["augment"] == "custom-diffusion":  # flip first, as the script does, so the mask stays aligned
+                batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
+                flips = torch.zeros_like(flips)
+                batch, mask, caps, _ = custom_diffusion_augment(
+                    batch, caps, generator(seed, "customize-augment", token, step), model.latent_shape()[-1])
+                mask = mask.to(model.device)
+            lat = model._batch_latents(batch, flips)
             loss = model.denoise_loss(lat, model.text_embeddings(caps), t.to(model.device),
-                                      noise.to(model.device)).mean()
+                                      noise.to(model.device), mask).mean()
             if reg_images is not None:
                 gr = generator(seed, "customize-reg", token, step)
                 ridx = torch.randint(0, reg_images.shape[0], (rbs,), generator=gr).tolist()
@@ -306,7 +367,9 @@ def customize(base: DDPMAdapter, exemplars, token: str, config: Mapping[str, Any
         for p in model.text_encoder.parameters():
             p.requires_grad_(True)
     model.delta_names = sorted(set(model.delta_names) | set(selected))
-    record = {k: v for k, v in cfg.items() if k not in ("progress", "reg_dataset")}
+    # "augment" is recorded only when used: the record of a customization without it is what it always was
+    record = {k: v for k, v in cfg.items() if k not in ("progress", "reg_dataset")
+              and not (k == "augment" and v == "none")}
     record["reg_dataset"] = examples_fingerprint(reg) if reg is not None else None
     model.history.append({"op": "customize", "token": token, "exemplars": examples_fingerprint(exemplars),
                           "config": record, "seconds": time.perf_counter() - t0,
