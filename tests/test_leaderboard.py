@@ -342,6 +342,20 @@ def test_a_file_is_not_a_results_directory(tmp_path, capsys):
     assert "does not exist" in _one_line_error(capsys, ["leaderboard", tmp_path / "nope"])
 
 
+def test_method_filter_keeps_only_the_named_methods(run_dir, capsys):
+    """--method keeps the rows of the named methods (their paired differences are then among them only); a name
+    without results is a one-line error naming the methods there are."""
+    doc = json.loads(leaderboard.render([run_dir], "json", methods=["unlearning"]))
+    for board in doc["benchmarks"]:
+        assert {r["method"] for r in board["summary"]} == {"unlearning"}
+    both = json.loads(leaderboard.render([run_dir], "json", methods=["unlearning", "random"]))
+    full = json.loads(leaderboard.render([run_dir], "json"))
+    assert {r["method"] for b in both["benchmarks"] for r in b["summary"]} == {"unlearning", "random"}
+    assert len({r["method"] for b in full["benchmarks"] for r in b["summary"]}) > 2
+    err = _one_line_error(capsys, ["leaderboard", run_dir, "-m", "unlearnin"])
+    assert "--method 'unlearnin'" in err and "did you mean: unlearning" in err and "methods there:" in err
+
+
 def test_an_empty_results_file_says_no_results_yet(tmp_path, capsys):
     d = tmp_path / "fresh"
     d.mkdir()

@@ -29,15 +29,17 @@ LEADERBOARD_FORMATS = ("md", "csv", "html", "json")
               help="Rank rows by METRIC (a key such as ap or delta-loss, or a display name such as mAP) and report "
                    "its paired differences, on every board that has it; default: the first metric a benchmark "
                    "declares (Recall@10, ΔL, LDS).")
+@click.option("-m", "--method", "methods", multiple=True, metavar="METHOD",
+              help="Only this method's rows (repeat for several; every configuration of each). Default: all.")
 def leaderboard_command(dirs, fmt, out, figures, include_unverified, separate_seeds, separate_method_seeds,
-                        headline):
+                        headline, methods):
     """Tables (mean ± s.e. and n, paired differences with 95 % bootstrap intervals, best marked only when
     separated), figures and a static HTML site from the results in DIRS alone — no models needed."""
     from genattr.harness import leaderboard
 
     text = leaderboard.render(list(dirs), fmt, out=out, figures_dir=figures, include_unverified=include_unverified,
                               pool_seeds=not separate_seeds, pool_method_seeds=not separate_method_seeds,
-                              headline=headline)
+                              headline=headline, methods=list(methods) or None)
     if out is None:
         click.echo(text, nl=False)
     elif fmt == "html":

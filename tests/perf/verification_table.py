@@ -34,7 +34,11 @@ def _concept_rows(lines: list, label: str, cfg: dict, prov: dict) -> list[str]:
     """Append one row per concept of a run's (or one base model's) provenance; return its totals."""
     totals = []
     ver = prov["verification"]["concepts"]
-    weights = (cfg.get("customize") or {}).get("weights") or prov.get("customize", {}).get("weights") or "recipe"
+    given, recorded = cfg.get("customize") or {}, prov.get("customize") or {}
+    weights = given.get("weights") or recorded.get("weights") or "recipe"
+    augment = given.get("augment") or recorded.get("augment")
+    if augment and augment != "none":
+        weights += f", {augment} augmentation"
     per_split: dict[str, list[bool]] = {}
     for c in prov["concepts"]:
         v = ver.get(c["id"], {})

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..results import check_writable
 from .figures import FIGURE_MAX_METRICS, figure_png
 from .columns import Column, check_headline
@@ -38,10 +38,13 @@ __all__ = ["FORMATS", "MD_WIDTH", "FIGURE_MAX_METRICS", "Board", "Column", "load
 
 def render(dirs: Sequence[str | os.PathLike], fmt: str = "md", out: str | os.PathLike | None = None,
            figures_dir: str | os.PathLike | None = None, include_unverified: bool = False,
-           pool_seeds: bool = True, pool_method_seeds: bool = True, headline: str | None = None) -> str:
+           pool_seeds: bool = True, pool_method_seeds: bool = True, headline: str | None = None,
+           methods: Sequence[str] | None = None) -> str:
     """Render the leaderboard of ``dirs`` in ``fmt``. ``md``/``csv``/``json``: write to the file ``out`` when
     given (PNG figures beside a markdown file), PNG figures to ``figures_dir`` when given. ``html``: write the
-    static site into the directory ``out`` (required). Returns the rendered text (``index.html`` for html)."""
+    static site into the directory ``out`` (required). ``methods``: only these methods' rows (every configuration
+    of each); a name no row has is a :class:`UserError` naming the methods there are. Returns the rendered text
+    (``index.html`` for html)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     out_path = Path(out).expanduser() if out is not None else None
@@ -60,6 +63,13 @@ def render(dirs: Sequence[str | os.PathLike], fmt: str = "md", out: str | os.Pat
     if figures_dir is not None:
         figures_dir = check_writable(figures_dir, "--figures")
     rows, runs = load(dirs)
+    if methods:
+        have = sorted({str(r.get("method")) for r in rows})
+        missing = [m for m in methods if m not in have]
+        if missing:
+            raise UserError(f"--method {missing[0]!r}: no results of it in these runs"
+                            f"{did_you_mean(missing[0], have)}; methods there: {', '.join(have)}")
+        rows = [r for r in rows if r.get("method") in set(methods)]
     boards = summarise(rows, runs, include_unverified=include_unverified, pool_seeds=pool_seeds,
                        pool_method_seeds=pool_method_seeds, headline=headline)
     check_headline(boards, headline)
