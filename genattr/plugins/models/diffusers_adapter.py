@@ -291,7 +291,7 @@ RECIPES: dict[str, dict] = {
         # augmentation (augment="custom-diffusion": Custom Diffusion's random rescale and placement with "very
         # small" / "zoomed in" caption prefixes and a loss masked to the placed image; the `paper` recipe has it):
         # the built-in captions name each object's size and position, which a rescaled, moved exemplar would
-        # contradict
+        # contradict; measured with it, fewer object concepts verify (docs/benchmarks/customized-model.md)
         "customize": {"weights": "cross-attn-kv", "steps": 800, "lr": 5e-3, "batch_size": 8, "flip": False,
                       "reg_weight": 1.0, "reg_batch_size": 8},
     },
