@@ -98,6 +98,23 @@ def test_a_second_run_on_the_same_directory_refuses_while_the_first_holds_it(fak
     assert len(doc["invocations"]) == 1 and doc["invocations"][0]["pid"] == os.getpid()
 
 
+@pytest.mark.parametrize("content", ["", "   ", "12ab\n"])
+def test_the_refusal_is_one_line_while_the_holder_has_not_written_its_pid(fake_plugins, tmp_path, content):
+    """The holder takes the lock before it writes its pid: an empty or partial lock file still gives the one-line
+    refusal (it used to raise IndexError — a traceback — when two runs started together)."""
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write(content)
+        f.flush()
+        with pytest.raises(UserError, match=r"^another genattr run is writing to"):
+            runner.run(_spec(tmp_path))
+    assert not (out / "results.jsonl").exists()
+
+
 def test_concurrent_cli_runs_never_compute_a_cell_twice(fake_plugins, tmp_path, monkeypatch):
     """Two `genattr run` on one --out at once: one runs, the other refuses with one line; no cell twice."""
     import subprocess

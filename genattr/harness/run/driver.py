@@ -249,13 +249,17 @@ def run_lock(directory: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = ""
-            with contextlib.suppress(OSError, ValueError):
-                holder = f" (pid {int(os.pread(fd, 32, 0).decode().split()[0])})"
+            with contextlib.suppress(OSError):
+                # the holder may be between taking the lock and writing its pid (an empty or partial file)
+                words = os.pread(fd, 32, 0).decode(errors="replace").split()
+                if words and words[0].isdigit():
+                    holder = f" (pid {int(words[0])})"
             raise UserError(f"another genattr run{holder} is writing to {directory}; wait for it to finish or use "
                             "another --out") from None
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            pid = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, pid, 0)  # then cut what an earlier, longer pid left: the file is never empty
+            os.ftruncate(fd, len(pid))
         except OSError as exc:
             if disk_full(exc):
                 raise EnvironmentFault(f"disk full while writing {path}; free space and re-run to resume") from None
