@@ -133,12 +133,11 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
         known = ", ".join(k for k in defaults if k != "progress")
         raise UserError(f"unknown {what} option {unknown[0]!r}{did_you_mean(unknown[0], list(defaults))}; "
                         f"known: {known}")
-    if kind == "customize" and "weights" in options and options["weights"] not in PARAMETER_SELECTIONS:
-        raise UserError(f"customization option 'weights' must be one of {', '.join(PARAMETER_SELECTIONS)}, got "
-                        f"{options['weights']!r}")
-    if kind == "customize" and "augment" in options and options["augment"] not in AUGMENTS:
-        raise UserError(f"customization option 'augment' must be one of {', '.join(AUGMENTS)}, got "
-                        f"{options['augment']!r}")
+    choices = {"weights": PARAMETER_SELECTIONS, "augment": AUGMENTS} if kind == "customize" else {}
+    for key, allowed in choices.items():
+        if key in options and options[key] not in allowed:
+            raise UserError(f"customization option {key!r} must be one of {', '.join(allowed)}, got "
+                            f"{options[key]!r}")
 
 
 def train(model: DDPMAdapter, dataset, config: Mapping[str, Any] | None = None) -> dict:
