@@ -33,18 +33,27 @@ def exported(tmp_path_factory):
     return tmp, manifest
 
 
-def test_a_pack_round_trip_trains_nothing_and_gives_the_same_rows(exported):
+@pytest.fixture(scope="module")
+def imported(exported):
+    """The pack imported into an empty cache and the same run made there (run directory ``b``): what the import
+    returned, and the cache's model entries before and after the run."""
+    tmp, _ = exported
+    got = import_pack(tmp / "pack", Cache(tmp / "cache-b"))
+    before = _entries(tmp / "cache-b")
+    _run(tmp, tmp / "cache-b", "b")
+    return got, before, _entries(tmp / "cache-b")
+
+
+def test_a_pack_round_trip_trains_nothing_and_gives_the_same_rows(exported, imported):
     tmp, manifest = exported
+    got, before, after = imported
     assert {e["namespace"] for e in manifest["entries"]} <= set(ARTEFACT_NAMESPACES)
     assert {"models/trained", "models/autoencoder", "models/customized", "customized-model-queries"} <= \
         {e["namespace"] for e in manifest["entries"]}
-    got = import_pack(tmp / "pack", Cache(tmp / "cache-b"))
     assert got == {"pack_hash": manifest["pack_hash"], "imported": len(manifest["entries"]), "present": 0,
                    "entries": len(manifest["entries"])}
-    before = _entries(tmp / "cache-b")
     assert before
-    _run(tmp, tmp / "cache-b", "b")
-    assert _entries(tmp / "cache-b") == before  # no model trained or customized
+    assert after == before  # no model trained or customized
     a, b = results.read_rows(tmp / "a"), results.read_rows(tmp / "b")
     assert [r["cell_id"] for r in a] == [r["cell_id"] for r in b]
     assert [r["metrics"] for r in a] == [r["metrics"] for r in b]
@@ -76,7 +85,7 @@ def test_a_damaged_pack_is_refused_before_anything_is_stored(exported, tmp_path)
         export_pack(tmp / "a", tmp / "pack", Cache(tmp / "cache-a"))
 
 
-def test_the_leaderboard_pools_rows_only_within_one_pack(exported):
+def test_the_leaderboard_pools_rows_only_within_one_pack(exported, imported):
     """Runs of one configuration scored on a pack and on locally trained models are two boards, each saying so."""
     from genattr.harness import leaderboard
 
