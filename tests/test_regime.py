@@ -93,3 +93,25 @@ def test_a_latent_model_is_judged_on_its_own_renderings():
     copies = [model.decode(model.latents(train.images([i])))[0] for i in range(30)]
     assert regime_check(model, train, copies, held)["pixel"]["near_copy_share"] == 1.0
     assert "rendered" not in regime_check(object(), train, list(fresh), held)
+
+
+def test_the_customized_model_records_its_base_models_regime(session_cache):
+    """The Customized Model's base model is checked as a counterfactual θ0 is; when it is their θ0 (same model,
+    recipe, data and seed, as at ``tiny``) it is judged on the same samples and gets the same figures."""
+    import genattr
+    from genattr.harness.api import RunEnv
+
+    env = RunEnv(cache=session_cache, seed=0, scale="tiny")
+    cm = genattr.get_benchmark("customized-model", scale="tiny").setup(env)
+    lko = genattr.get_benchmark("leave-k-out", scale="tiny").setup(env)
+    assert cm["models"]["base"] == lko["models"]["base"]
+    assert cm["regime"]["queries"] == 50 and cm["regime"]["passed"] in (True, False)
+    assert cm["regime"] == lko["regime"]
+
+
+def test_a_base_model_without_held_out_images_records_why_it_is_not_checked():
+    from genattr.benchmarks._counterfactual import check_base_model
+
+    check = check_base_model(None, object(), _train(), _train(), "customized-model", "tiny", 10)
+    assert check["passed"] is None and "no held-out images" in check["reason"]
+    assert describe(check).startswith("regime check not run")

@@ -69,11 +69,8 @@ class Counterfactual:
 
     def _datasets(self, seed: int):
         """(training set, picked query captions ``[(source id, caption)]``)."""
-        import numpy as np
-
         import genattr
-        from genattr.harness.data import heldout, size_option, take
-        from genattr.harness.seeding import numpy_rng
+        from genattr.harness.data import size_option, take
 
         cfg = self.config
         name = cfg["dataset"]
@@ -97,22 +94,10 @@ class Counterfactual:
         self._source = (name, dcfg, size_key, n)  # the held-out real images of the regime check come from them
         self._source_dataset = source
         q = int(cfg["num_queries"])
-
-        def pick(count: int, ns: str) -> list:
-            held = heldout(source, n, count)
-            # one caption per query: held-out items in a seeded order when there are more than needed
-            rng = numpy_rng(seed, f"{ns}/captions")
-            order = rng.permutation(len(held)) if len(held) > count else np.arange(len(held))
-            out = []
-            for j in range(count):
-                src, caps = held[int(order[j % len(held)])]
-                out.append((src, caps[int(numpy_rng(seed, f"{ns}/caption", j).integers(len(caps)))]))
-            return out
-
-        picked = pick(q, "leave-k-out")
+        picked = pick_captions(source, n, q, seed, "leave-k-out")
         # the regime check's own samples: enough of them to judge a share, whatever num_queries is
         count = self._regime_count()
-        self._regime_picked = picked if q >= count else pick(count, "regime")
+        self._regime_picked = picked if q >= count else pick_captions(source, n, count, seed, "regime")
         return train, picked
 
     # -- recipe -----------------------------------------------------------------------------------------------------
@@ -228,49 +213,23 @@ class Counterfactual:
         st.provenance["regime"] = self._regime(env, st)
         return st
 
-    #: Held-out real images the regime check compares the queries with (at most): enough for a steady 10th
-    #: percentile of their nearest-neighbour distances.
-    REGIME_HELDOUT = 1000
-    #: Generated samples the regime check judges, by scale: the benchmark's queries when there are this many, else
-    #: samples of its own (from held-out captions, seeds of their own; cached with the queries). A model that
-    #: generates like the held-out reals has a near-copy share of 10 % ± 1.3 % (binomial standard error) at 500
-    #: samples, ± 4.2 % at 50: 50 samples tell a memorising model (40 %) from a generalising one, 500 tell 13 %
-    #: from 10 % (the check fails when the share's 95 % interval lies above 10 %).
-    REGIME_QUERIES = {"tiny": 50, "small": 500, "paper": 500}
-
     def _regime_count(self) -> int:
-        """:data:`REGIME_QUERIES` of this benchmark's scale (500 for a scale it does not name)."""
-        return int(self.REGIME_QUERIES.get(self.config.get("scale"), 500))
+        """:func:`regime_count` of this benchmark's scale."""
+        return regime_count(self.config.get("scale"))
 
     def _synthesize(self, env, base, kind: str, prompts: Sequence[str], seeds: Sequence[int], batch: int = 1):
-        """``len(prompts) × C×H×W`` images ``base`` generates from ``prompts`` with ``seeds`` (the benchmark's
-        sampling steps and guidance), cached in ``leave-k-out/queries`` under ``kind`` (``"queries"``, or
-        ``"regime-queries"``): the same for every counterfactual benchmark with the same θ0 and captions. ``batch``
-        images are sampled in one call (each from its own seed, so only floating-point summation order depends on
-        it; the benchmark's queries keep 1, the regime check's samples take more)."""
-        import torch
-
-        steps, guidance = int(self.config["query_steps"]), self.config["guidance_scale"]
-        gkw = {} if guidance is None else {"guidance_scale": float(guidance)}
-
-        def make():
-            with torch.no_grad():
-                imgs = [img for i in range(0, len(prompts), batch)
-                        for img in base.generate(list(prompts[i:i + batch]), list(seeds[i:i + batch]), steps=steps,
-                                                 **gkw)]
-            return {"images": torch.stack(imgs).float().cpu()}
-
-        key = env.cache.key("leave-k-out", "1", kind, base.fingerprint, list(prompts), list(seeds), steps, guidance)
-        return env.cache.tensors("leave-k-out/queries", key, make)["images"]
+        """:func:`synthesize` with the benchmark's sampling steps and guidance."""
+        return synthesize(env, base, kind, prompts, seeds, int(self.config["query_steps"]),
+                          self.config["guidance_scale"], batch=batch)
 
     def _regime_images(self, env, st: CounterfactualState) -> list:
         """The regime check's samples: the queries when there are :meth:`_regime_count` of them, else samples of
-        its own from held-out captions with seeds of their own."""
-        prompts = [c for _, c in getattr(self, "_regime_picked", None) or []]
-        if len(st.queries) >= self._regime_count() or not prompts:
+        its own from held-out captions with seeds of their own (:func:`regime_samples`)."""
+        picked = getattr(self, "_regime_picked", None) or []
+        if len(st.queries) >= self._regime_count() or not picked:
             return [q.image for q in st.queries]
-        seeds = [int(derive(env.seed, "regime/query", j)) for j in range(len(prompts))]
-        return list(self._synthesize(env, st.base, "regime-queries", prompts, seeds, batch=50))
+        return list(regime_samples(env, st.base, picked, int(self.config["query_steps"]),
+                                   self.config["guidance_scale"]))
 
     def _held_images(self, st: CounterfactualState):
         """Up to ``REGIME_HELDOUT`` real images the training set does not hold: the dataset's own
@@ -286,13 +245,13 @@ class Counterfactual:
             return None
         own = getattr(getattr(self, "_source_dataset", None), "heldout_images", None)
         if callable(own):
-            held = own(int(n), self.REGIME_HELDOUT).float()
+            held = own(int(n), REGIME_HELDOUT).float()
             if st.queries and tuple(held.shape[1:]) != tuple(st.queries[0].image.shape):
                 return None
             return held
         try:
             if size_key is not None:
-                bigger = genattr.get_dataset(name, **{**dcfg, size_key: int(n) + self.REGIME_HELDOUT})
+                bigger = genattr.get_dataset(name, **{**dcfg, size_key: int(n) + REGIME_HELDOUT})
             else:
                 bigger = genattr.get_dataset(name, **dcfg)
         except Exception:  # noqa: BLE001 - a dataset without more items: no check
@@ -302,7 +261,7 @@ class Counterfactual:
         probe = list(range(min(n, 16)))
         if not torch.equal(bigger.images(probe).float(), st.train.images(probe).float()):
             return None  # not the same items first: the rest are not "held out" of this training set
-        held = bigger.images(list(range(n, min(len(bigger), n + self.REGIME_HELDOUT)))).float()
+        held = bigger.images(list(range(n, min(len(bigger), n + REGIME_HELDOUT)))).float()
         if st.queries and tuple(held.shape[1:]) != tuple(st.queries[0].image.shape):
             return None  # another resolution or channel count than the queries: not comparable
         return held
@@ -311,16 +270,12 @@ class Counterfactual:
         """The regime check of θ0 (:mod:`genattr.harness.regime`) on :meth:`_regime_count` generated samples: are they
         copies of training images? Recorded in the provenance; a failure is a warning naming the figures."""
         from genattr.harness import progress
-        from genattr.harness.regime import describe, regime_check
+        from genattr.harness.regime import regime_check
 
         held = self._held_images(st)
         with progress.stage(f"setup {self.NAME}: regime check"):
             check = regime_check(st.base, st.train, self._regime_images(env, st), held, seed=int(env.seed))
-        if check.get("passed") is False:
-            progress.warn(f"genattr.benchmarks.{self.NAME}",
-                          f"{self.NAME}: θ0 copies its training images ({describe(check)}; a generalising model "
-                          f"has a near-copy share whose 95 % interval reaches 10 % and a ratio ≥ 0.9): pixel "
-                          "similarity is then closer to optimal attribution than on real models")
+        warn_if_copying(check, self.NAME, "θ0")
         return check
 
     def attribution_context(self, env, concept: str | None = None):
@@ -380,6 +335,109 @@ class Counterfactual:
     #: The namespace and version the scores are cached under (the leave-K-out names, so both benchmarks share them).
     NAME_SCORES = "leave-k-out"
     VERSION_SCORES = "1"
+
+
+#: Held-out real images the regime check compares the samples with (at most): enough for a steady 10th percentile of
+#: their nearest-neighbour distances.
+REGIME_HELDOUT = 1000
+#: Generated samples the regime check judges, by scale: a counterfactual benchmark's queries when there are this
+#: many, else samples of its own (from held-out captions, seeds of their own; cached with the queries). A model that
+#: generates like the held-out reals has a near-copy share of 10 % ± 1.3 % (binomial standard error) at 500
+#: samples, ± 4.2 % at 50: 50 samples tell a memorising model (40 %) from a generalising one, 500 tell 13 % from
+#: 10 % (the check fails when the share's 95 % interval lies above 10 %).
+REGIME_QUERIES = {"tiny": 50, "small": 500, "paper": 500}
+
+
+def regime_count(scale: str | None) -> int:
+    """:data:`REGIME_QUERIES` of ``scale`` (500 for a scale it does not name)."""
+    return int(REGIME_QUERIES.get(scale, 500))
+
+
+def pick_captions(source, n: int, count: int, seed: int, ns: str) -> list[tuple[str, str]]:
+    """``count`` held-out captions ``[(source id, caption)]`` of ``source`` beyond its first ``n`` items
+    (:func:`genattr.harness.data.heldout`): one caption per item, the items in a seeded order when there are more
+    than needed, cycled when there are fewer; every draw from ``(seed, ns)``."""
+    import numpy as np
+
+    from genattr.harness.data import heldout
+    from genattr.harness.seeding import numpy_rng
+
+    held = heldout(source, n, count)
+    rng = numpy_rng(seed, f"{ns}/captions")
+    order = rng.permutation(len(held)) if len(held) > count else np.arange(len(held))
+    out = []
+    for j in range(count):
+        src, caps = held[int(order[j % len(held)])]
+        out.append((src, caps[int(numpy_rng(seed, f"{ns}/caption", j).integers(len(caps)))]))
+    return out
+
+
+def synthesize(env, base, kind: str, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance,
+               batch: int = 1):
+    """``len(prompts) × C×H×W`` images ``base`` generates from ``prompts`` with ``seeds``, ``steps`` sampling steps
+    and ``guidance`` (None: the model's default), cached in ``leave-k-out/queries`` under ``kind`` (``"queries"``,
+    or ``"regime-queries"``): the same for every benchmark with the same base model, captions and sampler.
+    ``batch`` images are sampled in one call (each from its own seed, so only floating-point summation order depends
+    on it; a benchmark's queries keep 1, the regime check's samples take more)."""
+    import torch
+
+    steps = int(steps)
+    gkw = {} if guidance is None else {"guidance_scale": float(guidance)}
+
+    def make():
+        with torch.no_grad():
+            imgs = [img for i in range(0, len(prompts), batch)
+                    for img in base.generate(list(prompts[i:i + batch]), list(seeds[i:i + batch]), steps=steps,
+                                             **gkw)]
+        return {"images": torch.stack(imgs).float().cpu()}
+
+    key = env.cache.key("leave-k-out", "1", kind, base.fingerprint, list(prompts), list(seeds), steps, guidance)
+    return env.cache.tensors("leave-k-out/queries", key, make)["images"]
+
+
+def regime_samples(env, base, picked: Sequence[tuple[str, str]], steps: int, guidance):
+    """The regime check's own samples of ``base``: one per picked held-out caption (:func:`pick_captions` with
+    namespace ``"regime"``), seeds from ``(run seed, "regime/query", j)``, sampled 50 at a time and cached."""
+    prompts = [c for _, c in picked]
+    seeds = [int(derive(env.seed, "regime/query", j)) for j in range(len(prompts))]
+    return synthesize(env, base, "regime-queries", prompts, seeds, steps, guidance, batch=50)
+
+
+def warn_if_copying(check: dict, who: str, model: str) -> None:
+    """A warning naming the figures when ``check`` (:func:`genattr.harness.regime.regime_check`) failed."""
+    from genattr.harness import progress
+    from genattr.harness.regime import describe
+
+    if check.get("passed") is False:
+        progress.warn(f"genattr.benchmarks.{who}",
+                      f"{who}: {model} copies its training images ({describe(check)}; a generalising model has a "
+                      "near-copy share whose 95 % interval reaches 10 % and a ratio ≥ 0.9): pixel similarity is "
+                      "then closer to optimal attribution than on real models")
+
+
+def check_base_model(env, base, train, source, who: str, scale: str | None, steps: int, guidance=None) -> dict:
+    """The regime check (:mod:`genattr.harness.regime`) of a base model trained on all of ``train`` (= ``source``'s
+    items), for a benchmark whose queries are not θ0's own samples (the Customized Model's base model): the samples
+    and held-out reals are what a counterfactual benchmark with the same base model, data and sampler judges (the
+    same captions, seeds and cache entries). Needs a dataset with ``heldout(n, count)`` and
+    ``heldout_images(n, count)`` (the built-in ``shapes``); otherwise the check is recorded as not run, with the
+    reason."""
+    from genattr.harness import progress
+    from genattr.harness.regime import regime_check
+
+    n = len(train)
+    own = getattr(source, "heldout_images", None)
+    if not (callable(own) and callable(getattr(source, "heldout", None))):
+        return {"passed": None, "reason": f"dataset {getattr(source, 'name', '?')!r} has no held-out images "
+                                          "(heldout / heldout_images) to compare with"}
+    count = regime_count(scale)
+    with progress.stage(f"setup {who}: regime check of the base model"):
+        picked = pick_captions(source, n, count, int(env.seed), "regime")
+        samples = regime_samples(env, base, picked, steps, guidance)
+        held = own(n, REGIME_HELDOUT).float()
+        check = regime_check(base, train, list(samples), held, seed=int(env.seed))
+    warn_if_copying(check, who, "the base model")
+    return check
 
 
 def derive(*keys) -> int:

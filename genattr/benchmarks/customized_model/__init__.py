@@ -18,6 +18,8 @@ Two data sources:
   customized with its ``<v*>`` token (the recipe's ``customize`` plan); queries synthesized from each concept's prompt
   templates. Training concepts (``make_concepts(split="train")``), customized the same way, are offered to methods
   that learn as ``ctx.extra["training_concepts"]`` (built lazily, on first access); test concepts are never shown.
+  The base model's regime check (:mod:`genattr.harness.regime`, as the counterfactual benchmarks check θ0) is
+  recorded in the provenance (``regime``).
 * **the public AbC layout** (``data_root=...``, scale ``paper``): ``dataset/json/test_*.json`` through
   ``genattr.datasets.abc``; queries are the benchmark's synthesized images, the pool a LAION subset; customized
   models are Custom-Diffusion deltas over Stable Diffusion v1.4 in ``weights_dir``, applied with the base model's

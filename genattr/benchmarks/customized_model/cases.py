@@ -206,8 +206,8 @@ class BuiltinData:
                 raise UserError(f"customized-model: dataset {c['dataset']!r} has no items; the base model needs a "
                                 "training set")
             # pinned as the counterfactual benchmarks pin θ0 (pin_config: the vocabulary, the VAE trained once), so
-            # with the same model, recipe, data and seed the base model is their θ0 — one cache entry, one regime
-            # check
+            # with the same model, recipe, data and seed the base model is their θ0 — one cache entry, and its regime
+            # check (:meth:`regime`) is judged on the same samples
             config = pin_model_config(c["model"], dataset, r["model"], cache=env.cache)
             with progress.stage(f"setup customized-model: training the base model ({c['dataset']})"):
                 model = load_or_train(env.cache, dataset, config, r["train"], seed=int(env.seed),
@@ -288,7 +288,21 @@ class BuiltinData:
                       base_model=base_model)
         if split == "test":
             state.training_concepts = Memo(lambda: training_concepts(load(env, "train")))
+            provenance["regime"] = self.regime(env, dataset, base_model)
+            provenance["setup_s"] = round(time.perf_counter() - t0, 2)
         return state
+
+    def regime(self, env: RunEnv, dataset, base_model) -> dict:
+        """The base model's regime check (:func:`genattr.benchmarks._counterfactual.check_base_model`): the
+        customized models memorise their exemplars by design (their check is the concept verification), but the base
+        model they start from must generalise as a counterfactual θ0 must. Sampled as the counterfactual benchmarks
+        sample at this scale, so a base model that is also their θ0 (the same model, recipe, data and seed) is judged
+        on the same samples, found in the cache."""
+        from .._counterfactual import THETA0, check_base_model
+
+        preset = THETA0.get(self.config["scale"], {})
+        return check_base_model(env, base_model, dataset, dataset, "customized-model", self.config["scale"],
+                                int(preset.get("query_steps", 50)), preset.get("guidance_scale"))
 
 
 def training_concepts(state: State) -> list[dict]:
