@@ -115,3 +115,21 @@ def test_a_base_model_without_held_out_images_records_why_it_is_not_checked():
     check = check_base_model(None, object(), _train(), _train(), "customized-model", "tiny", 10)
     assert check["passed"] is None and "no held-out images" in check["reason"]
     assert describe(check).startswith("regime check not run")
+
+
+def test_a_regime_check_is_read_back_from_the_cache(tmp_path, monkeypatch):
+    """The same model, training set, samples, held-out images and seed: the figures come from the cache (the
+    computation is not repeated); other samples are a new check."""
+    from genattr.harness import regime
+    from genattr.harness.cache import Cache
+
+    class Model:
+        fingerprint = "m0"
+
+    cache, train, held = Cache(tmp_path), _train(), _data(100, 1)
+    fresh = list(_data(60, 2))
+    first = regime.cached_regime_check(cache, Model(), train, fresh, held)
+    calls = []
+    monkeypatch.setattr(regime, "regime_check", lambda *a, **k: calls.append(1) or {"passed": None})
+    assert regime.cached_regime_check(cache, Model(), train, fresh, held) == first and not calls
+    assert regime.cached_regime_check(cache, Model(), train, fresh[:30], held) == {"passed": None} and calls

@@ -270,11 +270,12 @@ class Counterfactual:
         """The regime check of θ0 (:mod:`genattr.harness.regime`) on :meth:`_regime_count` generated samples: are they
         copies of training images? Recorded in the provenance; a failure is a warning naming the figures."""
         from genattr.harness import progress
-        from genattr.harness.regime import regime_check
+        from genattr.harness.regime import cached_regime_check
 
         held = self._held_images(st)
         with progress.stage(f"setup {self.NAME}: regime check"):
-            check = regime_check(st.base, st.train, self._regime_images(env, st), held, seed=int(env.seed))
+            check = cached_regime_check(env.cache, st.base, st.train, self._regime_images(env, st), held,
+                                        seed=int(env.seed))
         warn_if_copying(check, self.NAME, "θ0")
         return check
 
@@ -423,7 +424,7 @@ def check_base_model(env, base, train, source, who: str, scale: str | None, step
     ``heldout_images(n, count)`` (the built-in ``shapes``); otherwise the check is recorded as not run, with the
     reason."""
     from genattr.harness import progress
-    from genattr.harness.regime import regime_check
+    from genattr.harness.regime import cached_regime_check
 
     n = len(train)
     own = getattr(source, "heldout_images", None)
@@ -435,7 +436,7 @@ def check_base_model(env, base, train, source, who: str, scale: str | None, step
         picked = pick_captions(source, n, count, int(env.seed), "regime")
         samples = regime_samples(env, base, picked, steps, guidance)
         held = own(n, REGIME_HELDOUT).float()
-        check = regime_check(base, train, list(samples), held, seed=int(env.seed))
+        check = cached_regime_check(env.cache, base, train, list(samples), held, seed=int(env.seed))
     warn_if_copying(check, who, "the base model")
     return check
 

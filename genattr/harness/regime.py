@@ -179,6 +179,36 @@ def regime_check(model, train_set, query_images, held_images, seed: int = 0) -> 
             "thresholds": {"max_near_copy": MAX_NEAR_COPY, "min_nn_ratio": MIN_NN_RATIO}}
 
 
+#: Namespace and version of the cached checks (:func:`cached_regime_check`).
+CACHE_NS, CACHE_VERSION = "regime/checks", "1"
+
+
+def cached_regime_check(cache, model, train_set, query_images, held_images, seed: int = 0) -> dict:
+    """:func:`regime_check` kept in ``cache`` (JSON, namespace :data:`CACHE_NS`), keyed on the model's and the
+    training set's fingerprints, the content of the samples and of the held-out images, and ``seed``: a resumed run
+    or another worker process reads the figures back instead of rendering the training set again. Without a cache,
+    a fingerprint, samples or held-out images it is :func:`regime_check` itself."""
+    import hashlib
+
+    import torch
+
+    fps = (getattr(model, "fingerprint", None), getattr(train_set, "fingerprint", None))
+    if cache is None or None in fps or held_images is None or len(query_images) == 0:
+        return regime_check(model, train_set, query_images, held_images, seed=seed)
+    h = hashlib.sha256()
+    for part in (query_images, held_images):
+        x = part.float() if torch.is_tensor(part) else torch.stack([y.float() for y in part])
+        h.update(str(tuple(x.shape)).encode())
+        h.update(x.contiguous().cpu().numpy().tobytes())
+    key = cache.key("regime-check", CACHE_VERSION, *fps, h.hexdigest(), int(seed))
+    got = cache.get_json(CACHE_NS, key)
+    if isinstance(got, dict):
+        return got
+    check = regime_check(model, train_set, query_images, held_images, seed=seed)
+    cache.put_json(CACHE_NS, key, check)
+    return check
+
+
 def rendered_by_model(model) -> bool:
     """Whether ``model`` renders through a decoder (a latent model: its ``latents`` are not the images)."""
     latents, decode = getattr(model, "latents", None), getattr(model, "decode", None)
