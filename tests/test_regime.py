@@ -112,7 +112,7 @@ def test_the_customized_model_records_its_base_models_regime(session_cache):
 def test_a_base_model_without_held_out_images_records_why_it_is_not_checked():
     from genattr.benchmarks._counterfactual import check_base_model
 
-    check = check_base_model(None, object(), _train(), _train(), "customized-model", "tiny", 10)
+    check = check_base_model(None, object(), _train(), "customized-model", "tiny", 10)
     assert check["passed"] is None and "no held-out images" in check["reason"]
     assert describe(check).startswith("regime check not run")
 

@@ -416,9 +416,9 @@ def warn_if_copying(check: dict, who: str, model: str) -> None:
                       "then closer to optimal attribution than on real models")
 
 
-def check_base_model(env, base, train, source, who: str, scale: str | None, steps: int, guidance=None) -> dict:
-    """The regime check (:mod:`genattr.harness.regime`) of a base model trained on all of ``train`` (= ``source``'s
-    items), for a benchmark whose queries are not θ0's own samples (the Customized Model's base model): the samples
+def check_base_model(env, base, dataset, who: str, scale: str | None, steps: int, guidance=None) -> dict:
+    """The regime check (:mod:`genattr.harness.regime`) of a base model trained on all of ``dataset``, for a
+    benchmark whose queries are not θ0's own samples (the Customized Model's base model): the samples
     and held-out reals are what a counterfactual benchmark with the same base model, data and sampler judges (the
     same captions, seeds and cache entries). Needs a dataset with ``heldout(n, count)`` and
     ``heldout_images(n, count)`` (the built-in ``shapes``); otherwise the check is recorded as not run, with the
@@ -426,17 +426,17 @@ def check_base_model(env, base, train, source, who: str, scale: str | None, step
     from genattr.harness import progress
     from genattr.harness.regime import cached_regime_check
 
-    n = len(train)
-    own = getattr(source, "heldout_images", None)
-    if not (callable(own) and callable(getattr(source, "heldout", None))):
-        return {"passed": None, "reason": f"dataset {getattr(source, 'name', '?')!r} has no held-out images "
+    n = len(dataset)
+    own = getattr(dataset, "heldout_images", None)
+    if not (callable(own) and callable(getattr(dataset, "heldout", None))):
+        return {"passed": None, "reason": f"dataset {getattr(dataset, 'name', '?')!r} has no held-out images "
                                           "(heldout / heldout_images) to compare with"}
     count = regime_count(scale)
     with progress.stage(f"setup {who}: regime check of the base model"):
-        picked = pick_captions(source, n, count, int(env.seed), "regime")
+        picked = pick_captions(dataset, n, count, int(env.seed), "regime")
         samples = regime_samples(env, base, picked, steps, guidance)
         held = own(n, REGIME_HELDOUT).float()
-        check = cached_regime_check(env.cache, base, train, list(samples), held, seed=int(env.seed))
+        check = cached_regime_check(env.cache, base, dataset, list(samples), held, seed=int(env.seed))
     warn_if_copying(check, who, "the base model")
     return check
 

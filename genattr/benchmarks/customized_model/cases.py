@@ -301,7 +301,7 @@ class BuiltinData:
         from .._counterfactual import THETA0, check_base_model
 
         preset = THETA0.get(self.config["scale"], {})
-        return check_base_model(env, base_model, dataset, dataset, "customized-model", self.config["scale"],
+        return check_base_model(env, base_model, dataset, "customized-model", self.config["scale"],
                                 int(preset.get("query_steps", 50)), preset.get("guidance_scale"))
 
 
