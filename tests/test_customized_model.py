@@ -278,6 +278,27 @@ def test_unlearning_gets_the_benchmark_preset(tiny):
     assert m.resolve_config(ctx.scale, bench.preset_hint)["preset"] == "customized-tiny"
     assert m._resolve_from(ctx)["preset"] == "customized-tiny"
     assert genattr.get_method("unlearning", preset="tiny").resolve_config("tiny", "customized")["preset"] == "tiny"
+    # the model the benchmark scores with reaches the method too (values calibrated for it, none at tiny)
+    assert ctx.extra["preset_model"] == bench.preset_model == bench.config["model"]
+    assert m._resolve_from(ctx) == m.resolve_config(ctx.scale, bench.preset_hint, bench.preset_model)
+
+
+def test_unlearning_takes_values_calibrated_for_the_model():
+    """``customized-small`` on the latent miniature (model ``diffusers``) takes the α its own training concepts chose;
+    on ``tiny-t2i``, where the preset was calibrated, and on the counterfactual presets nothing changes; explicit
+    options and an explicit preset win."""
+    from genattr.plugins.methods.unlearning.config import ALPHA_CUSTOMIZED_LATENT, ALPHA_CUSTOMIZED_SMALL, PRESETS
+
+    def alpha(model, hint="customized", **options):
+        return genattr.get_method("unlearning", **options).resolve_config("small", hint, model=model)["alpha"]
+
+    assert alpha("diffusers") == ALPHA_CUSTOMIZED_LATENT != ALPHA_CUSTOMIZED_SMALL
+    assert alpha("tiny-t2i") == alpha(None) == ALPHA_CUSTOMIZED_SMALL
+    assert alpha("diffusers", hint=None) == PRESETS["small"]["alpha"]
+    assert alpha("diffusers", alpha=0.02) == 0.02
+    assert alpha("diffusers", preset="customized-small") == ALPHA_CUSTOMIZED_SMALL
+    cfg = genattr.get_method("unlearning").resolve_config("small", "customized", model="diffusers")
+    assert cfg == genattr.get_method("unlearning", alpha=ALPHA_CUSTOMIZED_LATENT).resolve_config("small", "customized")
 
 
 @pytest.mark.slow  # customizes the training concepts

@@ -69,6 +69,27 @@ def test_methods_with_scale_presets_record_the_run_scale(fake_plugins, tmp_path)
     assert {r["method_config"]["bias"] for r in results.read_rows(tmp_path / "explicit")} == {0.5}
 
 
+def test_methods_that_take_the_model_get_the_benchmarks_model(fake_plugins, tmp_path):
+    """``resolve_config(scale, hint, model=…)`` receives the benchmark's ``preset_model`` (a value calibrated for that
+    model is recorded and hashed); methods whose ``resolve_config`` has no ``model`` keyword are called as before; a
+    worker resolves the same configuration and refuses another model's."""
+    from genattr.harness.run import worker
+
+    spec = runner.build_spec(["fake-model-bench", "fake-bench"], ["fake-model-aware", "fake-scaled"], scale="small",
+                             out=str(tmp_path / "out"), device="cpu", quiet=True, cache_root=str(tmp_path / "cache"))
+    runner.run(spec)
+    got = {(r["benchmark"], r["method"]): r["method_config"] for r in results.read_rows(tmp_path / "out")}
+    assert got[("fake-model-bench", "fake-model-aware")] == {"scale": "small", "bias": 6.0, "model": "fake-t2i"}
+    assert got[("fake-bench", "fake-model-aware")] == {"scale": "small", "bias": 2.0, "model": None}
+    assert got[("fake-model-bench", "fake-scaled")] == got[("fake-bench", "fake-scaled")] == {"scale": "small",
+                                                                                              "bias": 2.0}
+    task = {"env": {"scale": "small"}, "preset_hint": None, "preset_model": "fake-t2i", "method": "fake-model-aware",
+            "method_args": {}, "method_config": got[("fake-model-bench", "fake-model-aware")]}
+    assert worker._method_from(task).config["bias"] == 6.0
+    with pytest.raises(RuntimeError, match="another configuration"):
+        worker._method_from({**task, "preset_model": "another-model"})
+
+
 def test_method_seed_sets_the_seed_of_every_method_that_has_one(tmp_path):
     """``--method-seed``: option ``seed`` on each method that takes one (signature or self-validated ``**options``),
     an explicit ``NAME.seed`` wins, deterministic methods are listed, and the default directory is a new one."""

@@ -136,6 +136,25 @@ class FakeScaledMethod(FakeMethod):
         return super().attribute(ctx, queries, candidates)
 
 
+class FakeModelAwareMethod(FakeScaledMethod):
+    """Like fake-scaled, with a value calibrated for one model: ``bias`` is tripled when the benchmark scores with
+    ``fake-t2i`` (its ``resolve_config`` takes the ``model`` keyword); the model enters the configuration."""
+
+    name = "fake-model-aware"
+
+    def resolve_config(self, scale: str, preset_hint: str | None = None, model: str | None = None) -> dict:
+        if not self._explicit:
+            self._set(scale)
+        if self._bias is None and model == "fake-t2i":
+            self.config["bias"] *= 3
+        self.config["model"] = model
+        return self.config
+
+    def attribute(self, ctx, queries, candidates=None):
+        self.resolve_config(ctx.scale, ctx.extra.get("preset_hint"), ctx.extra.get("preset_model"))
+        return FakeMethod.attribute(self, ctx, queries, candidates)
+
+
 class FakeBench:
     """Cells: method × K × query; metrics "score" (higher is better) and "loss" (lower is better)."""
 
@@ -182,6 +201,20 @@ class FakeSplitBench(FakeBench):
 
     def _group(self, k, q) -> dict:
         return {"split": "object" if q % 2 == 0 else "style"}
+
+
+class FakeModelBench(FakeBench):
+    """Like fake-bench, naming the model its cells score with (``preset_model``, option ``model``)."""
+
+    name = "fake-model-bench"
+
+    def __init__(self, model: str = "fake-t2i", **config):
+        super().__init__(**config)
+        self.config["model"] = model
+
+    @property
+    def preset_model(self) -> str:
+        return self.config["model"]
 
 
 class FakePixelMethod(FakeMethod):
@@ -255,6 +288,7 @@ def register_models(register):
 def register_benchmarks(register):
     register("fake-bench", FakeBench, version=FakeBench.version, description="fake benchmark (tests)")
     register("fake-split", FakeSplitBench, version=FakeSplitBench.version, description="fake benchmark (tests)")
+    register("fake-model-bench", FakeModelBench, version=FakeModelBench.version, description="fake benchmark (tests)")
 
 
 @hookimpl
@@ -263,6 +297,8 @@ def register_methods(register):
     register("fake-bad", FakeBadMethod, version="1", needs_model=False, description="fake method (tests)")
     register("fake-pixel", FakePixelMethod, version="1", needs_model=False, description="fake method (tests)")
     register("fake-scaled", FakeScaledMethod, version="1", needs_model=False, description="fake method (tests)")
+    register("fake-model-aware", FakeModelAwareMethod, version="1", needs_model=False,
+             description="fake method (tests)")
 
 
 def install() -> None:

@@ -54,8 +54,13 @@ class Counterfactual:
 
     NAME = "counterfactual"
     #: what the attribution context's ``extra`` carries (the base model is the context's model itself)
-    provides_extra = ("benchmark", "preset_hint")
+    provides_extra = ("benchmark", "preset_hint", "preset_model")
     VERSION = "1"
+
+    @property
+    def preset_model(self) -> str:
+        """The model whose recipe makes θ0 and every retrain (offered to methods' ``resolve_config``)."""
+        return self.config["model"]
 
     def required_model_capabilities(self) -> dict[str, tuple[str, ...]]:
         """``{model name: capabilities}`` the run checks before any work: θ0 and every retrain are trained here."""
@@ -326,7 +331,8 @@ class Counterfactual:
         if todo:
             ctx = AttributionContext(model=st.base, train_set=st.train, cache=env.cache, device=env.device,
                                      seed=int(env.seed), scale=self.config["scale"], progress=env.progress,
-                                     extra={"benchmark": self.NAME, "preset_hint": preset_hint})
+                                     extra={"benchmark": self.NAME, "preset_hint": preset_hint,
+                                            "preset_model": self.preset_model})
             s = score(method, ctx, [queries[j] for j in todo])
             for row, j in zip(s, todo):
                 env.cache.put_arrays(ns, keys[j], {"scores": row})

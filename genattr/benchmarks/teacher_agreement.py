@@ -171,7 +171,8 @@ class TeacherAgreementBenchmark(Counterfactual):
         else:
             store = TeacherStore(env.cache, st.base, st.train, cfg["teacher"], cfg["teacher_options"],
                                  scale=self.scale, preset_hint=None, keep=keep, seed=int(env.seed),
-                                 device=str(env.device or "cpu"), progress=env.progress)
+                                 device=str(env.device or "cpu"), progress=env.progress,
+                                 preset_model=self.preset_model)
             recipe = {"kind": "held-out captions", "benchmark": "counterfactual", "dataset": cfg["dataset"],
                       "steps": int(cfg["query_steps"]), "guidance": cfg["guidance_scale"]}
             ranks = store.rankings(st.queries, recipe)

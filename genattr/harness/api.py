@@ -201,7 +201,10 @@ class AttributionMethod(Protocol):
     it once per (benchmark, method) on a fresh instance before the first cell, records and hashes what it returns,
     and workers call it again before their cells; it must set ``config`` to the value it returns. Methods whose
     configuration does not depend on the scale need not define it. A benchmark also offers its hint to the method
-    as ``ctx.extra["preset_hint"]``.
+    as ``ctx.extra["preset_hint"]``. A method whose ``resolve_config`` also takes a ``model`` keyword is given the
+    registered name of the model the benchmark scores with (:attr:`Benchmark.preset_model`, also offered as
+    ``ctx.extra["preset_model"]``), so it can apply values calibrated for that model (unlearning's α on the
+    ``diffusers`` miniature); :func:`resolve_method_config` is the call every caller makes.
 
     Optional: ``required_extra(config) -> Sequence[str]`` — the ``ctx.extra`` keys the method cannot run without
     under the resolved ``config`` (abc-clip without a mappers file: ``"training_concepts"``). The runner checks
@@ -288,7 +291,8 @@ class Benchmark(Protocol):
     Optional: ``metric_info`` — ``{column: {"metric": registered metric name, "display": label, "unit": str or
     None, "higher_is_better": bool}}``, recorded in ``run.json`` for the leaderboard (the built-in benchmarks build
     it from the metric registry entries they resolve with ``genattr.get_metric``); ``preset_hint`` — a string
-    handed to every method's ``resolve_config`` (see :class:`AttributionMethod`); ``run_cells(cells, method,
+    handed to every method's ``resolve_config`` (see :class:`AttributionMethod`); ``preset_model`` — the registered
+    name of the model the benchmark's cells score with, handed to a ``resolve_config`` that takes ``model``; ``run_cells(cells, method,
     env)`` — a generator of ``(cell, metrics)`` for cells sharing a ``batch`` key, in any order (the runner writes
     each row as it comes); ``summarize(rows)``; ``provides_extra`` — every ``ctx.extra`` key the benchmark's
     contexts may carry (a superset: a key may still be absent for some data), checked against the methods'
@@ -318,3 +322,21 @@ class Executor(Protocol):
     version: str
 
     def map(self, fn: Callable[[dict], Any], tasks: Iterable[dict]) -> Iterator[tuple[dict, Any]]: ...
+
+
+def resolve_method_config(method: Any, scale: str, preset_hint: str | None = None, model: str | None = None):
+    """``method.resolve_config(scale, preset_hint)`` — with ``model=model`` when the method's ``resolve_config``
+    takes a ``model`` keyword (or ``**kwargs``), so methods written before the keyword existed keep working. None
+    when the method has no ``resolve_config`` (its ``config`` does not depend on the scale)."""
+    import inspect
+
+    resolve = getattr(method, "resolve_config", None)
+    if not callable(resolve):
+        return None
+    try:
+        params = inspect.signature(resolve).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - a builtin or C callable
+        params = ()
+    takes_model = any(p.name == "model" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                      or p.kind == p.VAR_KEYWORD for p in params)
+    return resolve(scale, preset_hint, model=model) if takes_model else resolve(scale, preset_hint)

@@ -118,16 +118,17 @@ def top_k(scores, k: int) -> tuple[np.ndarray, np.ndarray]:
 class TeacherStore:
     """Teacher rankings of queries under ``model`` over ``dataset`` (see the module docstring).
 
-    ``teacher``/``options``: the registered method and its options; ``scale``/``preset_hint``: what it is resolved
-    with; ``keep``: how many top items are kept per query (None: all N, capped at ``max_keep``); ``extra``: what the
+    ``teacher``/``options``: the registered method and its options; ``scale``/``preset_hint``/``preset_model``: what
+    it is resolved with (:func:`~genattr.harness.api.resolve_method_config`); ``keep``: how many top items are kept per query (None: all N, capped at ``max_keep``); ``extra``: what the
     teacher's context offers besides the preset hint (e.g. ``base_model``); ``batch``: queries per ``attribute``
     call."""
 
     def __init__(self, cache, model, dataset, teacher: str = "unlearning", options: dict | None = None,
                  scale: str = "tiny", preset_hint: str | None = None, keep: int | None = None, seed: int = 0,
                  device: str = "cpu", progress: bool = False, extra: dict | None = None, batch: int = 8,
-                 max_keep: int = 10_000):
+                 max_keep: int = 10_000, preset_model: str | None = None):
         import genattr
+        from genattr.harness.api import resolve_method_config
 
         if model is None:
             raise UserError(f"teacher {teacher!r} needs a model to rank with (the context has none)")
@@ -138,9 +139,9 @@ class TeacherStore:
             self.method = genattr.get_method(self.teacher, **self.options)
         except TypeError as exc:
             raise UserError(f"teacher {self.teacher!r}: bad options ({str(exc).splitlines()[0]})") from None
-        self.scale, self.preset_hint = scale, preset_hint
-        resolve = getattr(self.method, "resolve_config", None)
-        self.config = dict(resolve(scale, preset_hint) if callable(resolve) else getattr(self.method, "config", {}))
+        self.scale, self.preset_hint, self.preset_model = scale, preset_hint, preset_model
+        resolved = resolve_method_config(self.method, scale, preset_hint, preset_model)
+        self.config = dict(resolved if resolved is not None else getattr(self.method, "config", {}))
         n = len(dataset)
         self.keep = int(min(n, int(keep) if keep else min(n, int(max_keep))))
         if self.keep < 1:
@@ -171,7 +172,8 @@ class TeacherStore:
 
         return AttributionContext(model=self.model, train_set=self.dataset, cache=self.cache, device=self.device,
                                   seed=self.seed, scale=self.scale, progress=self.progress,
-                                  extra={**self.extra, "preset_hint": self.preset_hint})
+                                  extra={**self.extra, "preset_hint": self.preset_hint,
+                                         "preset_model": self.preset_model})
 
     def done(self, queries: Sequence, recipe: dict) -> list[bool]:
         """Which queries already have an entry (nothing is computed)."""

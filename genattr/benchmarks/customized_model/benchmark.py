@@ -17,7 +17,7 @@ class CustomizedModelBenchmark:
     of :data:`~.config.COMMON_DEFAULTS` / :data:`~.config.SCALE_DEFAULTS`."""
 
     #: what :meth:`context` may put in ``ctx.extra`` (base_model and training_concepts only on built-in data)
-    provides_extra = ("benchmark", "preset_hint", "base_items", "base_model", "training_concepts")
+    provides_extra = ("benchmark", "preset_hint", "preset_model", "base_items", "base_model", "training_concepts")
 
     name = "customized-model"
     #: 2: the built-in style concepts a 16 px model can learn (test: night, sunset, stripes, glow; train: sepia,
@@ -42,6 +42,12 @@ class CustomizedModelBenchmark:
     @property
     def real_data(self) -> bool:
         return bool(self.config["data_root"])
+
+    @property
+    def preset_model(self) -> str | None:
+        """The model whose built-in recipe makes every base model here (offered to methods' ``resolve_config``, so
+        they can apply values calibrated for it); None on the AbC data, whose base model is loaded, not built."""
+        return None if self.real_data else self.config["model"]
 
     def resolved_recipe(self) -> dict | None:
         """The built-in miniature's model recipe (base model, training, data, customization) with the
@@ -121,7 +127,7 @@ class CustomizedModelBenchmark:
     # -- the context a method sees ------------------------------------------------------------------------------
     def context(self, case_id: str, method, env: RunEnv, split: str = "test") -> AttributionContext:
         """The :class:`AttributionContext` a method sees for one concept: model = the concept's customized model,
-        train set = the ``all`` pool; ``extra``: ``preset_hint``, ``base_model`` (the model every customized model
+        train set = the ``all`` pool; ``extra``: ``preset_hint``, ``preset_model``, ``base_model`` (the model every customized model
         derives from, e.g. for a Fisher shared by all of them; built-in data), ``base_items`` (the pool's first
         ``base_items`` items are base-model training images, the rest concept exemplars the base model never saw)
         and ``training_concepts`` (built on first access)."""
@@ -131,7 +137,8 @@ class CustomizedModelBenchmark:
         factories = {}
         if state.training_concepts is not None:
             factories["training_concepts"] = state.training_concepts
-        data = {"benchmark": self.name, "preset_hint": self.preset_hint, "base_items": int(state.n_base)}
+        data = {"benchmark": self.name, "preset_hint": self.preset_hint, "preset_model": self.preset_model,
+                "base_items": int(state.n_base)}
         if state.base_model is not None:
             data["base_model"] = state.base_model
         return AttributionContext(model=model, train_set=state.pool, cache=env.cache, device=env.device,

@@ -3,7 +3,8 @@ ones, fan groups of cells out through an executor and append every finished cell
 
 Order of work (nothing is created on disk until every check has passed): the device; every benchmark's
 configuration (its constructor validates types and ranges); every method's configuration for every benchmark —
-a fresh instance per (benchmark, method), resolved with ``resolve_config(scale, benchmark.preset_hint)`` when the
+a fresh instance per (benchmark, method), resolved with ``resolve_config(scale, benchmark.preset_hint)`` (plus
+``model=benchmark.preset_model`` when it takes one, :func:`~genattr.harness.api.resolve_method_config`) when the
 method has it, so ``run.json`` and every row hold the values the cells use (for example unlearning's ``alpha``);
 the executor; the cells. Only then is the run directory created, locked and ``run.json`` written.
 
@@ -161,12 +162,13 @@ def json_config(owner: str, config) -> dict:
     return clean_json(config or {})
 
 
-def resolve_method(method, scale: str, hint: str | None, name: str | None = None) -> dict:
-    """The method's configuration for a benchmark: ``resolve_config(scale, hint)`` when it has one, else
-    ``config`` — JSON values only (:func:`json_config`)."""
-    resolve = getattr(method, "resolve_config", None)
-    if callable(resolve):
-        cfg = resolve(scale, hint)
+def resolve_method(method, scale: str, hint: str | None, name: str | None = None, model: str | None = None) -> dict:
+    """The method's configuration for a benchmark: ``resolve_config(scale, hint)`` (with ``model`` when it takes one)
+    when it has one, else ``config`` — JSON values only (:func:`json_config`)."""
+    from genattr.harness.api import resolve_method_config
+
+    if callable(getattr(method, "resolve_config", None)):
+        cfg = resolve_method_config(method, scale, hint, model)
         if cfg is not None and getattr(method, "config", None) is not cfg:
             try:
                 method.config = cfg
@@ -396,12 +398,13 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
                          "config_hash": benchmark_config_hash(b, v, cfg, spec.seed, recipe),
                          **({} if recipe is None else {"recipe": recipe}),
                          "metrics": {k: i["higher_is_better"] for k, i in info.items()}, "metric_info": info,
-                         "preset_hint": getattr(bench, "preset_hint", None), "plugin": getattr(bench, "plugin", None)}
+                         "preset_hint": getattr(bench, "preset_hint", None),
+                         "preset_model": getattr(bench, "preset_model", None), "plugin": getattr(bench, "plugin", None)}
     pair: dict[tuple[str, str], dict] = {}  # (benchmark, method) -> {"method", "config", "version", "hash"}
     for b in spec.benchmarks:
         for m in spec.methods:
             method = create("method", m, spec.method_configs.get(m, {}))
-            cfg = resolve_method(method, spec.scale, bench_info[b]["preset_hint"], m)
+            cfg = resolve_method(method, spec.scale, bench_info[b]["preset_hint"], m, bench_info[b]["preset_model"])
             v = version("methods", m, method)
             pair[(b, m)] = {"method": method, "config": cfg, "version": v, "plugin": getattr(method, "plugin", None),
                             "hash": config_hash(bench_info[b]["config_hash"], m, v, cfg)}
@@ -466,7 +469,8 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
                 "benchmark_config_hash": bench_info[b]["config_hash"],
                 "higher_is_better": bench_info[b]["metrics"],
                 "method": m, "method_version": p["version"], "method_args": spec.method_configs.get(m, {}),
-                "method_config": p["config"], "preset_hint": bench_info[b]["preset_hint"], "config_hash": p["hash"],
+                "method_config": p["config"], "preset_hint": bench_info[b]["preset_hint"],
+                "preset_model": bench_info[b]["preset_model"], "config_hash": p["hash"],
                 "cells": cells, "env": env_dict, "executor": spec.executor, "plugins": plugins,
             })
     todo = sum(len(t["cells"]) for t in tasks)
@@ -527,7 +531,8 @@ def _execute(spec, out, executor, in_process, tasks, todo, total, skipped, previ
             args = {**spec.benchmark_configs.get(b, {}), "scale": spec.scale}
             _WORKER_MEMO[_memo_key("unset-benchmark", b, args)] = bench
         for (b, m), p in pair.items():
-            key = _memo_key("method", m, spec.method_configs.get(m, {}), spec.scale, bench_info[b]["preset_hint"])
+            key = _memo_key("method", m, spec.method_configs.get(m, {}), spec.scale, bench_info[b]["preset_hint"],
+                            bench_info[b]["preset_model"])
             _WORKER_MEMO.setdefault(key, p["method"])
 
     ran = 0

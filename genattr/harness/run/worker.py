@@ -118,14 +118,14 @@ def _method_from(task: dict):
     """The task's method, configured for its benchmark exactly as the driver resolved it."""
     from genattr import get_method
 
-    scale, hint = task["env"]["scale"], task.get("preset_hint")
-    key = _memo_key("method", task["method"], task["method_args"], scale, hint)
+    from genattr.harness.api import resolve_method_config
+
+    scale, hint, model = task["env"]["scale"], task.get("preset_hint"), task.get("preset_model")
+    key = _memo_key("method", task["method"], task["method_args"], scale, hint, model)
     method = _WORKER_MEMO.get(key)
     if method is None:
         method = get_method(task["method"], **copy.deepcopy(task["method_args"]))
-        resolve = getattr(method, "resolve_config", None)
-        if callable(resolve):
-            resolve(scale, hint)
+        resolve_method_config(method, scale, hint, model)
         got = clean_json(getattr(method, "config", None) or {})
         if "method_config" in task and got != task["method_config"]:
             raise RuntimeError(f"method {task['method']!r} resolved another configuration in the worker than in the "

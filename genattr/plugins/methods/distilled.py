@@ -144,17 +144,19 @@ class DistilledMethod(ScalePresets):
 
     def __init__(self, scale: str | None = None, **overrides):
         self._hint: str | None = None
+        self._model: str | None = None
         self._memo: dict = {}
         self.stats: dict = {}
         self._init_presets(scale, overrides)
 
     # -- configuration ------------------------------------------------------------------------------------------
-    def resolve_config(self, scale: str, preset_hint: str | None = None) -> dict:
+    def resolve_config(self, scale: str, preset_hint: str | None = None, model: str | None = None) -> dict:
         """The scale's preset (unless one was given), the teacher model chosen for the benchmark's hint and the
-        teacher's own resolved configuration."""
+        teacher's own resolved configuration (for the benchmark's ``model``, whose calibrated values the teacher may
+        apply)."""
         target = scale if not self._explicit_scale else self.config["scale"]
-        if preset_hint != self._hint or target != self.config["scale"]:
-            self._hint = preset_hint
+        if preset_hint != self._hint or model != self._model or target != self.config["scale"]:
+            self._hint, self._model = preset_hint, model
             self.config = self._resolve(target)
         return self.config
 
@@ -169,10 +171,12 @@ class DistilledMethod(ScalePresets):
     def _config_for(self, ctx) -> dict:
         extra = ctx.extra if ctx.extra is not None else {}
         hint = extra.get("preset_hint") if hasattr(extra, "get") else None
-        return self.resolve_config(ctx.scale, hint)
+        model = extra.get("preset_model") if hasattr(extra, "get") else None
+        return self.resolve_config(ctx.scale, hint, model)
 
     def _resolve(self, scale: str) -> dict:
         import genattr
+        from genattr.harness.api import resolve_method_config
 
         cfg = super()._resolve(scale)
         cfg["hidden"] = [int(h) for h in cfg["hidden"]]
@@ -195,8 +199,8 @@ class DistilledMethod(ScalePresets):
                 teacher = genattr.get_method(cfg["teacher"], **cfg["teacher_options"])
             except TypeError as exc:
                 raise UserError(f"distilled: bad teacher_options ({str(exc).splitlines()[0]})") from None
-            resolve = getattr(teacher, "resolve_config", None)
-            cfg["teacher_config"] = dict(resolve(scale, hint) if callable(resolve) else getattr(teacher, "config", {}))
+            resolved = resolve_method_config(teacher, scale, hint, self._model)
+            cfg["teacher_config"] = dict(resolved if resolved is not None else getattr(teacher, "config", {}))
         else:
             cfg["teacher_config"] = None
         self.needs_model = cfg["teacher_model"] == "context" and cfg["weights"] is None and cfg["teacher_file"] is None
@@ -328,7 +332,7 @@ class DistilledMethod(ScalePresets):
             store = TeacherStore(ctx.cache, model, tset, cfg["teacher"], cfg["teacher_options"],
                                  scale=ctx.scale if not self._explicit_scale else cfg["scale"],
                                  preset_hint=None if base else self._hint, keep=cfg["keep"], seed=self._seed(ctx),
-                                 device=ctx.device, progress=ctx.progress, extra=extra)
+                                 device=ctx.device, progress=ctx.progress, extra=extra, preset_model=self._model)
             ranks = store.rankings(queries, recipe)
             self.stats.update({"teacher_queries_computed": store.stats["queries_computed"],
                                "teacher_prepare_s": store.stats["prepare_s"],

@@ -63,6 +63,10 @@ Presets (option ``preset``; default: the context's scale, ``paper`` → ``coco``
   with 256 draws per step and the Fisher of the base model (``fisher_model="base"``, see
   docs/methods/unlearning.md for the tiny check). The customized-model benchmark selects them (its preset hint
   ``customized``, :data:`HINT_PRESET`), as the paper used other values for that protocol.
+* Per-model values (:data:`MODEL_VALUES`): a benchmark names the model it scores with (``preset_model``), and values
+  calibrated for that model's built-in recipe are layered over the chosen preset — on the ``diffusers`` model (the
+  latent miniature) ``customized-small`` takes α = 3e-3, chosen on its own training concepts
+  (:data:`ALPHA_CUSTOMIZED_LATENT`). Explicit options override them; an explicit ``preset`` does not get them.
 
 Every value can be overridden (calibrate ``alpha`` and ``steps`` on training concepts or calibration queries).
 
@@ -78,12 +82,14 @@ Modules: :mod:`.config` (presets, options), :mod:`.update` (query draws, gradien
 """
 
 from .config import (  # noqa: F401
+    ALPHA_CUSTOMIZED_LATENT,
     ALPHA_CUSTOMIZED_SMALL,
     ALPHA_SMALL,
     DEFAULTS,
     FISHER_MODELS,
     FLIPS,
     HINT_PRESET,
+    MODEL_VALUES,
     OPTIONS,
     PRESCREENS,
     PRESETS,

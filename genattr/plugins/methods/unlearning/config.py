@@ -19,6 +19,11 @@ ALPHA_SMALL = 3e-3
 #: concepts) with ``tests/perf/calibrate_customized.py``; see docs/methods/unlearning.md for the table.
 ALPHA_CUSTOMIZED_SMALL = 1e-2
 
+#: α of the ``customized-small`` preset on the ``diffusers`` model's built-in recipe (the latent miniature), chosen on
+#: that benchmark's training concepts over three base models × two method seeds by ``tests/perf/calibrate_baselines.py``
+#: (``results/calibration/unlearning-alpha-latent-small.jsonl``); see docs/methods/unlearning.md.
+ALPHA_CUSTOMIZED_LATENT = 3e-3
+
 #: The paper's values (``coco``, ``customized``) and the scaled values of the built-in scales (``tiny``, ``small``).
 PRESETS: dict[str, dict[str, Any]] = {
     "coco": dict(
@@ -61,6 +66,14 @@ SCALE_PRESET = {"tiny": "tiny", "small": "small", "paper": "coco"}
 #: different values for its two protocols (``coco`` for the leave-K-out models, ``customized`` for AbC).
 HINT_PRESET = {
     "customized": {"tiny": "customized-tiny", "small": "customized-small", "paper": "customized"},
+}
+
+#: Values calibrated for one model's built-in recipe, layered over a preset the scale and hint chose for a benchmark
+#: that scores with that model (``resolve_config(…, model=…)``): ``{(preset, registered model name): {option: value}}``.
+#: Order of resolution: ``DEFAULTS`` → the preset → these → explicit options. An explicit ``preset`` gets its own
+#: values only. The ``tiny-t2i`` miniature, where ``customized-small`` was calibrated, has no entry.
+MODEL_VALUES: dict[tuple[str, str], dict[str, Any]] = {
+    ("customized-small", "diffusers"): {"alpha": ALPHA_CUSTOMIZED_LATENT},
 }
 
 #: Options shared by every preset (each overridable).
@@ -164,10 +177,12 @@ def check_config(cfg: Mapping[str, Any]) -> None:
                         f"got {coarse!r}")
 
 
-def resolve_config(preset: str, overrides: Mapping[str, Any]) -> dict:
-    """The full configuration: ``DEFAULTS``, then the preset's values, then ``overrides``."""
+def resolve_config(preset: str, overrides: Mapping[str, Any], model: str | None = None) -> dict:
+    """The full configuration: ``DEFAULTS``, then the preset's values, then the values calibrated for ``model`` on that
+    preset (:data:`MODEL_VALUES`, when ``model`` is given), then ``overrides``."""
     from genattr.presets import resolve
 
+    overrides = {**MODEL_VALUES.get((preset, model or ""), {}), **overrides}
     cfg = resolve("unlearning", preset, overrides, presets=PRESETS, common=DEFAULTS, optional=STEP_DEFAULTS,
                   what="preset")
     if isinstance(cfg["coarse_timesteps"], tuple):

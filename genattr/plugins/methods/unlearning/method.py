@@ -55,17 +55,18 @@ class Unlearning:
         self.stats = {k: 0 for k in STAT_KEYS}
 
     # -- configuration --------------------------------------------------------------------------------------------
-    def resolve_config(self, scale: str, preset_hint: str | None = None) -> dict:
+    def resolve_config(self, scale: str, preset_hint: str | None = None, model: str | None = None) -> dict:
         """The full configuration for ``scale`` and a benchmark's ``preset_hint`` (``"customized"`` selects the
-        Customized Model presets): the explicit ``preset`` when one was given, else :func:`preset_for`; explicit
-        options override the preset's values. Stored in ``self.config`` and returned."""
+        Customized Model presets): the explicit ``preset`` when one was given, else :func:`preset_for`, with the
+        values calibrated for the benchmark's ``model`` on that preset (:data:`~.config.MODEL_VALUES`; not for an
+        explicit preset); explicit options override both. Stored in ``self.config`` and returned."""
         preset = self._preset or preset_for(scale, preset_hint)
-        self.config = resolve_config(preset, self._options)
+        self.config = resolve_config(preset, self._options, model=None if self._preset else model)
         return self.config
 
     def _resolve_from(self, ctx: AttributionContext) -> dict:
-        extra = ctx.extra if isinstance(ctx.extra, dict) else {}
-        return self.resolve_config(ctx.scale, extra.get("preset_hint"))
+        extra = ctx.extra if hasattr(ctx.extra, "get") else {}
+        return self.resolve_config(ctx.scale, extra.get("preset_hint"), extra.get("preset_model"))
 
     def _seed(self, ctx: AttributionContext) -> int:
         return method_seed(ctx, self.config["seed"])
