@@ -90,6 +90,37 @@ def test_methods_that_take_the_model_get_the_benchmarks_model(fake_plugins, tmp_
         worker._method_from({**task, "preset_model": "another-model"})
 
 
+def test_a_resumed_run_refuses_a_set_up_that_built_other_artefacts(fake_plugins, tmp_path, monkeypatch):
+    """Rows added to a directory must be made with the models its rows were made with: a set-up whose model
+    fingerprint differs (a model rebuilt on another machine) stops with one line before any cell, the rows already
+    there untouched; the same artefacts resume as before."""
+    runner.run(_spec(tmp_path, methods=("fake-good",)))
+    before = (tmp_path / "out" / "results.jsonl").read_bytes()
+    monkeypatch.setenv("FAKE_MODEL_FP", "e" * 64)
+    with pytest.raises(UserError, match=r"models\.fake-model = eeeeeeeeeeee…, but the rows already in .* were "
+                                        r"made with mmmmmmmmmmmm…") as e:
+        runner.run(_spec(tmp_path, methods=("fake-good", "fake-bad")))
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "out" / "results.jsonl").read_bytes() == before
+    assert not [c for c in _cells(fake_plugins) if c.startswith("fake-bad")]
+    monkeypatch.delenv("FAKE_MODEL_FP")
+    summary = runner.run(_spec(tmp_path, methods=("fake-good", "fake-bad")))
+    assert summary.cells_skipped == summary.cells_total // 2 and summary.cells_run == summary.cells_total // 2
+    # a new directory takes the other model
+    monkeypatch.setenv("FAKE_MODEL_FP", "e" * 64)
+    assert runner.run(_spec(tmp_path, methods=("fake-good",), out="fresh")).cells_run > 0
+
+
+def test_artefact_fingerprints_walk_nested_provenance():
+    from genattr.harness.run.provenance import artefact_fingerprints
+
+    prov = {"model_seeds": {"1": {"datasets": {"shapes": "a" * 64}, "models": {"base": "b" * 64},
+                                  "customize": {"steps": 800}}},
+            "regime": {"passes": True}, "models": {"theta0": "c" * 64}, "n": 4000}
+    assert artefact_fingerprints(prov) == {"model_seeds.1.datasets.shapes": "a" * 64,
+                                           "model_seeds.1.models.base": "b" * 64, "models.theta0": "c" * 64}
+
+
 def test_method_seed_sets_the_seed_of_every_method_that_has_one(tmp_path):
     """``--method-seed``: option ``seed`` on each method that takes one (signature or self-validated ``**options``),
     an explicit ``NAME.seed`` wins, deterministic methods are listed, and the default directory is a new one."""

@@ -3,7 +3,8 @@
 Import this module and call :func:`install` to register it (tests do it in a fixture; subprocesses through
 :data:`BOOT`). ``FAKE_LOG`` (a path) makes every setup and every cell computation append one JSON line there, which
 is how the tests prove what was (not) recomputed; ``FAKE_SLEEP`` (seconds) slows every cell down. Both come from
-the environment, not the configuration, so they do not change the configuration hash.
+the environment, not the configuration, so they do not change the configuration hash; so does ``FAKE_MODEL_FP``
+(the model fingerprint fake-bench's set-up reports).
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class FakeBench:
     def setup(self, env) -> dict:
         _log({"event": "setup", "benchmark": self.name})
         self.ready = True
-        return {"datasets": {"fake-data": "d" * 64}, "models": {"fake-model": "m" * 64}}
+        # FAKE_MODEL_FP: the fingerprint the set-up reports for its model (a model rebuilt differently)
+        return {"datasets": {"fake-data": "d" * 64}, "models": {"fake-model": os.environ.get("FAKE_MODEL_FP", "m" * 64)}}
 
     def _group(self, k, q) -> dict:
         return {"K": k}

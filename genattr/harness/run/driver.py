@@ -50,7 +50,7 @@ from ..results import (
     write_run,
 )
 from .config import RunSpec
-from .provenance import environment, plugin_list, resolve_device
+from .provenance import artefact_fingerprints, environment, plugin_list, resolve_device
 from .worker import _WORKER_MEMO, _memo_key, checkpoint, run_task, runtime_plugins
 
 LOCK_FILE = ".lock"
@@ -479,6 +479,11 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     out = check_writable(out)
     with run_lock(out):
         previous = read_run(out) or previous
+        # a resumed run adds rows only on the artefacts the directory's rows were made with (checked after set-up)
+        for task in tasks:
+            old = (previous.get("benchmarks") or {}).get(task["benchmark"]) or {}
+            if old.get("config_hash") == task["benchmark_config_hash"] and old.get("provenance"):
+                task["expected_artefacts"] = artefact_fingerprints(old["provenance"])
         return _execute(spec, out, executor, in_process, tasks, todo, total, skipped, previous, bench_info, pair,
                         benches, started, t_start, stream, __version__, progress)
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..errors import UserError
 
@@ -97,3 +97,42 @@ def resolve_device(device: str) -> str:
             raise UserError(f"--device {device}: MPS is not available on this machine (use --device cpu or auto)")
         return d
     raise UserError(f"unknown --device {device!r}; choose one of {', '.join(DEVICE_KINDS)}")
+
+
+#: Keys of a benchmark's set-up provenance whose values (at any depth) name the artefacts its rows were made with.
+ARTEFACT_KEYS = ("datasets", "models")
+
+
+def artefact_fingerprints(provenance: Any) -> dict[str, str]:
+    """Every dataset and model a benchmark's set-up reported (the values under :data:`ARTEFACT_KEYS`, at any depth),
+    by path: ``{"model_seeds.1.models.base": "a7de8c…", "datasets.shapes-train": "f69510…"}``."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, path: tuple[str, ...], inside: bool) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, path + (str(k),), inside or k in ARTEFACT_KEYS)
+        elif inside and isinstance(node, str):
+            out[".".join(path)] = node
+
+    walk(provenance, (), False)
+    return out
+
+
+def check_same_artefacts(benchmark: str, expected: dict[str, str] | None, provenance: Any, out: str) -> None:
+    """A resumed run must score on the artefacts the directory's rows were made with: a dataset or model of this
+    set-up (``provenance``) that differs from the one ``expected`` records under the same path is a one-line
+    :class:`UserError`, before any cell. Models retrained on another machine, with another thread count or with
+    changed code can differ bit for bit; their customized models and generated queries then differ too, and the
+    leaderboard would pair rows that share only a query's name. Paths on one side only (a model seed added) pass."""
+    if not expected:
+        return
+    got = artefact_fingerprints(provenance)
+    differ = [k for k in sorted(set(expected) & set(got)) if expected[k] != got[k]]
+    if differ:
+        k = differ[0]
+        more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+        raise UserError(f"{benchmark}: this set-up built {k} = {got[k][:12]}…{more}, but the rows already in {out} "
+                        f"were made with {expected[k][:12]}…; adding to them would pair results on different models "
+                        "and queries — use a new --out, or import the pack those rows were made with "
+                        "(genattr pack import) and re-run")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..cache import canonical_json
 from ..results import SCHEMA_VERSION, clean_json, utc_now
+from .provenance import check_same_artefacts
 
 #: Per-process memo of benchmarks (set up), methods and environments, keyed by their reconstruction recipe.
 _WORKER_MEMO: dict[str, Any] = {}
@@ -270,6 +271,7 @@ def run_task(task: dict, emit: Callable[[dict, dict], None] | None = None) -> di
     b, m = task["benchmark"], task["method"]
     with plugin_code(f"setting up benchmark {b}"):
         bench, provenance, setup_s = _benchmark_from(task, env)
+    check_same_artefacts(b, task.get("expected_artefacts"), provenance, task["env"]["out"])
     with plugin_code(f"creating method {m} for {b}"):
         method = _method_from(task)
     cells = _cells(task)
