@@ -242,19 +242,23 @@ def is_unverified(row: dict) -> bool:
 
 
 def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, str], str]:
-    """(benchmark, benchmark config hash) -> the hash of that configuration without ``model_seeds``, for every
-    configuration some run.json states (the run seed is not part of a benchmark's config, only of its hash)."""
+    """(benchmark, benchmark config hash) -> the hash of that configuration without ``model_seeds`` (with its model
+    recipe, when run.json records one), for every configuration some run.json states (the run seed is not part of a
+    benchmark's config, only of its hash)."""
     configs: dict[tuple[str, str], Any] = {}
     for run in runs.values():
         for name, b in ((run or {}).get("benchmarks") or {}).items():
             if isinstance(b, dict) and isinstance(b.get("config"), dict) and b.get("config_hash"):
-                configs.setdefault((str(name), str(b["config_hash"])), b["config"])
+                configs.setdefault((str(name), str(b["config_hash"])), (b["config"], b.get("recipe")))
     out = {}
     for r in rows:
         key = (str(r.get("benchmark", "?")), str(r.get("benchmark_config_hash", "")))
         if key in configs and key not in out:
-            cfg = {k: v for k, v in configs[key].items() if k != "model_seeds"}
-            out[key] = hash_json({"benchmark": key[0], "version": str(r.get("benchmark_version", "")), "config": cfg})
+            config, recipe = configs[key]
+            cfg = {k: v for k, v in config.items() if k != "model_seeds"}
+            # the model recipe too: two configurations that train different models are never one over seeds
+            seedless = {"benchmark": key[0], "version": str(r.get("benchmark_version", "")), "config": cfg}
+            out[key] = hash_json(seedless if recipe is None else {**seedless, "recipe": recipe})
     return out
 
 

@@ -58,7 +58,46 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
             seen.add(key)
             r["_dir"] = str(d)
             rows.append(r)
+    check_same_artefacts(runs)
     return rows, runs
+
+
+def _artefacts_by_seed(run: dict):
+    """``((benchmark, configuration without model_seeds but with its model recipe, model seed, path), fingerprint)``
+    for every dataset and model a run's set-up reported (``run.json``; per model seed with ``model_seeds``, else under
+    the run seed)."""
+    from ..cache import hash_json
+    from ..run.provenance import artefact_fingerprints
+
+    for name, b in ((run or {}).get("benchmarks") or {}).items():
+        if not isinstance(b, dict) or not isinstance(b.get("config"), dict):
+            continue
+        cfg = {k: v for k, v in b["config"].items() if k != "model_seeds"}
+        same = hash_json({"benchmark": str(name), "version": str(b.get("version", "")), "config": cfg,
+                          "recipe": b.get("recipe")})
+        for path, fp in artefact_fingerprints(b.get("provenance")).items():
+            head, _, rest = path.partition(".")
+            if head == "model_seeds" and "." in rest:
+                seed, _, rest = rest.partition(".")
+            else:
+                seed, rest = str(run.get("seed")), path
+            yield (str(name), same, seed, rest), fp
+
+
+def check_same_artefacts(runs: dict[str, dict]) -> None:
+    """Run directories pooled on one board must share their artefacts: two that hold one configuration (model seeds
+    aside) but report different datasets or models for the same model seed — a base model retrained elsewhere —
+    would have their queries paired by name (and a cell of the second dropped as a duplicate of the first's); a
+    one-line :class:`UserError` names both directories."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    for d, run in runs.items():
+        for key, fp in _artefacts_by_seed(run):
+            old = seen.setdefault(key, (fp, d))
+            if old[0] != fp:
+                bench, _, seed, path = key
+                raise UserError(f"{old[1]} and {d} hold {bench} rows of one configuration made with different "
+                                f"artefacts (model seed {seed}: {path} {old[0][:12]}… vs {fp[:12]}…); their queries "
+                                "would be paired by name — show them in separate leaderboards")
 
 
 
