@@ -63,9 +63,9 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
 
 
 def _artefacts_by_seed(run: dict):
-    """``((benchmark, configuration without model_seeds but with its model recipe, model seed, path), fingerprint)``
-    for every dataset and model a run's set-up reported (``run.json``; per model seed with ``model_seeds``, else under
-    the run seed)."""
+    """``((benchmark, configuration without model_seeds but with its model recipe and pack, model seed, path),
+    fingerprint)`` for every dataset and model a run's set-up reported (``run.json``; per model seed with
+    ``model_seeds``, else under the run seed)."""
     from ..cache import hash_json
     from ..run.provenance import artefact_fingerprints
 
@@ -73,8 +73,10 @@ def _artefacts_by_seed(run: dict):
         if not isinstance(b, dict) or not isinstance(b.get("config"), dict):
             continue
         cfg = {k: v for k, v in b["config"].items() if k != "model_seeds"}
+        prov = b.get("provenance") if isinstance(b.get("provenance"), dict) else {}
+        # rows scored on different packs get boards of their own (model.build_boards): compared within a pack only
         same = hash_json({"benchmark": str(name), "version": str(b.get("version", "")), "config": cfg,
-                          "recipe": b.get("recipe")})
+                          "recipe": b.get("recipe"), "pack": prov.get("pack")})
         for path, fp in artefact_fingerprints(b.get("provenance")).items():
             head, _, rest = path.partition(".")
             if head == "model_seeds" and "." in rest:
@@ -86,7 +88,7 @@ def _artefacts_by_seed(run: dict):
 
 def check_same_artefacts(runs: dict[str, dict]) -> None:
     """Run directories pooled on one board must share their artefacts: two that hold one configuration (model seeds
-    aside) but report different datasets or models for the same model seed — a base model retrained elsewhere —
+    aside) on the same pack, or both on models trained on the machine, but report different datasets or models for the same model seed — a base model retrained elsewhere —
     would have their queries paired by name (and a cell of the second dropped as a duplicate of the first's); a
     one-line :class:`UserError` names both directories."""
     seen: dict[tuple, tuple[str, str]] = {}
