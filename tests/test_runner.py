@@ -106,16 +106,20 @@ def test_a_resumed_run_refuses_a_set_up_that_built_other_artefacts(fake_plugins,
     monkeypatch.delenv("FAKE_MODEL_FP")
     summary = runner.run(_spec(tmp_path, methods=("fake-good", "fake-bad")))
     assert summary.cells_skipped == summary.cells_total // 2 and summary.cells_run == summary.cells_total // 2
-    # a new directory takes the other model; a leaderboard refuses to pool the two (their queries share only names)
+    # a new directory takes the other model; a leaderboard keeps the two apart (their queries share only names):
+    # a board each, no cell of the second dropped as a duplicate of the first's
     monkeypatch.setenv("FAKE_MODEL_FP", "e" * 64)
     assert runner.run(_spec(tmp_path, methods=("fake-good",), out="fresh")).cells_run > 0
+    from genattr.harness import leaderboard
     from genattr.harness.leaderboard import runs as board_runs
 
-    with pytest.raises(UserError, match=r"out and .*fresh hold fake-bench rows of one configuration made with "
-                                        r"different artefacts \(model seed 0: models\.fake-model") as e:
-        board_runs.load([tmp_path / "out", tmp_path / "fresh"])
-    assert "\n" not in str(e.value)
-    assert len(board_runs.load([tmp_path / "fresh"])[0]) > 0
+    rows, _ = board_runs.load([tmp_path / "out", tmp_path / "fresh"])
+    fresh = [r for r in rows if r["_dir"].endswith("fresh")]
+    assert fresh and {r["_artefacts"] for r in fresh} == {"trained elsewhere (fresh)"}
+    assert not any("_artefacts" in r for r in rows if r["_dir"].endswith("out"))
+    md = leaderboard.render([tmp_path / "out", tmp_path / "fresh"], "md")
+    assert "no pack]" in md and "trained elsewhere (fresh)]" in md and "Inputs differ" in md
+    assert "Inputs differ" not in leaderboard.render([tmp_path / "out"], "md")
 
 
 def test_artefact_fingerprints_walk_nested_provenance():

@@ -262,6 +262,19 @@ def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, s
     return out
 
 
+def inputs_of(row: dict) -> str:
+    """The artefacts a row was scored on: its pack's hash, else the artefact group of its run directory
+    (:func:`~.runs.artefact_groups`; "" for models trained on the machine that agree with the others)."""
+    return str(row.get("pack") or "") or str(row.get("_artefacts") or "")
+
+
+def inputs_name(p: str) -> str:
+    """:func:`inputs_of` in words: "pack 0123456789ab", "no pack" or "trained elsewhere (DIR)"."""
+    if not p:
+        return "no pack"
+    return p if p.startswith("trained elsewhere") else f"pack {p[:12]}"
+
+
 def model_seed_of(row: dict) -> int | None:
     """The seed of the model a row's query came from: ``params["model_seed"]``, else the run seed."""
     p = row.get("params") if isinstance(row.get("params"), dict) else {}
@@ -387,13 +400,13 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
     split: dict[tuple[str, str], list[dict]] = {}
     pack_of_board: dict[tuple[str, str], str | None] = {}
     for (bench, bkey), brow in by_bench.items():
-        packs = list(dict.fromkeys(str(r.get("pack") or "") for r in brow))
+        packs = list(dict.fromkeys(inputs_of(r) for r in brow))
         if len(packs) == 1:
             split[(bench, bkey)] = brow
             continue
         for p in packs:
             k = (bench, f"{bkey}|pack:{p}")
-            split[k] = [r for r in brow if str(r.get("pack") or "") == p]
+            split[k] = [r for r in brow if inputs_of(r) == p]
             pack_of_board[k] = p
     by_bench = split
     names = [b for b, _ in by_bench]
@@ -515,7 +528,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
         title = bench if names.count(bench) == 1 else f"{bench} [{scale}, {bhash[:8]}]"
         if (bench, bkey_full) in pack_of_board:
             p = pack_of_board[(bench, bkey_full)]
-            title = f"{bench} [{scale}, {bhash[:8]}, {'pack ' + p[:12] if p else 'no pack'}]"
+            title = f"{bench} [{scale}, {bhash[:8]}, {inputs_name(p)}]"
         boards.append(Board(
             title=title, benchmark=bench, version=str(brow[0].get("benchmark_version", "")), config_hash=bhash,
             scale=scale, group_keys=group_keys, label_keys=label_keys, groups=groups,

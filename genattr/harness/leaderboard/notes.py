@@ -73,7 +73,9 @@ def inputs_note(board: Board) -> str:
     got = board.inputs()
     if not got["differ"]:
         return ""
-    names = ", ".join(p[:12] if p else "no pack (trained on the machine)" for p in got["siblings"])
+    from .model import inputs_name
+
+    names = ", ".join(inputs_name(p) if p else "no pack (trained on the machine)" for p in got["siblings"])
     return (f"Inputs differ: this configuration was scored on {len(got['siblings'])} sets of artefacts ({names}); "
             "each has its own board, since methods scored on different models and queries are not comparable — "
             "score them on one pack (genattr pack).")

@@ -46,19 +46,24 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
         if not (p / RESULTS_FILE).is_file():
             raise UserError(f"no {RESULTS_FILE} in {str(d)!r}; run 'genattr run --out {d}' first")
         runs[str(d)] = read_run(p) or {}
+    group = artefact_groups(runs)
+    for d in _expand(dirs):
+        p = Path(d).expanduser()
         got = read_rows(p)
         if not got:
             raise UserError(f"no results yet in {str(d)!r}")
         for r in got:
             if int(r.get("schema_version", 0) or 0) > SCHEMA_VERSION:
                 raise UserError(f"{p / RESULTS_FILE} was written by a newer genattr; upgrade genattr to read it")
-            key = (r.get("config_hash"), r.get("cell_id"), r.get("pack") or "")  # a cell scored on another pack
+            # a cell scored on another pack, or on other models trained elsewhere, is another cell
+            key = (r.get("config_hash"), r.get("cell_id"), r.get("pack") or "", group[str(d)])
             if key in seen:
                 continue
             seen.add(key)
             r["_dir"] = str(d)
+            if group[str(d)]:
+                r["_artefacts"] = group[str(d)]
             rows.append(r)
-    check_same_artefacts(runs)
     return rows, runs
 
 
@@ -86,21 +91,28 @@ def _artefacts_by_seed(run: dict):
             yield (str(name), same, seed, rest), fp
 
 
-def check_same_artefacts(runs: dict[str, dict]) -> None:
-    """Run directories pooled on one board must share their artefacts: two that hold one configuration (model seeds
-    aside) on the same pack, or both on models trained on the machine, but report different datasets or models for the same model seed — a base model retrained elsewhere —
-    would have their queries paired by name (and a cell of the second dropped as a duplicate of the first's); a
-    one-line :class:`UserError` names both directories."""
-    seen: dict[tuple, tuple[str, str]] = {}
+def artefact_groups(runs: dict[str, dict]) -> dict[str, str]:
+    """Run directory → its artefact group: "" for every directory whose datasets and models agree with those before
+    it, else a label naming the first directory of its own group. Two directories that hold one configuration
+    (model seeds aside, on the same pack or both on models trained on a machine) but report different datasets or
+    models for the same model seed — a base model retrained elsewhere — share only query names; the leaderboard puts
+    their rows on boards of their own (like rows of different packs) instead of pairing them or dropping the
+    second's cells as duplicates."""
+    groups: list[dict] = []
+    labels: list[str] = []
+    out: dict[str, str] = {}
     for d, run in runs.items():
-        for key, fp in _artefacts_by_seed(run):
-            old = seen.setdefault(key, (fp, d))
-            if old[0] != fp:
-                bench, _, seed, path = key
-                raise UserError(f"{old[1]} and {d} hold {bench} rows of one configuration made with different "
-                                f"artefacts (model seed {seed}: {path} {old[0][:12]}… vs {fp[:12]}…); their queries "
-                                "would be paired by name — show them in separate leaderboards")
-
+        items = list(_artefacts_by_seed(run))
+        for gi, g in enumerate(groups):
+            if all(g.get(k, fp) == fp for k, fp in items):
+                break
+        else:
+            groups.append({})
+            labels.append("" if not labels else f"trained elsewhere ({Path(d).name})")
+            gi = len(groups) - 1
+        groups[gi].update(items)
+        out[d] = labels[gi]
+    return out
 
 
 def metric_info(runs: dict[str, dict], bench: str, bhash: str) -> dict[str, dict]:
