@@ -529,18 +529,20 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
         if (bench, bkey_full) in pack_of_board:
             p = pack_of_board[(bench, bkey_full)]
             title = f"{bench} [{scale}, {bhash[:8]}, {inputs_name(p)}]"
+        # the board's own directories: a board split off by its artefacts shows its own models' regime checks
+        board_dirs = list(dict.fromkeys(r["_dir"] for r in brow if "_dir" in r))
         boards.append(Board(
             title=title, benchmark=bench, version=str(brow[0].get("benchmark_version", "")), config_hash=bhash,
             scale=scale, group_keys=group_keys, label_keys=label_keys, groups=groups,
             group_values={g: gvals[g] for g in groups}, columns=columns, methods=methods, method_names=method_names,
             method_hashes=method_hashes, stats=stats, rows=kept, excluded=excluded, unverified=unverified,
             include_unverified=include_unverified, reference=reference,
-            directories=list(dict.fromkeys(r["_dir"] for r in brow if "_dir" in r)),
+            directories=board_dirs,
             config_hashes=member_hashes, by_seed=by_seed,
             model_seeds=sorted({s for s in map(model_seed_of, brow) if s is not None}) if pooled else [],
             method_seeds=method_seeds, seed_repeats=seed_repeats,
             sibling_packs=sorted(p for (b, k), p in pack_of_board.items()
                                  if b == bench and k.split("|pack:", 1)[0] == bkey),
-            regime=regime_checks(runs, bench, member_hashes),
+            regime=regime_checks({d: runs[d] for d in board_dirs if d in runs} if board_dirs else runs, bench, member_hashes),
         ))
     return boards
