@@ -292,8 +292,8 @@ class Benchmark(Protocol):
     None, "higher_is_better": bool}}``, recorded in ``run.json`` for the leaderboard (the built-in benchmarks build
     it from the metric registry entries they resolve with ``genattr.get_metric``); ``preset_hint`` — a string
     handed to every method's ``resolve_config`` (see :class:`AttributionMethod`); ``preset_model`` — the registered
-    name of the model the benchmark's cells score with, handed to a ``resolve_config`` that takes ``model``; ``run_cells(cells, method,
-    env)`` — a generator of ``(cell, metrics)`` for cells sharing a ``batch`` key, in any order (the runner writes
+    name of the model the benchmark's cells score with, handed to a ``resolve_config`` that takes ``model``;
+    ``run_cells(cells, method, env)`` — a generator of ``(cell, metrics)`` for cells sharing a ``batch`` key, in any order (the runner writes
     each row as it comes); ``summarize(rows)``; ``provides_extra`` — every ``ctx.extra`` key the benchmark's
     contexts may carry (a superset: a key may still be absent for some data), checked against the methods'
     ``required_extra`` before the run (not checked when the benchmark does not declare it)."""

@@ -119,8 +119,8 @@ class TeacherStore:
     """Teacher rankings of queries under ``model`` over ``dataset`` (see the module docstring).
 
     ``teacher``/``options``: the registered method and its options; ``scale``/``preset_hint``/``preset_model``: what
-    it is resolved with (:func:`~genattr.harness.api.resolve_method_config`); ``keep``: how many top items are kept per query (None: all N, capped at ``max_keep``); ``extra``: what the
-    teacher's context offers besides the preset hint (e.g. ``base_model``); ``batch``: queries per ``attribute``
+    it is resolved with (:func:`~genattr.harness.api.resolve_method_config`); ``keep``: how many top items are kept
+    per query (None: all N, capped at ``max_keep``); ``extra``: what the teacher's context offers besides the preset hint (e.g. ``base_model``); ``batch``: queries per ``attribute``
     call."""
 
     def __init__(self, cache, model, dataset, teacher: str = "unlearning", options: dict | None = None,

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from .. import statistics
 from ..cache import hash_json
 from .columns import Column, _choose_format, _finite, _is_number, _with_headline, default_display
-from .runs import metric_info, regime_checks
+from .runs import metric_info, regime_checks, seedless_key
 
 #: The method every other one is compared with (a paired difference column), when it is on the board.
 REFERENCE_METHOD = "random"
@@ -254,11 +254,8 @@ def _seedless_keys(rows: list[dict], runs: dict[str, dict]) -> dict[tuple[str, s
     for r in rows:
         key = (str(r.get("benchmark", "?")), str(r.get("benchmark_config_hash", "")))
         if key in configs and key not in out:
-            config, recipe = configs[key]
-            cfg = {k: v for k, v in config.items() if k != "model_seeds"}
             # the model recipe too: two configurations that train different models are never one over seeds
-            seedless = {"benchmark": key[0], "version": str(r.get("benchmark_version", "")), "config": cfg}
-            out[key] = hash_json(seedless if recipe is None else {**seedless, "recipe": recipe})
+            out[key] = seedless_key(key[0], str(r.get("benchmark_version", "")), *configs[key])
     return out
 
 
@@ -543,6 +540,7 @@ def summarise(rows: list[dict], runs: dict[str, dict] | None = None, include_unv
             method_seeds=method_seeds, seed_repeats=seed_repeats,
             sibling_packs=sorted(p for (b, k), p in pack_of_board.items()
                                  if b == bench and k.split("|pack:", 1)[0] == bkey),
-            regime=regime_checks({d: runs[d] for d in board_dirs if d in runs} if board_dirs else runs, bench, member_hashes),
+            regime=regime_checks({d: runs[d] for d in board_dirs if d in runs} if board_dirs else runs, bench,
+                                 member_hashes),
         ))
     return boards

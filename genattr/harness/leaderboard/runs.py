@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import UserError
 from ..results import RESULTS_FILE, SCHEMA_VERSION, read_rows, read_run
@@ -37,7 +37,8 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
     rows: list[dict] = []
     runs: dict[str, dict] = {}
     seen: set[tuple] = set()
-    for d in _expand(dirs):
+    expanded = _expand(dirs)
+    for d in expanded:
         p = Path(d).expanduser()
         if not p.exists():
             raise UserError(f"results directory {str(d)!r} does not exist")
@@ -47,7 +48,7 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
             raise UserError(f"no {RESULTS_FILE} in {str(d)!r}; run 'genattr run --out {d}' first")
         runs[str(d)] = read_run(p) or {}
     group = artefact_groups(runs)
-    for d in _expand(dirs):
+    for d in expanded:
         p = Path(d).expanduser()
         got = read_rows(p)
         if not got:
@@ -67,28 +68,35 @@ def load(dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], dict[str, dict]
     return rows, runs
 
 
-def _artefacts_by_seed(run: dict):
-    """``((benchmark, configuration without model_seeds but with its model recipe and pack, model seed, path),
-    fingerprint)`` for every dataset and model a run's set-up reported (``run.json``; per model seed with
-    ``model_seeds``, else under the run seed)."""
+def seedless_key(benchmark: str, version: str, config: dict, recipe: Any = None) -> str:
+    """The hash of a benchmark configuration without ``model_seeds`` (with its model recipe, when run.json records
+    one): configurations with the same key differ only in their base models' seeds."""
     from ..cache import hash_json
+
+    cfg = {k: v for k, v in config.items() if k != "model_seeds"}
+    seedless = {"benchmark": benchmark, "version": version, "config": cfg}
+    return hash_json(seedless if recipe is None else {**seedless, "recipe": recipe})
+
+
+def _artefacts_by_seed(run: dict):
+    """``((benchmark, seedless configuration key, pack, model seed, path), fingerprint)`` for every dataset and model
+    a run's set-up reported (``run.json``; per model seed with ``model_seeds``, else under the run seed)."""
     from ..run.provenance import artefact_fingerprints
 
     for name, b in ((run or {}).get("benchmarks") or {}).items():
         if not isinstance(b, dict) or not isinstance(b.get("config"), dict):
             continue
-        cfg = {k: v for k, v in b["config"].items() if k != "model_seeds"}
         prov = b.get("provenance") if isinstance(b.get("provenance"), dict) else {}
-        # rows scored on different packs get boards of their own (model.build_boards): compared within a pack only
-        same = hash_json({"benchmark": str(name), "version": str(b.get("version", "")), "config": cfg,
-                          "recipe": b.get("recipe"), "pack": prov.get("pack")})
-        for path, fp in artefact_fingerprints(b.get("provenance")).items():
+        same = seedless_key(str(name), str(b.get("version", "")), b["config"], b.get("recipe"))
+        # rows scored on different packs get boards of their own (model.summarise): compared within a pack only
+        pack = prov.get("pack")
+        for path, fp in artefact_fingerprints(prov).items():
             head, _, rest = path.partition(".")
             if head == "model_seeds" and "." in rest:
                 seed, _, rest = rest.partition(".")
             else:
                 seed, rest = str(run.get("seed")), path
-            yield (str(name), same, seed, rest), fp
+            yield (str(name), same, pack, seed, rest), fp
 
 
 def artefact_groups(runs: dict[str, dict]) -> dict[str, str]:

@@ -480,10 +480,14 @@ def run(spec: RunSpec, *, executor=None, stream=None) -> RunSummary:
     with run_lock(out):
         previous = read_run(out) or previous
         # a resumed run adds rows only on the artefacts the directory's rows were made with (checked after set-up)
+        expected: dict[str, dict] = {}
+        for b in benches:
+            old = (previous.get("benchmarks") or {}).get(b) or {}
+            if old.get("config_hash") == bench_info[b]["config_hash"] and old.get("provenance"):
+                expected[b] = artefact_fingerprints(old["provenance"])
         for task in tasks:
-            old = (previous.get("benchmarks") or {}).get(task["benchmark"]) or {}
-            if old.get("config_hash") == task["benchmark_config_hash"] and old.get("provenance"):
-                task["expected_artefacts"] = artefact_fingerprints(old["provenance"])
+            if task["benchmark"] in expected:
+                task["expected_artefacts"] = expected[task["benchmark"]]
         return _execute(spec, out, executor, in_process, tasks, todo, total, skipped, previous, bench_info, pair,
                         benches, started, t_start, stream, __version__, progress)
 
